@@ -1,0 +1,99 @@
+"""Small local HTTP doubles of the outside services: the Gemini API and the Stripe API.
+
+Each runs a ThreadingHTTPServer on 127.0.0.1 in a background thread, records what it received,
+and answers as its `mode` says, so tests drive the real client libraries over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
+
+
+@dataclass
+class _Double:
+    mode: str = "ok"
+    delay_s: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
+        raise NotImplementedError
+
+    def start(self) -> _Double:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                req = Received(self.command, self.path, {k: v for k, v in self.headers.items()}, self.rfile.read(length))
+                double.received.append(req)
+                if double.delay_s:
+                    time.sleep(double.delay_s)
+                status, body = double.answer(req)
+                payload = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = do_DELETE = _serve
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+class GeminiDouble(_Double):
+    """Answers `POST /v1beta/models/MODEL:generateContent`. Modes: ok, error500, error429, hang."""
+
+    def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
+        if self.mode == "hang":
+            time.sleep(30)
+        if self.mode == "error500":
+            return 500, {"error": {"code": 500, "message": "internal", "status": "INTERNAL"}}
+        if self.mode == "error429":
+            return 429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}
+        prompt = ""
+        try:
+            prompt = json.loads(req.body)["contents"][0]["parts"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+        return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": f"gemini says: {prompt}"}]}, "finishReason": "STOP"}]}

@@ -1,0 +1,41 @@
+"""`generate` handler: parse and validate, then hand over to `lib.generations`."""
+
+from __future__ import annotations
+
+from functions.http import Call, Reply, endpoint
+from functions.lib import auth, db, logs
+from functions.lib.config import get_settings
+from functions.lib.errors import InvalidRequest
+from functions.lib.generations import MAX_PROMPT_CHARS, GenerationRequest, generate
+from functions.lib.models import get_provider
+
+MAX_KEY_CHARS = 200
+
+
+def parse(uid: str, call: Call) -> GenerationRequest:
+    body = call.json()
+    unknown = sorted(set(body) - {"prompt", "projectId"})
+    if unknown:
+        raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidRequest("'prompt' must be a non-empty string.", field="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"'prompt' must be at most {MAX_PROMPT_CHARS} characters.", field="prompt")
+    project_id = body.get("projectId")
+    if project_id is not None and (not isinstance(project_id, str) or not project_id or len(project_id) > 128 or "/" in project_id or project_id in (".", "..")):
+        raise InvalidRequest("'projectId' must be a project id string.", field="projectId")
+    key = call.headers.get("Idempotency-Key")
+    if key is not None and (not key.strip() or len(key) > MAX_KEY_CHARS):
+        raise InvalidRequest(f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters.", field="Idempotency-Key")
+    return GenerationRequest(uid, prompt, project_id, key)
+
+
+@endpoint("generate", methods=("POST",))
+def handle(call: Call) -> Reply:
+    """POST {prompt, projectId?} -> 200 {projectId, versionId, output, creditsCharged, balance}."""
+    uid = auth.authenticate(call.headers.get("Authorization"))
+    logs.bind(uid=uid)
+    request = parse(uid, call)
+    done = generate(db.get_client(), get_settings(), get_provider(), request)
+    return Reply(done.body(), credits_moved=0 if done.replayed else -done.credits_charged)

@@ -1,0 +1,138 @@
+"""The HTTP edge shared by every handler: CORS, methods, body limits, JSON, auth, and the one
+place where errors become responses. Handlers built with `endpoint` receive parsed input and
+return a dict (200 JSON) or a `Reply`; domain errors raised anywhere map through `AppError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import logs
+from functions.lib.config import get_settings
+from functions.lib.errors import AppError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    import flask
+
+log = logging.getLogger("request")
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Reply:
+    body: dict[str, Any]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    credits_moved: int = 0
+
+
+@dataclass
+class Call:
+    """What a handler gets: the request's parts, never the Flask request itself."""
+
+    method: str
+    headers: Any
+    raw_body: bytes
+    args: Any
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, or InvalidRequest / UnsupportedMediaType naming what is wrong."""
+        if not self.raw_body:
+            raise InvalidRequest("The request body is empty; send a JSON object.")
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type and content_type != "application/json":
+            raise UnsupportedMediaType()
+        try:
+            data = json.loads(self.raw_body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise InvalidRequest("The request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        return data
+
+
+def _cors_headers(origin: str | None, methods: tuple[str, ...]) -> dict[str, str]:
+    allowed = get_settings().allowed_origins
+    if not origin or origin.rstrip("/") not in allowed:
+        return {"Vary": "Origin"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": ", ".join((*methods, "OPTIONS")),
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Expose-Headers": "Retry-After",
+        "Access-Control-Max-Age": "3600",
+        "Vary": "Origin",
+    }
+
+
+def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
+    import flask
+
+    headers = {**extra_headers, **reply.headers, "Cache-Control": "no-store"}
+    return flask.Response(json.dumps(reply.body), status=reply.status, headers=headers, mimetype="application/json")
+
+
+def error_reply(exc: BaseException) -> Reply:
+    """The one mapping from exceptions to HTTP: AppErrors as they say, anything else a bare 500."""
+    if isinstance(exc, AppError):
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc, exc_info=exc.status == 500)
+        return Reply(exc.body(), exc.status, dict(exc.headers))
+    log.error("unhandled error", exc_info=exc)
+    return Reply({"error": "internal", "message": "Something went wrong on our side."}, 500)
+
+
+def endpoint(name: str, *, methods: tuple[str, ...], cors: bool = True, max_body: int = MAX_BODY_BYTES) -> Callable[[Callable[[Call], dict[str, Any] | Reply]], Callable[[flask.Request], flask.Response]]:
+    """Wrap a handler of `Call` into a functions-framework HTTP function."""
+
+    def decorate(handler: Callable[[Call], dict[str, Any] | Reply]) -> Callable[[flask.Request], flask.Response]:
+        def serve(request: flask.Request) -> flask.Response:
+            started = time.perf_counter()
+            logs.configure()
+            logs.reset()
+            extra: dict[str, str] = {}
+            try:
+                settings = get_settings()
+                logs.bind(function=name, trace=logs.trace_from_header(request.headers.get("X-Cloud-Trace-Context"), settings.project))
+                if cors:
+                    extra = _cors_headers(request.headers.get("Origin"), methods)
+                if request.method == "OPTIONS" and cors:
+                    reply = Reply({}, 204)
+                elif request.method not in methods:
+                    raise MethodNotAllowed(f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)})
+                else:
+                    length = request.content_length
+                    if length is not None and length > max_body:
+                        raise PayloadTooLarge(f"The body exceeds {max_body} bytes.", limit=max_body)
+                    raw = request.stream.read(max_body + 1) if request.method != "GET" else b""
+                    if len(raw) > max_body:
+                        raise PayloadTooLarge(f"The body exceeds {max_body} bytes.", limit=max_body)
+                    result = handler(Call(request.method, request.headers, raw, request.args))
+                    reply = result if isinstance(result, Reply) else Reply(result)
+            except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+                reply = error_reply(exc)
+            response = _respond(reply, extra)
+            log.info(
+                "%s %s %s",
+                name,
+                request.method,
+                reply.status,
+                extra={"json_fields": {
+                    "outcome": reply.body.get("error", "ok") if reply.status >= 400 else "ok",
+                    "status": reply.status,
+                    "creditsMoved": reply.credits_moved,
+                    "latencyMs": round((time.perf_counter() - started) * 1000, 1),
+                }},
+            )  # fmt: skip
+            return response
+
+        serve.__name__ = name
+        serve.__doc__ = handler.__doc__
+        return serve
+
+    return decorate

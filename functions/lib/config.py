@@ -1,0 +1,159 @@
+"""Typed settings from the environment. The variable names are part of the contract (DESIGN.md)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from functions.lib.errors import ConfigError
+
+DEFAULT_CREDIT_PACKS: dict[str, dict[str, object]] = {
+    "starter": {"credits": 100, "price": "price_starter_100"},
+    "creator": {"credits": 500, "price": "price_creator_500"},
+    "studio": {"credits": 1500, "price": "price_studio_1500"},
+}
+EMULATOR_VARIABLES = ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")
+# Cloud Run (and so Cloud Functions 2nd gen) sets K_SERVICE; functions-framework run locally does not.
+DEPLOYED_MARKER = "K_SERVICE"
+
+
+@dataclass(frozen=True)
+class CreditPack:
+    id: str
+    credits: int
+    price: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    firestore_emulator_host: str | None
+    auth_emulator_host: str | None
+    stripe_secret_key: str | None
+    stripe_webhook_secret: str | None
+    stripe_api_base: str | None
+    credit_packs: Mapping[str, CreditPack]
+    generator: str
+    gemini_api_key: str | None
+    gemini_model: str
+    gemini_base_url: str | None
+    generation_timeout_s: float
+    stale_charge_after_s: int
+    terms_version: str
+    retention_days: int
+    sweep_budget_s: float
+    allowed_origins: tuple[str, ...]
+    analytics_retention_days: int = 400
+    initial_cost: int = 50
+    iteration_cost: int = 25
+    deployed: bool = field(default=False)
+
+    def require(self, name: str) -> str:
+        """The value of a required secret or setting, or a ConfigError naming the variable."""
+        value = {
+            "STRIPE_SECRET_KEY": self.stripe_secret_key,
+            "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret,
+            "GEMINI_API_KEY": self.gemini_api_key,
+        }[name]
+        if not value:
+            raise ConfigError(name)
+        return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(name, f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(name, f"{name} must not be negative, got {value}")
+    return value
+
+
+def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
+    raw = env.get("CREDIT_PACKS", "").strip()
+    catalog: object = DEFAULT_CREDIT_PACKS
+    if raw:
+        try:
+            catalog = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("CREDIT_PACKS", f"CREDIT_PACKS is not valid JSON: {exc.msg}") from None
+    if not isinstance(catalog, dict) or not catalog:
+        raise ConfigError("CREDIT_PACKS", 'CREDIT_PACKS must be a JSON object like {"starter": {"credits": 100, "price": "price_..."}}')
+    packs = {}
+    for pack_id, spec in catalog.items():
+        credits = spec.get("credits") if isinstance(spec, dict) else None
+        price = spec.get("price") if isinstance(spec, dict) else None
+        if not isinstance(credits, int) or isinstance(credits, bool) or credits <= 0 or not isinstance(price, str) or not price:
+            raise ConfigError("CREDIT_PACKS", f"CREDIT_PACKS entry {pack_id!r} needs a positive integer 'credits' and a 'price' id")
+        packs[pack_id] = CreditPack(pack_id, credits, price)
+    return packs
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Parse settings; every error names the variable that is wrong."""
+    generator = env.get("GENERATOR", "gemini").strip() or "gemini"
+    if generator not in ("gemini", "offline"):
+        raise ConfigError("GENERATOR", f"GENERATOR must be 'gemini' or 'offline', got {generator!r}")
+    project = env.get("GOOGLE_CLOUD_PROJECT", "").strip() or env.get("GCLOUD_PROJECT", "").strip()
+    if not project:
+        raise ConfigError("GOOGLE_CLOUD_PROJECT")
+    origins = tuple(o.strip().rstrip("/") for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
+    return Settings(
+        project=project,
+        firestore_emulator_host=env.get("FIRESTORE_EMULATOR_HOST") or None,
+        auth_emulator_host=env.get("FIREBASE_AUTH_EMULATOR_HOST") or None,
+        stripe_secret_key=env.get("STRIPE_SECRET_KEY") or None,
+        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+        stripe_api_base=env.get("STRIPE_API_BASE") or None,
+        credit_packs=_packs(env),
+        generator=generator,
+        gemini_api_key=env.get("GEMINI_API_KEY") or None,
+        gemini_model=env.get("GEMINI_MODEL", "").strip() or "gemini-2.5-flash",
+        gemini_base_url=env.get("GEMINI_BASE_URL") or None,
+        generation_timeout_s=_float(env, "GENERATION_TIMEOUT_S", 30.0),
+        stale_charge_after_s=_int(env, "STALE_CHARGE_AFTER_S", 3600, minimum=1),
+        terms_version=env.get("TERMS_VERSION", "").strip() or "2026-01-01",
+        retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
+        sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
+        allowed_origins=origins,
+        deployed=bool(env.get(DEPLOYED_MARKER)),
+    )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Settings of this process, parsed once. Tests call `get_settings.cache_clear()`."""
+    return settings_from(os.environ)
+
+
+def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
+    """Fail closed: a deployed function must never trust emulator switches.
+
+    With FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens, so a deployed
+    process that sees it would let anyone in. Raising here stops the process before it serves.
+    """
+    if not env.get(DEPLOYED_MARKER):
+        return
+    present = [name for name in EMULATOR_VARIABLES if env.get(name)]
+    if present:
+        raise ConfigError(present[0], f"refusing to start: {', '.join(present)} set in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})")

@@ -1,0 +1,103 @@
+"""The one error hierarchy. Each error knows its HTTP status and JSON body; handlers map nothing else.
+
+Bodies follow DESIGN.md: {"error": code, "message": sentence, ...details}. Messages are written
+for the client: never str() of a library exception, never internals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    status = 500
+    code = "internal"
+    message = "Something went wrong on our side."
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None, **details: Any) -> None:
+        self.message = message or type(self).message
+        self.details = details
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class InvalidRequest(AppError):
+    status, code, message = 400, "invalid_request", "The request is not valid."
+
+
+class Unauthenticated(AppError):
+    status, code, message = 401, "unauthenticated", "A valid Firebase ID token is required in the Authorization header."
+
+
+class InsufficientCredits(AppError):
+    status, code, message = 402, "insufficient_credits", "Not enough credits for this generation."
+
+
+class ConsentRequired(AppError):
+    status, code, message = 403, "consent_required", "Accept the current terms before generating."
+
+
+class NotFound(AppError):
+    status, code, message = 404, "not_found", "Not found."
+
+
+class ProjectNotFound(NotFound):
+    code, message = "project_not_found", "No such project for this user."
+
+
+class MethodNotAllowed(AppError):
+    status, code, message = 405, "method_not_allowed", "This method is not allowed here."
+
+
+class InProgress(AppError):
+    status, code, message = 409, "in_progress", "A request with this Idempotency-Key is still running; retry later."
+
+
+class PayloadTooLarge(AppError):
+    status, code, message = 413, "payload_too_large", "The request body is too large."
+
+
+class UnsupportedMediaType(AppError):
+    status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+class IdempotencyKeyReused(AppError):
+    status, code, message = 422, "idempotency_key_reused", "This Idempotency-Key was used with a different request body."
+
+
+class GenerationFailed(AppError):
+    status, code, message = 502, "generation_failed", "The generation failed; your credits were refunded."
+
+
+class UpstreamFailed(AppError):
+    status, code, message = 502, "upstream_failed", "A service we depend on failed; nothing was charged."
+
+
+class Unavailable(AppError):
+    status, code, message = 503, "unavailable", "A backend is unavailable right now; retry shortly."
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
+
+
+class Contention(Unavailable):
+    """Optimistic retries ran out: other writes kept winning. Nothing was written."""
+
+    code, message = "busy", "Too many simultaneous requests on this account; nothing was charged. Retry shortly."
+
+
+class ConfigError(AppError):
+    """A missing or malformed setting. Clients see a generic 500; the log names the variable."""
+
+    status, code = 500, "internal"
+
+    def __init__(self, variable: str, detail: str | None = None) -> None:
+        super().__init__()
+        self.variable = variable
+        self.detail = detail or f"{variable} is not set"
+
+    def __str__(self) -> str:
+        return self.detail

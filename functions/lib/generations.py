@@ -1,0 +1,309 @@
+"""Generations: charge, generate, save the version, or refund exactly once.
+
+The money path of `generate` (DESIGN.md, step by step):
+1. `charge`: one optimistic commit reads the user (consent and balance), the project (iterations)
+   and the generation id, then writes the charge entry, the new balance and `generations/{id}`
+   with status `charged`. The generation id derives from (user, Idempotency-Key), so a key can
+   charge at most once; a replay answers from what is stored.
+2. The model is called outside any commit, with its own timeout.
+3. `complete`: version, project and status `succeeded` in one commit, under a precondition on
+   the generation as charged (a concurrent refund by the sweep makes it fail, never both).
+4. `refund`: status `charged` -> `refunded` plus `refund_{id}` in one commit, exactly once. The
+   nightly sweep settles charges that a killed process left behind through the same function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import analytics, consent, db, ledger
+from functions.lib.config import Settings
+from functions.lib.errors import (
+    GenerationFailed,
+    IdempotencyKeyReused,
+    InProgress,
+    NotFound,
+    ProjectNotFound,
+    Unavailable,
+)
+from functions.lib.models import ModelError, Provider
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, DocumentSnapshot
+
+log = logging.getLogger(__name__)
+
+GENERATIONS, PROJECTS, VERSIONS = "generations", "projects", "versions"
+CHARGED, SUCCEEDED, REFUNDED = "charged", "succeeded", "refunded"
+INITIAL, ITERATION = "initial", "iteration"
+MAX_PROMPT_CHARS = 8000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    uid: str
+    prompt: str
+    project_id: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return ITERATION if self.project_id else INITIAL
+
+    def fingerprint(self) -> str:
+        """What an Idempotency-Key is bound to: the same key with another body is a 422."""
+        body = json.dumps({"prompt": self.prompt, "projectId": self.project_id}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def generation_id(self) -> str:
+        if self.idempotency_key is None:
+            return "g" + uuid.uuid4().hex
+        digest = hashlib.sha256(f"{self.uid}\x00{self.idempotency_key}".encode()).hexdigest()
+        return "g" + digest[:32]
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A committed charge, with what `complete` needs to commit without reading again."""
+
+    generation_id: str
+    project_id: str
+    kind: str
+    cost: int
+    balance: int
+    prompt: str
+    uid: str
+    charged_at: datetime
+    version_count: int
+
+
+@dataclass(frozen=True)
+class Completed:
+    project_id: str
+    version_id: str
+    output: str
+    credits_charged: int
+    balance: int
+    replayed: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "projectId": self.project_id,
+            "versionId": self.version_id,
+            "output": self.output,
+            "creditsCharged": self.credits_charged,
+            "balance": self.balance,
+        }
+
+
+@dataclass(frozen=True)
+class Refund:
+    generation_id: str
+    applied: bool
+    status: str
+    amount: int
+    balance: int
+
+
+class _ProjectGone(Exception):
+    """The project disappeared between charge and completion (deleted by the sweep)."""
+
+
+def cost_of(settings: Settings, kind: str) -> int:
+    return settings.initial_cost if kind == INITIAL else settings.iteration_cost
+
+
+def _generations(client: Client) -> Any:
+    return client.collection(GENERATIONS)
+
+
+def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot) -> Completed:
+    """Answer a repeated Idempotency-Key from the stored generation, or raise what it ended as."""
+    data = gen.to_dict() or {}
+    if data.get("userId") != req.uid or data.get("requestHash") != req.fingerprint():
+        raise IdempotencyKeyReused()
+    status = data.get("status")
+    if status == CHARGED:
+        raise InProgress(headers={"Retry-After": "2"})
+    if status == REFUNDED:
+        raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
+    version = client.collection(PROJECTS).document(data["projectId"]).collection(VERSIONS).document(data["versionId"]).get()
+    output = (version.to_dict() or {}).get("output", "") if version.exists else ""
+    return Completed(data["projectId"], data["versionId"], output, int(data["cost"]), int(data["balanceAfterCharge"]), replayed=True)
+
+
+def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge | Completed:
+    """Step 2: check consent, ownership and balance, and charge, in one atomic commit.
+
+    Returns the stored answer instead when the Idempotency-Key already finished.
+    """
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    generation_id = req.generation_id()
+    cost = cost_of(settings, req.kind)
+    user_ref = client.collection(ledger.USERS).document(req.uid)
+    gen_ref = _generations(client).document(generation_id)
+    project_id = req.project_id or "p" + generation_id[1:]
+    project_ref = client.collection(PROJECTS).document(project_id)
+    refs = [user_ref, gen_ref] + ([project_ref] if req.kind == ITERATION else [])
+
+    def plan() -> db.Plan[Charge | Completed]:
+        user, gen, *maybe_project = db.get_all(client, refs)
+        if gen.exists:
+            return db.Plan(_replay(client, req, gen))
+        consent.require_current(user, settings.terms_version)
+        version_count = 0
+        batch = client.batch()
+        if maybe_project:
+            project = maybe_project[0]
+            data = project.to_dict() or {}
+            if not project.exists or data.get("ownerId") != req.uid or data.get("deletingAt") is not None:
+                raise ProjectNotFound()
+            version_count = int(data.get("versionCount") or 0)
+            # Touching updatedAt under a precondition keeps the project alive: a sweep that marks it
+            # first makes this commit fail (then we answer 404); a sweep after it sees it fresh.
+            batch.update(project_ref, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project))
+        balance = ledger.stage_entry(
+            client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost,
+            metadata={"generationId": generation_id, "projectId": project_id},
+        )  # fmt: skip
+        batch.create(gen_ref, {
+            "userId": req.uid, "projectId": project_id, "kind": req.kind, "cost": cost,
+            "status": CHARGED, "requestHash": req.fingerprint(), "balanceAfterCharge": balance,
+            "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP, "error": None,
+        })  # fmt: skip
+
+        def charged(commit_time: datetime) -> Charge:
+            return Charge(generation_id, project_id, req.kind, cost, balance, req.prompt, req.uid, commit_time, version_count)
+
+        return db.Plan(charged(datetime.min), batch, then=charged)
+
+    return db.commit_optimistically(plan)
+
+
+def complete(client: Client, ch: Charge, output: str) -> Completed:
+    """Step 4: version, project and status `succeeded` in one commit.
+
+    The first attempt trusts the state the charge wrote (its commit time is the generation's and,
+    for iterations, the project's update time), so the usual case costs one round trip.
+    """
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    gen_ref = _generations(client).document(ch.generation_id)
+    project_ref = client.collection(PROJECTS).document(ch.project_id)
+    known: list[Charge] = [ch]
+
+    def plan() -> db.Plan[Completed]:
+        if known:
+            state, gen_time, project_time = known.pop(), ch.charged_at, ch.charged_at
+        else:
+            gen, project = db.get_all(client, [gen_ref, project_ref])
+            data = gen.to_dict() or {}
+            if data.get("status") == SUCCEEDED:
+                return db.Plan(Completed(ch.project_id, data["versionId"], output, ch.cost, ch.balance))
+            if data.get("status") != CHARGED:
+                raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
+            if ch.kind == ITERATION and (not project.exists or (project.to_dict() or {}).get("deletingAt") is not None):
+                raise _ProjectGone()
+            count = int((project.to_dict() or {}).get("versionCount") or 0) if project.exists else 0
+            state, gen_time, project_time = replace(ch, version_count=count), gen.update_time, project.update_time
+        number = state.version_count + 1
+        version_id = ch.generation_id
+        batch = client.batch()
+        batch.create(project_ref.collection(VERSIONS).document(version_id), {
+            "number": number, "prompt": ch.prompt, "output": output,
+            "generationId": ch.generation_id, "createdAt": SERVER_TIMESTAMP,
+        })  # fmt: skip
+        project_fields = {"updatedAt": SERVER_TIMESTAMP, "versionCount": number, "latestVersionId": version_id}
+        if ch.kind == INITIAL:
+            batch.create(project_ref, {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields})
+        else:
+            batch.update(project_ref, project_fields, option=client.write_option(last_update_time=project_time))
+        batch.update(
+            gen_ref,
+            {"status": SUCCEEDED, "versionId": version_id, "updatedAt": SERVER_TIMESTAMP},
+            option=client.write_option(last_update_time=gen_time),
+        )
+        props = {"generationId": ch.generation_id, "projectId": ch.project_id, "kind": ch.kind, "cost": ch.cost}
+        analytics.stage_event(client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded")
+        return db.Plan(Completed(ch.project_id, version_id, output, ch.cost, ch.balance), batch)
+
+    return db.commit_optimistically(plan)
+
+
+def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
+    """Refund a `charged` generation exactly once (`refund_{id}`); a settled one is left as it is."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    gen_ref = _generations(client).document(generation_id)
+    user_ref = client.collection(ledger.USERS).document(uid)
+
+    def plan() -> db.Plan[Refund]:
+        gen, user = db.get_all(client, [gen_ref, user_ref])
+        if not gen.exists:
+            raise NotFound(f"No generation {generation_id}.")
+        data = gen.to_dict() or {}
+        cost = int(data.get("cost") or 0)
+        if data.get("status") != CHARGED:
+            return db.Plan(Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user)))
+        batch = client.batch()
+        balance = ledger.stage_entry(
+            client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost,
+            metadata={"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason},
+        )  # fmt: skip
+        batch.update(
+            gen_ref,
+            {"status": REFUNDED, "error": reason, "balanceAfterRefund": balance, "updatedAt": SERVER_TIMESTAMP},
+            option=db.precondition(client, gen),
+        )
+        props = {"generationId": generation_id, "amount": cost, "reason": reason}
+        analytics.stage_event(client, batch, analytics.CREDITS_REFUNDED, uid, props, event_id=f"{generation_id}-refunded")
+        return db.Plan(Refund(generation_id, True, REFUNDED, cost, balance), batch)
+
+    result = db.commit_optimistically(plan)
+    if result.applied:
+        analytics.emitted(analytics.CREDITS_REFUNDED, uid, {"generationId": generation_id, "amount": result.amount, "reason": reason})
+    return result
+
+
+def _fail(client: Client, ch: Charge, reason: str) -> GenerationFailed | Unavailable:
+    """Refund after a failure; the error to answer with (502 refunded, or 503 if even that failed)."""
+    try:
+        settled = refund(client, ch.generation_id, ch.uid, reason)
+    except Exception:
+        log.exception("refund of %s failed; the sweep will settle it", ch.generation_id)
+        return Unavailable("The generation failed and the refund could not be recorded yet; it will be refunded automatically.")
+    if settled.status == SUCCEEDED:  # the completion had committed after all
+        return Unavailable("The generation finished but its answer was lost; look for it in the project.")
+    return GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=reason)
+
+
+def generate(client: Client, settings: Settings, provider: Provider, req: GenerationRequest) -> Completed:
+    """Charge, call the model, save the version; refund exactly once on any failure after the charge."""
+    charged = charge(client, settings, req)
+    if isinstance(charged, Completed):
+        return charged
+    try:
+        output = provider.generate(req.prompt)
+    except ModelError as exc:
+        raise _fail(client, charged, exc.reason) from exc
+    except Exception as exc:
+        log.exception("model provider crashed")
+        raise _fail(client, charged, "model_error") from exc
+    try:
+        done = complete(client, charged, output)
+    except _ProjectGone as exc:
+        raise _fail(client, charged, "project_deleted") from exc
+    except GenerationFailed:
+        raise
+    except Exception as exc:
+        log.exception("saving generation %s failed", charged.generation_id)
+        raise _fail(client, charged, "save_failed") from exc
+    analytics.emitted(analytics.GENERATION_SUCCEEDED, req.uid, {"generationId": charged.generation_id, "kind": req.kind, "cost": charged.cost})
+    return done

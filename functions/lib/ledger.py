@@ -1,0 +1,153 @@
+"""The credits ledger: the one module that writes balances and ledger entries.
+
+Every movement is a `credit_transactions/{id}` entry with a deterministic id and the balance change
+it causes, written in one atomic commit: `create` on the entry id (fails if it exists, so a repeat
+can never write twice) plus the user's new balance under a precondition on the user document as
+read. `stage_entry` adds those writes to a caller's batch so that a domain step (a charge with its
+generation record, a refund with its status change) commits as one unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import db
+from functions.lib.errors import InsufficientCredits, InvalidRequest
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
+
+USERS = "users"
+LEDGER = "credit_transactions"
+HISTORY_LIMIT = 50
+
+PURCHASE, CHARGE, REFUND, REVERSAL, GRANT = "purchase", "charge", "refund", "reversal", "grant"
+
+
+def entry_id(kind: str, ref: str) -> str:
+    """Deterministic ledger ids (DESIGN.md): purchase_{session}, charge_{gen}, refund_{gen}, reversal_{id}, grant_{id}."""
+    return f"{kind}_{ref}"
+
+
+def balance_of(user: DocumentSnapshot) -> int:
+    """Credits on a user snapshot; a user with no document (or no entry yet) has 0."""
+    if not user.exists:
+        return 0
+    value = user.get("credits") if "credits" in (user.to_dict() or {}) else 0
+    return int(value or 0)
+
+
+def stage_entry(
+    client: Client,
+    batch: WriteBatch,
+    user: DocumentSnapshot,
+    *,
+    type: str,
+    ref: str,
+    amount: int,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """Stage a ledger entry and the balance it causes in `batch`; return the new balance.
+
+    The user document is created when missing (first purchase), otherwise updated under a
+    precondition on its update time as read. Raises InsufficientCredits when the balance would
+    go below zero.
+    """
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    before = balance_of(user)
+    after = before + amount
+    if after < 0:
+        raise InsufficientCredits(balance=before, required=-amount, shortfall=-after)
+    batch.create(
+        client.collection(LEDGER).document(entry_id(type, ref)),
+        {
+            "userId": user.reference.id,
+            "type": type,
+            "amount": amount,
+            "balanceAfter": after,
+            "metadata": {k: v for k, v in (metadata or {}).items() if v is not None},
+            "createdAt": SERVER_TIMESTAMP,
+        },
+    )
+    if user.exists:
+        batch.update(user.reference, {"credits": after}, option=db.precondition(client, user))
+    else:
+        batch.create(user.reference, {"credits": after, "createdAt": SERVER_TIMESTAMP})
+    return after
+
+
+@dataclass(frozen=True)
+class Posted:
+    """The outcome of a ledger operation: whether this call wrote it, and the balance after."""
+
+    entry_id: str
+    applied: bool
+    balance: int
+    amount: int
+
+
+def post(client: Client, uid: str, *, type: str, ref: str, amount: int, metadata: dict[str, Any] | None = None) -> Posted:
+    """Write one entry exactly once: a repeat of the same (type, ref) changes nothing and says so."""
+    if amount == 0 and type != REVERSAL:
+        raise InvalidRequest("A ledger entry must move credits.")
+    entry_ref = client.collection(LEDGER).document(entry_id(type, ref))
+    user_ref = client.collection(USERS).document(uid)
+
+    def plan() -> db.Plan[Posted]:
+        user, existing = db.get_all(client, [user_ref, entry_ref])
+        if existing.exists:
+            return db.Plan(Posted(entry_ref.id, False, balance_of(user), int(existing.get("amount"))))
+        batch = client.batch()
+        after = stage_entry(client, batch, user, type=type, ref=ref, amount=amount, metadata=metadata)
+        return db.Plan(Posted(entry_ref.id, True, after, amount), batch)
+
+    return db.commit_optimistically(plan)
+
+
+def grant(client: Client, uid: str, grant_id: str, amount: int, reason: str) -> Posted:
+    """An operator grant (support credit, promotion), idempotent by `grant_id`."""
+    if amount <= 0:
+        raise InvalidRequest("A grant must add a positive number of credits.")
+    if not reason.strip():
+        raise InvalidRequest("A grant needs a reason.")
+    return post(client, uid, type=GRANT, ref=grant_id, amount=amount, metadata={"reason": reason})
+
+
+@dataclass(frozen=True)
+class Statement:
+    balance: int
+    transactions: list[dict[str, Any]]
+
+
+def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement:
+    """The balance and the latest entries, newest first (index: userId asc, createdAt desc)."""
+    from google.cloud.firestore import Query
+
+    user = client.collection(USERS).document(uid).get()
+    query = (
+        client.collection(LEDGER)
+        .where(filter=_field_filter("userId", "==", uid))
+        .order_by("createdAt", direction=Query.DESCENDING)
+        .limit(limit)
+    )
+    entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream()]
+    return Statement(balance_of(user), entries)
+
+
+def _field_filter(field: str, op: str, value: Any) -> Any:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, op, value)
+
+
+def _public_entry(data: dict[str, Any]) -> dict[str, Any]:
+    created = data.get("createdAt")
+    return {
+        "type": data.get("type"),
+        "amount": data.get("amount"),
+        "balanceAfter": data.get("balanceAfter"),
+        "metadata": data.get("metadata", {}),
+        "createdAt": created.isoformat() if hasattr(created, "isoformat") else None,
+    }
