@@ -6,6 +6,7 @@ and answers as its `mode` says, so tests drive the real client libraries over re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -92,8 +93,6 @@ class GeminiDouble(_Double):
         if self.mode == "error429":
             return 429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}
         prompt = ""
-        try:
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
             prompt = json.loads(req.body)["contents"][0]["parts"][0]["text"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            pass
         return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": f"gemini says: {prompt}"}]}, "finishReason": "STOP"}]}

@@ -21,7 +21,9 @@ def emulator_jar() -> Path:
     ).stdout.strip()
     jar = Path(root) / "platform" / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
     if not jar.exists():
-        raise RuntimeError(f"{jar} is missing: install the component with `gcloud components install cloud-firestore-emulator` or apt's google-cloud-cli-firestore-emulator")
+        raise RuntimeError(
+            f"{jar} is missing: install the component with `gcloud components install cloud-firestore-emulator` or apt's google-cloud-cli-firestore-emulator"
+        )
     return jar
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,7 +31,9 @@ def http_ok(url: str, *, timeout: float = 1.0) -> bool:
         return False
 
 
-def wait_until(ready: Callable[[], bool], *, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_until(
+    ready: Callable[[], bool], *, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     """Poll `ready` until it is true; fail with the child's log tail if it dies or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,7 +84,5 @@ class Child:
         self._log_file.close()
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass

@@ -23,7 +23,9 @@ def parse(uid: str, call: Call) -> GenerationRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"'prompt' must be at most {MAX_PROMPT_CHARS} characters.", field="prompt")
     project_id = body.get("projectId")
-    if project_id is not None and (not isinstance(project_id, str) or not project_id or len(project_id) > 128 or "/" in project_id or project_id in (".", "..")):
+    if project_id is not None and (
+        not isinstance(project_id, str) or not project_id or len(project_id) > 128 or "/" in project_id or project_id in (".", "..")
+    ):
         raise InvalidRequest("'projectId' must be a project id string.", field="projectId")
     key = call.headers.get("Idempotency-Key")
     if key is not None and (not key.strip() or len(key) > MAX_KEY_CHARS):

@@ -87,7 +87,9 @@ def error_reply(exc: BaseException) -> Reply:
     return Reply({"error": "internal", "message": "Something went wrong on our side."}, 500)
 
 
-def endpoint(name: str, *, methods: tuple[str, ...], cors: bool = True, max_body: int = MAX_BODY_BYTES) -> Callable[[Callable[[Call], dict[str, Any] | Reply]], Callable[[flask.Request], flask.Response]]:
+def endpoint(
+    name: str, *, methods: tuple[str, ...], cors: bool = True, max_body: int = MAX_BODY_BYTES
+) -> Callable[[Callable[[Call], dict[str, Any] | Reply]], Callable[[flask.Request], flask.Response]]:
     """Wrap a handler of `Call` into a functions-framework HTTP function."""
 
     def decorate(handler: Callable[[Call], dict[str, Any] | Reply]) -> Callable[[flask.Request], flask.Response]:

@@ -22,7 +22,9 @@ CREDITS_REVERSED = "credits_reversed"
 TERMS_ACCEPTED = "terms_accepted"
 
 
-def stage_event(client: Client, batch: WriteBatch, type: str, uid: str | None, properties: dict[str, Any], *, event_id: str | None = None) -> None:
+def stage_event(
+    client: Client, batch: WriteBatch, type: str, uid: str | None, properties: dict[str, Any], *, event_id: str | None = None
+) -> None:
     """Stage an event in `batch`. A deterministic `event_id` keeps a retried step from logging twice."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 

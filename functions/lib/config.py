@@ -156,4 +156,7 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
         return
     present = [name for name in EMULATOR_VARIABLES if env.get(name)]
     if present:
-        raise ConfigError(present[0], f"refusing to start: {', '.join(present)} set in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})")
+        raise ConfigError(
+            present[0],
+            f"refusing to start: {', '.join(present)} set in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})",
+        )

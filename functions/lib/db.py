@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from functions.lib.config import get_settings
 from functions.lib.errors import Contention, Unavailable
@@ -62,7 +62,7 @@ def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnaps
     return [by_path[ref.path] for ref in refs]
 
 
-def precondition(client: Client, snap: DocumentSnapshot) -> object:
+def precondition(client: Client, snap: DocumentSnapshot) -> Any:
     """The write option that makes a write fail if `snap`'s document changed since it was read."""
     return client.write_option(last_update_time=snap.update_time)
 

@@ -305,5 +305,7 @@ def generate(client: Client, settings: Settings, provider: Provider, req: Genera
     except Exception as exc:
         log.exception("saving generation %s failed", charged.generation_id)
         raise _fail(client, charged, "save_failed") from exc
-    analytics.emitted(analytics.GENERATION_SUCCEEDED, req.uid, {"generationId": charged.generation_id, "kind": req.kind, "cost": charged.cost})
+    analytics.emitted(
+        analytics.GENERATION_SUCCEEDED, req.uid, {"generationId": charged.generation_id, "kind": req.kind, "cost": charged.cost}
+    )
     return done

@@ -10,6 +10,7 @@ generation record, a refund with its status change) commits as one unit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
@@ -149,5 +150,5 @@ def _public_entry(data: dict[str, Any]) -> dict[str, Any]:
         "amount": data.get("amount"),
         "balanceAfter": data.get("balanceAfter"),
         "metadata": data.get("metadata", {}),
-        "createdAt": created.isoformat() if hasattr(created, "isoformat") else None,
+        "createdAt": created.isoformat() if isinstance(created, datetime) else None,
     }

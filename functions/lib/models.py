@@ -61,7 +61,11 @@ class GeminiProvider:
         from google import genai
         from google.genai import types
 
-        options = types.HttpOptions(timeout=self._timeout_ms, base_url=self._base_url) if self._base_url else types.HttpOptions(timeout=self._timeout_ms)
+        options = (
+            types.HttpOptions(timeout=self._timeout_ms, base_url=self._base_url)
+            if self._base_url
+            else types.HttpOptions(timeout=self._timeout_ms)
+        )
         return genai.Client(api_key=self._api_key, http_options=options)
 
     def generate(self, prompt: str) -> str:
@@ -92,7 +96,9 @@ class GeminiProvider:
 def provider_for(settings: Settings) -> Provider:
     if settings.generator == "offline":
         return OfflineProvider()
-    return GeminiProvider(settings.require("GEMINI_API_KEY"), settings.gemini_model, settings.generation_timeout_s, settings.gemini_base_url)
+    return GeminiProvider(
+        settings.require("GEMINI_API_KEY"), settings.gemini_model, settings.generation_timeout_s, settings.gemini_base_url
+    )
 
 
 @functools.cache

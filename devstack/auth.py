@@ -1,0 +1,58 @@
+"""The Firebase Auth emulator from firebase-tools (installed by `scripts/setup` with npm ci)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from devstack.procs import Child, free_port, http_ok, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class AuthEmulator:
+    """`firebase emulators:start --only auth` on a free port, with its own firebase.json."""
+
+    def __init__(self, project: str, *, log_dir: Path, port: int | None = None) -> None:
+        binary = ROOT / "node_modules" / ".bin" / "firebase"
+        if not binary.exists():
+            raise RuntimeError(f"{binary} is missing: run scripts/setup (npm ci installs firebase-tools)")
+        self.project = project
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._dir = Path(tempfile.mkdtemp(prefix="auth-emulator-"))
+        hub, logging_port = free_port(), free_port()
+        config = {"emulators": {"auth": {"host": "127.0.0.1", "port": self.port}, "hub": {"host": "127.0.0.1", "port": hub},
+                                "logging": {"host": "127.0.0.1", "port": logging_port}, "ui": {"enabled": False}}}  # fmt: skip
+        (self._dir / "firebase.json").write_text(json.dumps(config))
+        env = {**os.environ, "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true", "CI": "true"}
+        env.pop("FIRESTORE_EMULATOR_HOST", None)
+        argv = [str(binary), "emulators:start", "--only", "auth", "--project", project, "--config", str(self._dir / "firebase.json")]
+        self.child = Child(argv, log=log_dir / f"auth-{self.port}.log", env=env, cwd=self._dir)
+        wait_until(
+            lambda: http_ok(f"http://{self.host}/"), what="Firebase Auth emulator", timeout=120, proc=self.child.proc, log=self.child.log
+        )
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"http://{self.host}/identitytoolkit.googleapis.com/v1/{path}?key=local-emulator"
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def sign_up(self, email: str, password: str) -> tuple[str, str]:
+        """Create an account as a client app would; returns (uid, ID token)."""
+        data = self._post("accounts:signUp", {"email": email, "password": password, "returnSecureToken": True})
+        return data["localId"], data["idToken"]
+
+    def sign_in(self, email: str, password: str) -> tuple[str, str]:
+        data = self._post("accounts:signInWithPassword", {"email": email, "password": password, "returnSecureToken": True})
+        return data["localId"], data["idToken"]
+
+    def stop(self) -> None:
+        self.child.stop(grace=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
