@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import logs
 from functions.lib.config import get_settings
-from functions.lib.errors import AppError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType
+from functions.lib.db import firestore_unavailable
+from functions.lib.errors import AppError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, Unavailable, UnsupportedMediaType
 
 if TYPE_CHECKING:
     import flask
@@ -79,6 +80,8 @@ def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
 
 def error_reply(exc: BaseException) -> Reply:
     """The one mapping from exceptions to HTTP: AppErrors as they say, anything else a bare 500."""
+    if not isinstance(exc, AppError) and firestore_unavailable(exc):
+        exc = Unavailable()
     if isinstance(exc, AppError):
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc, exc_info=exc.status == 500)

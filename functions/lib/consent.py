@@ -42,7 +42,7 @@ def require_current(user: DocumentSnapshot, current_version: str) -> None:
 
 
 def read(client: Client, uid: str, current_version: str) -> ConsentState:
-    return state_of(client.collection(USERS).document(uid).get(), current_version)
+    return state_of(client.collection(USERS).document(uid).get(**db.rpc()), current_version)
 
 
 def accept(client: Client, uid: str, version: object, current_version: str) -> ConsentState:
@@ -54,7 +54,7 @@ def accept(client: Client, uid: str, version: object, current_version: str) -> C
     user_ref = client.collection(USERS).document(uid)
 
     def plan() -> db.Plan[None]:
-        user = user_ref.get()
+        user = user_ref.get(**db.rpc())
         batch = client.batch()
         consent = {"version": current_version, "acceptedAt": SERVER_TIMESTAMP}
         if user.exists:

@@ -28,6 +28,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 12
+RPC_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def rpc() -> dict[str, Any]:
+    """Keyword arguments for every Firestore call: a bounded retry of transient errors.
+
+    Without them a read against an unreachable Firestore retries for minutes (measured: a
+    `get_all` with only `timeout=5` still hung at 100 s), so an outage would hang requests until
+    the function's own timeout instead of answering a retryable 503.
+    """
+    from google.api_core import exceptions as gexc
+    from google.api_core.retry import Retry, if_exception_type
+
+    transient = if_exception_type(gexc.ServiceUnavailable, gexc.InternalServerError, gexc.DeadlineExceeded)
+    return {"retry": Retry(predicate=transient, initial=0.05, maximum=0.5, multiplier=2, timeout=RPC_TIMEOUT_S), "timeout": RPC_TIMEOUT_S}
 
 
 @functools.cache
@@ -58,7 +74,7 @@ class Plan(Generic[T]):
 
 def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnapshot]:
     """Snapshots in the order of `refs` (get_all streams them back in any order)."""
-    by_path = {snap.reference.path: snap for snap in client.get_all(refs)}
+    by_path = {snap.reference.path: snap for snap in client.get_all(refs, **rpc())}
     return [by_path[ref.path] for ref in refs]
 
 
@@ -82,7 +98,7 @@ def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_AT
             decided = plan()
             if decided.batch is None:
                 return decided.result
-            results = decided.batch.commit()
+            results = decided.batch.commit(**rpc())
             if decided.then is not None:
                 return decided.then(results[0].update_time)
             return decided.result

@@ -133,7 +133,7 @@ def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot) -> Co
         raise InProgress(headers={"Retry-After": "2"})
     if status == REFUNDED:
         raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
-    version = client.collection(PROJECTS).document(data["projectId"]).collection(VERSIONS).document(data["versionId"]).get()
+    version = client.collection(PROJECTS).document(data["projectId"]).collection(VERSIONS).document(data["versionId"]).get(**db.rpc())
     output = (version.to_dict() or {}).get("output", "") if version.exists else ""
     return Completed(data["projectId"], data["versionId"], output, int(data["cost"]), int(data["balanceAfterCharge"]), replayed=True)
 

@@ -126,14 +126,14 @@ def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement
     """The balance and the latest entries, newest first (index: userId asc, createdAt desc)."""
     from google.cloud.firestore import Query
 
-    user = client.collection(USERS).document(uid).get()
+    user = client.collection(USERS).document(uid).get(**db.rpc())
     query = (
         client.collection(LEDGER)
         .where(filter=_field_filter("userId", "==", uid))
         .order_by("createdAt", direction=Query.DESCENDING)
         .limit(limit)
     )
-    entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream()]
+    entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream(**db.rpc())]
     return Statement(balance_of(user), entries)
 
 
