@@ -1,0 +1,184 @@
+"""The whole stack on this machine, and a scripted journey through it, as a client app would do it.
+
+    scripts/run-local            # start, run the journey, stop
+    scripts/run-local --serve    # start, run the journey, keep serving until Ctrl-C
+
+Starts the Firestore emulator (gcloud), the Auth emulator (firebase-tools), and every function
+under the real `functions-framework` CLI on 127.0.0.1, with the offline model provider. No cloud
+account and no keys. Everything started here is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from devstack.auth import AuthEmulator
+from devstack.firestore import FirestoreEmulator
+from devstack.serve import ServedFunction
+
+PROJECT = "demo-credits-local"
+TERMS = "2026-11-01"
+TARGETS = ("generate", "consent", "credits")
+
+
+class Stack:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._stops: list[Callable[[], None]] = []
+        self.functions: dict[str, ServedFunction] = {}
+        self.env: dict[str, str] = {}
+
+    def start(self) -> None:
+        step("starting the Firestore emulator (google-cloud-cli)")
+        firestore = FirestoreEmulator(PROJECT, log_dir=self.log_dir)
+        self._stops.append(firestore.stop)
+        step(f"  Firestore on {firestore.host}")
+        step("starting the Firebase Auth emulator (firebase-tools)")
+        self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir)
+        self._stops.append(self.auth.stop)
+        step(f"  Auth on {self.auth.host}")
+        self.env = {
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "FIRESTORE_EMULATOR_HOST": firestore.host,
+            "FIREBASE_AUTH_EMULATOR_HOST": self.auth.host,
+            "GENERATOR": "offline",
+            "TERMS_VERSION": TERMS,
+            "STRIPE_SECRET_KEY": "sk_test_local_stack",
+            "STRIPE_WEBHOOK_SECRET": "whsec_local_stack",
+            "ALLOWED_ORIGINS": "http://localhost:5173",
+        }
+        os.environ.update(self.env)
+        step("serving the functions with functions-framework")
+        starting = [ServedFunction(t, env=self.env, log_dir=self.log_dir, wait=False) for t in TARGETS]
+        for fn in starting:
+            self._stops.append(fn.stop)
+            fn.wait_ready()
+            self.functions[fn.target] = fn
+            step(f"  {fn.target:<16} {fn.url}")
+
+    def stop(self) -> None:
+        for stop in reversed(self._stops):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                print(f"warning: stop failed: {exc}", file=sys.stderr)
+        self._stops.clear()
+
+    def call(
+        self, target: str, method: str, token: str | None, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        hdrs = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.functions[target].url + "/", data=data, headers=hdrs, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def step(message: str) -> None:
+    print(message, flush=True)
+
+
+def show(label: str, status: int, body: dict[str, Any]) -> None:
+    brief = {k: v for k, v in body.items() if k != "transactions"}
+    print(f"  {label:<44} -> {status} {json.dumps(brief)[:150]}", flush=True)
+
+
+def expect(ok: bool, what: str) -> None:
+    if not ok:
+        raise SystemExit(f"journey failed: {what}")
+
+
+def buy_credits(stack: Stack, uid: str) -> None:
+    """Operator grant through the real ledger (the Stripe purchase path replaces this)."""
+    from functions.lib import db, ledger
+
+    posted = ledger.grant(db.get_client(), uid, f"welcome-{uid}", 200, "local journey: welcome credits")
+    print(f"  {'operator grant of 200 credits':<44} -> balance {posted.balance}", flush=True)
+
+
+def journey(stack: Stack) -> None:
+    step("\njourney: a new user signs up, accepts the terms, buys credits, generates, iterates, fails once")
+    uid, token = stack.auth.sign_up(f"user{int(time.time())}@example.com", "correct-horse-battery")
+    print(f"  signed up with the Auth emulator: uid {uid}", flush=True)
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"})
+    show("generate before accepting the terms", status, body)
+    expect(status == 403, "generate without consent should be 403")
+
+    status, body = stack.call("consent", "POST", token, {"version": TERMS})
+    show("consent: accept the current terms", status, body)
+    expect(status == 200 and body["accepted"], "consent should be accepted")
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"})
+    show("generate with no credits", status, body)
+    expect(status == 402 and body["shortfall"] == 50, "generate with 0 credits should be 402")
+
+    buy_credits(stack, uid)
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"})
+    show("generate: initial (50 credits)", status, body)
+    expect(status == 200 and body["creditsCharged"] == 50, "initial generation should charge 50")
+    project_id = body["projectId"]
+
+    status, again = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"})
+    show("same Idempotency-Key again (no new charge)", status, again)
+    expect(status == 200 and again["balance"] == body["balance"], "replay should not charge again")
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "now with storm clouds", "projectId": project_id})
+    show("generate: iteration (25 credits)", status, body)
+    expect(status == 200 and body["creditsCharged"] == 25, "iteration should charge 25")
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "make it fail #fail", "projectId": project_id})
+    show("generate: the model fails (refunded)", status, body)
+    expect(status == 502 and body["refunded"] == 25, "a failed generation should be refunded")
+
+    status, body = stack.call("credits", "GET", token)
+    show("credits: balance and ledger", status, body)
+    for entry in body["transactions"]:
+        print(f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}", flush=True)
+    expect(status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]), "balance should equal the ledger sum")
+    step(f"\njourney complete: balance {body['balance']} = sum of {len(body['transactions'])} ledger entries")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", action="store_true", help="keep the stack running after the journey, until Ctrl-C")
+    args = parser.parse_args(argv)
+    log_dir = Path(tempfile.mkdtemp(prefix="credits-local-"))
+    step(f"logs: {log_dir}")
+    stack = Stack(log_dir)
+    try:
+        stack.start()
+        journey(stack)
+        if args.serve:
+            step("\nserving; try:")
+            for target, fn in stack.functions.items():
+                step(f"  {target:<16} {fn.url}")
+            step("Ctrl-C stops everything.")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        step("stopping everything this run started")
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
