@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from tests.conftest import assert_ledger_consistent, bearer
 from tests.helpers import balance, entries, generations, make_user
@@ -189,7 +190,7 @@ def test_model_failure_refunds_exactly_once_and_answers_502(app: Any, db: Any, g
     assert gen["status"] == "refunded" and gen["error"] == reason
     assert len(entries(db, "fay", "refund")) == 1 and len(entries(db, "fay", "charge")) == 1
     assert balance(db, "fay") == 60
-    events = [e.to_dict() for e in db.collection("analytics_events").where("type", "==", "credits_refunded").stream()]
+    events = [e.to_dict() for e in db.collection("analytics_events").where(filter=FieldFilter("type", "==", "credits_refunded")).stream()]
     assert len(events) == 1 and events[0]["userId"] == "fay"
     assert_ledger_consistent(db)
 
