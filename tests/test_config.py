@@ -53,3 +53,13 @@ def test_deployed_process_refuses_emulator_switches() -> None:
         refuse_unsafe_environment({"K_SERVICE": "generate", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
     refuse_unsafe_environment({"K_SERVICE": "generate"})
     refuse_unsafe_environment({"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
+
+
+@pytest.mark.parametrize(
+    ("target", "variable"),
+    [("stripe_webhook", "STRIPE_WEBHOOK_SECRET"), ("checkout", "STRIPE_SECRET_KEY"), ("generate", "GEMINI_API_KEY")],
+)
+def test_deployed_function_refuses_to_start_without_its_secret(target: str, variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        refuse_unsafe_environment({"K_SERVICE": target, "FUNCTION_TARGET": target})
+    refuse_unsafe_environment({"K_SERVICE": target, "FUNCTION_TARGET": target, variable: "set"})

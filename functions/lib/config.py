@@ -146,17 +146,29 @@ def get_settings() -> Settings:
     return settings_from(os.environ)
 
 
+# Secrets each deployed function cannot work without (FUNCTION_TARGET names the function).
+REQUIRED_SECRETS = {
+    "checkout": ("STRIPE_SECRET_KEY",),
+    "stripe_webhook": ("STRIPE_WEBHOOK_SECRET",),
+}
+
+
 def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
-    """Fail closed: a deployed function must never trust emulator switches.
+    """Fail closed: a deployed function must never trust emulator switches or run without secrets.
 
     With FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens, so a deployed
     process that sees it would let anyone in. Raising here stops the process before it serves.
     """
     if not env.get(DEPLOYED_MARKER):
         return
+    where = f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})"
     present = [name for name in EMULATOR_VARIABLES if env.get(name)]
     if present:
-        raise ConfigError(
-            present[0],
-            f"refusing to start: {', '.join(present)} set in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})",
-        )
+        raise ConfigError(present[0], f"refusing to start: {', '.join(present)} set {where}")
+    target = env.get("FUNCTION_TARGET", "")
+    required = list(REQUIRED_SECRETS.get(target, ()))
+    if target == "generate" and env.get("GENERATOR", "gemini") == "gemini":
+        required.append("GEMINI_API_KEY")
+    missing = [name for name in required if not env.get(name)]
+    if missing:
+        raise ConfigError(missing[0], f"refusing to start {target}: {', '.join(missing)} not set {where}")

@@ -1,0 +1,82 @@
+"""Functions served by the real functions-framework CLI, as Cloud Run runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.serve import ServedFunction
+from tests.conftest import token
+from tests.helpers import make_user
+
+
+def _wait_exit(fn: ServedFunction, timeout: float = 30) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and fn.child.proc.poll() is None:
+        time.sleep(0.1)
+    return fn.child.proc.poll()
+
+
+@pytest.mark.no_emulator
+@pytest.mark.parametrize(
+    ("target", "env", "named"),
+    [
+        ("generate", {"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099", "GENERATOR": "offline"}, "FIREBASE_AUTH_EMULATOR_HOST"),
+        ("credits", {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080"}, "FIRESTORE_EMULATOR_HOST"),
+        ("generate", {"GENERATOR": "gemini"}, "GEMINI_API_KEY"),
+    ],
+)
+def test_deployed_process_with_unsafe_config_refuses_to_start(target: str, env: dict[str, str], named: str) -> None:
+    base = {k: v for k, v in os.environ.items() if k not in ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GEMINI_API_KEY")}
+    full = {**base, "K_SERVICE": target, "FUNCTION_TARGET": target, "GOOGLE_CLOUD_PROJECT": "demo-x", **env}
+    fn = ServedFunction(target, env=full, log_dir=Path(tempfile.mkdtemp()), wait=False, inherit=False)
+    try:
+        code = _wait_exit(fn)
+    finally:
+        fn.stop()
+
+    assert code not in (None, 0)
+    log = fn.child.log.read_text()
+    assert "refusing to start" in log and named in log
+
+
+def test_one_request_logs_one_summary_line_in_cloud_logging_shape(db: Any) -> None:
+    make_user(db, "logan", credits=100)
+    fn = ServedFunction("generate", env={}, log_dir=Path(tempfile.mkdtemp()))
+    secret_prompt = "my very private prompt 8c1e"
+    id_token = token("logan")
+    try:
+        req = urllib.request.Request(
+            fn.url + "/",
+            data=json.dumps({"prompt": secret_prompt}).encode(),
+            headers={
+                "Authorization": f"Bearer {id_token}",
+                "Content-Type": "application/json",
+                "X-Cloud-Trace-Context": "0123456789abcdef0123456789abcdef/1;o=1",
+            },
+        )
+        with urllib.request.urlopen(req, timeout=30) as res:
+            assert res.status == 200
+    finally:
+        fn.stop()
+
+    lines = [json.loads(line) for line in fn.child.log.read_text().splitlines() if line.startswith("{")]
+    # The readiness probe (a GET, answered 405) is a request of its own; look at the POST.
+    summaries = [line for line in lines if line.get("logger") == "request" and " POST " in line["message"]]
+    assert len(summaries) == 1
+    [summary] = summaries
+    assert summary["severity"] == "INFO" and summary["message"].startswith("generate POST 200")
+    assert summary["logging.googleapis.com/trace"] == "projects/demo-credits-test/traces/0123456789abcdef0123456789abcdef"
+    assert summary["function"] == "generate" and summary["uid"] == "logan"
+    assert summary["outcome"] == "ok" and summary["status"] == 200 and summary["creditsMoved"] == -50
+    assert isinstance(summary["latencyMs"], float)
+    text = fn.child.log.read_text()
+    assert id_token not in text and id_token.split(".")[1] not in text
+    assert secret_prompt not in text
