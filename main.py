@@ -37,3 +37,17 @@ def credits(request: flask.Request) -> flask.Response:
     from functions.credits_api import handle
 
     return handle(request)
+
+
+def checkout(request: flask.Request) -> flask.Response:
+    """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
+    from functions.checkout import handle
+
+    return handle(request)
+
+
+def stripe_webhook(request: flask.Request) -> flask.Response:
+    """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds and disputes."""
+    from functions.stripe_webhook import handle
+
+    return handle(request)

@@ -28,6 +28,10 @@ class InvalidRequest(AppError):
     status, code, message = 400, "invalid_request", "The request is not valid."
 
 
+class InvalidSignature(InvalidRequest):
+    code, message = "invalid_signature", "The Stripe-Signature header is missing, malformed, stale or does not match the body."
+
+
 class Unauthenticated(AppError):
     status, code, message = 401, "unauthenticated", "A valid Firebase ID token is required in the Authorization header."
 

@@ -9,6 +9,7 @@ generation record, a refund with its status change) commits as one unit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -89,8 +90,20 @@ class Posted:
     amount: int
 
 
-def post(client: Client, uid: str, *, type: str, ref: str, amount: int, metadata: dict[str, Any] | None = None) -> Posted:
-    """Write one entry exactly once: a repeat of the same (type, ref) changes nothing and says so."""
+def post(
+    client: Client,
+    uid: str,
+    *,
+    type: str,
+    ref: str,
+    amount: int,
+    metadata: dict[str, Any] | None = None,
+    also: Callable[[WriteBatch], None] | None = None,
+) -> Posted:
+    """Write one entry exactly once: a repeat of the same (type, ref) changes nothing and says so.
+
+    `also` stages more writes (an analytics event) into the same commit, only when the entry is new.
+    """
     if amount == 0 and type != REVERSAL:
         raise InvalidRequest("A ledger entry must move credits.")
     entry_ref = client.collection(LEDGER).document(entry_id(type, ref))
@@ -102,6 +115,8 @@ def post(client: Client, uid: str, *, type: str, ref: str, amount: int, metadata
             return db.Plan(Posted(entry_ref.id, False, balance_of(user), int(existing.get("amount"))))
         batch = client.batch()
         after = stage_entry(client, batch, user, type=type, ref=ref, amount=amount, metadata=metadata)
+        if also is not None:
+            also(batch)
         return db.Plan(Posted(entry_ref.id, True, after, amount), batch)
 
     return db.commit_optimistically(plan)

@@ -1,0 +1,302 @@
+"""Stripe webhook deliveries as Stripe sends them: event envelopes around full API objects, signed
+with the real scheme (`Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "t.body")>`).
+
+Used by the tests, the local run (buying credits through a signed delivery) and the Stripe double.
+Typical use:
+
+    event = checkout_completed("cs_test_1", uid, "starter", "pi_test_1")
+    body, headers = delivery(event, "whsec_...")
+    POST body with headers to the stripe_webhook function
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+
+API_VERSION = "2025-09-30.clover"
+DEFAULT_AMOUNT = 1000  # cents
+
+
+def new_id(prefix: str) -> str:
+    """A Stripe-shaped test-mode id: `new_id("cs_test")` -> `cs_test_a1b2...`."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def checkout_session(
+    session_id: str,
+    uid: str | None,
+    pack_id: str | None,
+    *,
+    payment_intent: str | None = None,
+    status: str = "complete",
+    payment_status: str = "paid",
+    amount_total: int = DEFAULT_AMOUNT,
+    success_url: str = "http://localhost:5173/credits?paid=1",
+    cancel_url: str = "http://localhost:5173/credits",
+    url: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A Checkout Session object in payment mode, with the metadata `checkout` sets (None leaves a key out)."""
+    created = created or int(time.time())
+    metadata = {k: v for k, v in (("userId", uid), ("packageId", pack_id)) if v is not None}
+    paid_by = {"address": {"city": None, "country": "US", "line1": None, "line2": None, "postal_code": "94103", "state": None},
+               "email": "buyer@example.com", "name": "Test Buyer", "phone": None, "tax_exempt": "none", "tax_ids": []}  # fmt: skip
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "adaptive_pricing": {"enabled": False},
+        "after_expiration": None,
+        "allow_promotion_codes": None,
+        "amount_subtotal": amount_total,
+        "amount_total": amount_total,
+        "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+        "billing_address_collection": None,
+        "cancel_url": cancel_url,
+        "client_reference_id": uid,
+        "client_secret": None,
+        "collected_information": {"shipping_details": None},
+        "consent": None,
+        "consent_collection": None,
+        "created": created,
+        "currency": "usd",
+        "currency_conversion": None,
+        "custom_fields": [],
+        "custom_text": {"after_submit": None, "shipping_address": None, "submit": None, "terms_of_service_acceptance": None},
+        "customer": None,
+        "customer_creation": "if_required",
+        "customer_details": paid_by if status == "complete" else None,
+        "customer_email": None,
+        "discounts": [],
+        "expires_at": created + 86400,
+        "invoice": None,
+        "invoice_creation": {
+            "enabled": False,
+            "invoice_data": {
+                "account_tax_ids": None,
+                "custom_fields": None,
+                "description": None,
+                "footer": None,
+                "issuer": None,
+                "metadata": {},
+                "rendering_options": None,
+            },
+        },
+        "livemode": False,
+        "locale": None,
+        "metadata": metadata,
+        "mode": "payment",
+        "payment_intent": payment_intent,
+        "payment_link": None,
+        "payment_method_collection": "if_required",
+        "payment_method_configuration_details": None,
+        "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
+        "payment_method_types": ["card"],
+        "payment_status": payment_status,
+        "permissions": None,
+        "phone_number_collection": {"enabled": False},
+        "recovered_from": None,
+        "saved_payment_method_options": None,
+        "setup_intent": None,
+        "shipping_address_collection": None,
+        "shipping_cost": None,
+        "shipping_options": [],
+        "status": status,
+        "submit_type": None,
+        "subscription": None,
+        "success_url": success_url,
+        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "ui_mode": "hosted",
+        "url": url,
+        "wallet_options": None,
+    }
+
+
+def charge(charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, amount_refunded: int = 0) -> dict[str, Any]:
+    """A card Charge object of a Checkout payment; `amount_refunded` is cumulative, as Stripe reports it."""
+    created = int(time.time())
+    return {
+        "id": charge_id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": amount_refunded,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": new_id("txn"),
+        "billing_details": {
+            "address": {"city": None, "country": "US", "line1": None, "line2": None, "postal_code": "94103", "state": None},
+            "email": "buyer@example.com",
+            "name": "Test Buyer",
+            "phone": None,
+            "tax_id": None,
+        },
+        "calculated_statement_descriptor": "CREDITS",
+        "captured": True,
+        "created": created,
+        "currency": "usd",
+        "customer": None,
+        "description": None,
+        "destination": None,
+        "dispute": None,
+        "disputed": False,
+        "failure_balance_transaction": None,
+        "failure_code": None,
+        "failure_message": None,
+        "fraud_details": {},
+        "livemode": False,
+        "metadata": {},
+        "on_behalf_of": None,
+        "outcome": {
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network",
+            "reason": None,
+            "risk_level": "normal",
+            "risk_score": 32,
+            "seller_message": "Payment complete.",
+            "type": "authorized",
+        },
+        "paid": True,
+        "payment_intent": payment_intent,
+        "payment_method": new_id("pm"),
+        "payment_method_details": {
+            "card": {
+                "brand": "visa",
+                "country": "US",
+                "exp_month": 12,
+                "exp_year": 2030,
+                "funding": "credit",
+                "last4": "4242",
+                "network": "visa",
+                "three_d_secure": None,
+                "wallet": None,
+            },
+            "type": "card",
+        },
+        "receipt_email": None,
+        "receipt_number": None,
+        "receipt_url": f"https://pay.stripe.com/receipts/payment/{charge_id}",
+        "refunded": amount_refunded == amount,
+        "review": None,
+        "shipping": None,
+        "source_transfer": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "succeeded",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+
+
+def dispute(
+    dispute_id: str, charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, reason: str = "fraudulent"
+) -> dict[str, Any]:
+    """A Dispute object as `charge.dispute.created` carries it."""
+    created = int(time.time())
+    evidence_fields = ("access_activity_log", "billing_address", "cancellation_policy", "cancellation_policy_disclosure",
+                       "cancellation_rebuttal", "customer_communication", "customer_email_address", "customer_name",
+                       "customer_purchase_ip", "customer_signature", "duplicate_charge_documentation",
+                       "duplicate_charge_explanation", "duplicate_charge_id", "product_description", "receipt",
+                       "refund_policy", "refund_policy_disclosure", "refund_refusal_explanation", "service_date",
+                       "service_documentation", "shipping_address", "shipping_carrier", "shipping_date",
+                       "shipping_documentation", "shipping_tracking_number", "uncategorized_file", "uncategorized_text")  # fmt: skip
+    return {
+        "id": dispute_id,
+        "object": "dispute",
+        "amount": amount,
+        "balance_transactions": [],
+        "charge": charge_id,
+        "created": created,
+        "currency": "usd",
+        "enhanced_eligibility_types": [],
+        "evidence": dict.fromkeys(evidence_fields),
+        "evidence_details": {
+            "due_by": created + 7 * 86400,
+            "enhanced_eligibility": {},
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        },
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "payment_method_details": {"card": {"brand": "visa", "case_type": "chargeback", "network_reason_code": "10.4"}, "type": "card"},
+        "reason": reason,
+        "status": "needs_response",
+    }
+
+
+def event(type: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None) -> dict[str, Any]:
+    """The envelope Stripe posts to a webhook endpoint (a snapshot event)."""
+    return {
+        "id": event_id or new_id("evt"),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": created or int(time.time()),
+        "data": {"object": obj},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type,
+    }
+
+
+def checkout_completed(
+    session_id: str, uid: str | None, pack_id: str | None, payment_intent: str, paid: bool = True, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`checkout.session.completed`; `paid=False` is a delayed payment method still in flight."""
+    session = checkout_session(session_id, uid, pack_id, payment_intent=payment_intent, payment_status="paid" if paid else "unpaid")
+    return event("checkout.session.completed", session, event_id=event_id)
+
+
+def async_payment_succeeded(
+    session_id: str, uid: str | None, pack_id: str | None, payment_intent: str, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`checkout.session.async_payment_succeeded`: the delayed payment of a completed session cleared."""
+    session = checkout_session(session_id, uid, pack_id, payment_intent=payment_intent, payment_status="paid")
+    return event("checkout.session.async_payment_succeeded", session, event_id=event_id)
+
+
+def charge_refunded(
+    charge_id: str, payment_intent: str, amount: int, amount_refunded: int, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`charge.refunded` after a (partial) refund; `amount_refunded` is the total refunded so far."""
+    return event("charge.refunded", charge(charge_id, payment_intent, amount, amount_refunded), event_id=event_id)
+
+
+def dispute_created(
+    dispute_id: str, charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`charge.dispute.created`: the buyer's bank opened a chargeback."""
+    return event("charge.dispute.created", dispute(dispute_id, charge_id, payment_intent, amount), event_id=event_id)
+
+
+def encode(evt: dict[str, Any]) -> bytes:
+    """The body bytes as Stripe sends them (pretty-printed JSON)."""
+    return json.dumps(evt, indent=2).encode()
+
+
+def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The `Stripe-Signature` header for `payload`: `t=<timestamp>,v1=<HMAC-SHA256(secret, "t.payload")>`."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def delivery(evt: dict[str, Any], secret: str, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of one signed webhook delivery of `evt`."""
+    body = encode(evt)
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "Stripe-Signature": sign(body, secret, timestamp),
+    }
+    return body, headers

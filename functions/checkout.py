@@ -1,0 +1,70 @@
+"""`checkout` handler: validate the pack and the return URLs, then create a Stripe Checkout Session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from functions.http import Call, endpoint
+from functions.lib import auth, logs, stripe_api
+from functions.lib.config import CreditPack, Settings, get_settings
+from functions.lib.errors import ConfigError, InvalidRequest
+
+MAX_URL_CHARS = 2048
+MAX_KEY_CHARS = 200
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    pack: CreditPack
+    success_url: str
+    cancel_url: str
+    idempotency_key: str | None
+
+
+def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
+    """An absolute http(s) URL on one of ALLOWED_ORIGINS: Stripe sends the buyer there, so no open redirects."""
+    if not settings.allowed_origins:
+        raise ConfigError("ALLOWED_ORIGINS", "ALLOWED_ORIGINS is empty: checkout cannot accept any return URL")
+    url = body.get(field)
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
+        raise InvalidRequest(f"'{field}' must be a URL of at most {MAX_URL_CHARS} characters.", field=field)
+    try:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        raise InvalidRequest(f"'{field}' is not a valid URL.", field=field) from None
+    allowed = {o.lower() for o in settings.allowed_origins}
+    if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None or origin.lower() not in allowed:
+        raise InvalidRequest(f"'{field}' must be on one of the app's origins.", field=field)
+    return url
+
+
+def parse(settings: Settings, call: Call) -> CheckoutRequest:
+    body = call.json()
+    unknown = sorted(set(body) - {"packId", "successUrl", "cancelUrl"})
+    if unknown:
+        raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
+    pack_id = body.get("packId")
+    pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
+    if pack is None:
+        raise InvalidRequest(f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId")
+    key = call.headers.get("Idempotency-Key")
+    if key is not None and (not key.strip() or len(key) > MAX_KEY_CHARS):
+        raise InvalidRequest(f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters.", field="Idempotency-Key")
+    return CheckoutRequest(pack, return_url(settings, body, "successUrl"), return_url(settings, body, "cancelUrl"), key)
+
+
+@endpoint("checkout", methods=("POST",))
+def handle(call: Call) -> dict[str, Any]:
+    """POST {packId, successUrl, cancelUrl} -> 200 {url, sessionId}."""
+    uid = auth.authenticate(call.headers.get("Authorization"))
+    logs.bind(uid=uid)
+    settings = get_settings()
+    req = parse(settings, call)
+    session = stripe_api.create_checkout_session(
+        settings, uid=uid, pack=req.pack, success_url=req.success_url, cancel_url=req.cancel_url,
+        idempotency_key=stripe_api.checkout_idempotency_key(uid, req.idempotency_key),
+    )  # fmt: skip
+    return {"url": session.url, "sessionId": session.id}

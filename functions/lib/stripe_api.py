@@ -1,0 +1,134 @@
+"""The Stripe edge: a lazily created API client, Checkout Session creation, and webhook verification.
+
+`stripe` is imported inside these functions only, so importing this module (or `main.py`) loads
+nothing heavy, and `generate` never loads stripe at all. Nothing here touches Firestore.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from functions.lib.config import CreditPack, Settings
+from functions.lib.errors import IdempotencyKeyReused, InvalidRequest, InvalidSignature, UpstreamFailed
+
+if TYPE_CHECKING:
+    import stripe
+
+log = logging.getLogger(__name__)
+# One attempt plus retries must fit well inside the function's timeout. The retries are safe
+# because every create carries an idempotency key.
+TIMEOUT_S = 10.0
+NETWORK_RETRIES = 2
+
+
+@functools.cache
+def _client(api_key: str, api_base: str | None) -> stripe.StripeClient:
+    import stripe
+
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        max_network_retries=NETWORK_RETRIES,
+        http_client=stripe.RequestsClient(timeout=TIMEOUT_S),
+    )
+
+
+def get_client(settings: Settings) -> stripe.StripeClient:
+    """The process's Stripe client for these settings, created on first use; STRIPE_API_BASE points it at a double."""
+    return _client(settings.require("STRIPE_SECRET_KEY"), settings.stripe_api_base)
+
+
+def checkout_idempotency_key(uid: str, client_key: str | None) -> str:
+    """The Stripe idempotency key of one checkout request.
+
+    With the client's Idempotency-Key, a retried request gets the same session back (Stripe keeps
+    keys for 24 h); the uid is part of it because Stripe's keys are account-wide. Without one, a
+    fresh key still makes the library's own network retries safe.
+    """
+    if client_key is None:
+        return f"checkout-{uuid.uuid4().hex}"
+    return "checkout-" + hashlib.sha256(f"{uid}\x00{client_key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+def create_checkout_session(
+    settings: Settings, *, uid: str, pack: CreditPack, success_url: str, cancel_url: str, idempotency_key: str
+) -> CheckoutSession:
+    """A Checkout Session in payment mode for one pack, priced by the catalog's Stripe price.
+
+    The webhook credits the pack named in the session's metadata, for the uid in it; the amount
+    and the credits never come from the client.
+    """
+    import stripe
+
+    client = get_client(settings)
+    metadata = {"userId": uid, "packageId": pack.id}
+    params = {
+        "mode": "payment",
+        "line_items": [{"price": pack.price, "quantity": 1}],
+        "client_reference_id": uid,
+        "metadata": metadata,
+        # Copied onto the PaymentIntent, so the dashboard shows who paid for what on refunds and disputes.
+        "payment_intent_data": {"metadata": metadata},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    try:
+        session = client.v1.checkout.sessions.create(cast(Any, params), {"idempotency_key": idempotency_key})
+    except stripe.IdempotencyError:
+        log.warning("stripe refused a reused idempotency key", extra={"json_fields": {"packId": pack.id}})
+        raise IdempotencyKeyReused() from None
+    except stripe.StripeError as exc:
+        log.error(
+            "stripe checkout session failed",
+            extra={"json_fields": {
+                "stripeError": type(exc).__name__, "httpStatus": exc.http_status, "stripeCode": exc.code, "stripeRequestId": exc.request_id,
+            }},
+        )  # fmt: skip
+        raise UpstreamFailed("The payment provider could not start the checkout; nothing was charged. Retry shortly.") from None
+    session_id, url = getattr(session, "id", None), getattr(session, "url", None)
+    if not isinstance(session_id, str) or not isinstance(url, str) or not url:
+        log.error("stripe answered a checkout session without id or url")
+        raise UpstreamFailed("The payment provider could not start the checkout; nothing was charged. Retry shortly.")
+    return CheckoutSession(session_id, url)
+
+
+def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """The event in a webhook delivery, verified before it is parsed.
+
+    `Stripe-Signature` must carry a v1 HMAC-SHA256 of "timestamp.body" under the endpoint secret,
+    with a timestamp inside Stripe's default 300 s tolerance (replays of old deliveries fail).
+    Any failure is a 400: a bad signature as `invalid_signature`, a signed but unusable body as
+    `invalid_request`.
+    """
+    import stripe
+
+    if signature is not None and not signature.isascii():
+        raise InvalidSignature()  # stripe-python's compare raises TypeError on non-ASCII input
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
+    except stripe.SignatureVerificationError:
+        raise InvalidSignature() from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("The webhook body is not UTF-8.") from None
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError:
+        raise InvalidRequest("The webhook body is not valid JSON.") from None
+    if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(event.get("type"), str):
+        raise InvalidRequest("The webhook body is not a Stripe event.")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or "/" in event_id or len(event_id) > 255:
+        raise InvalidRequest("The webhook body has no valid event id.")
+    return event
