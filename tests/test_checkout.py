@@ -162,6 +162,18 @@ def test_without_the_stripe_key_checkout_fails_closed(app: Any, db: Any, stripe_
     assert stripe_api.received == []
 
 
+def test_without_allowed_origins_checkout_fails_closed(
+    app: Any, db: Any, stripe_api: StripeDouble, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", "")
+    reset_caches()
+
+    res = checkout(app, "jill", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL})
+
+    assert res.status_code == 500 and res.json["error"] == "internal" and "ALLOWED_ORIGINS" in caplog.text
+    assert stripe_api.received == []
+
+
 def test_browsers_get_cors_on_the_preflight_and_on_errors(app: Any, db: Any, stripe_api: StripeDouble) -> None:
     origin = {"Origin": "https://app.example.com"}
 
