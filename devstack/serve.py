@@ -12,16 +12,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServedFunction:
-    """`functions-framework --target NAME --source main.py` on a free port."""
+    """`functions-framework --target NAME --source main.py` on a free port (`source` serves another file, e.g. bench floors)."""
 
     def __init__(
-        self, target: str, *, env: dict[str, str], log_dir: Path, port: int | None = None, wait: bool = True, inherit: bool = True
+        self,
+        target: str,
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        port: int | None = None,
+        wait: bool = True,
+        inherit: bool = True,
+        source: Path = ROOT / "main.py",
     ) -> None:
         self.target = target
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         binary = Path(sys.executable).parent / "functions-framework"
-        argv = [str(binary), "--target", target, "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [str(binary), "--target", target, "--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)]
         self.child = Child(argv, log=log_dir / f"{target}-{self.port}.log", env={**os.environ, **env} if inherit else env, cwd=ROOT)
         if wait:
             self.wait_ready()

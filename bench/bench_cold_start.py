@@ -1,0 +1,263 @@
+"""Cold start of every entry point in main.py against the floor function, and what each one imports.
+
+    python -m bench.bench_cold_start [--repeats 5]
+
+Cold start: from spawning `functions-framework --target NAME --source ...` to the answer of its first
+real request (Firestore touched: a charge and a generation for `generate`, a signed delivery for
+`stripe_webhook`, ...; `checkout` touches no Firestore, it creates a session on the local Stripe
+double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
+Each repeat starts every function once, in a shuffled order, against one warm emulator; the table
+shows medians.
+
+Imports, measured in a fresh interpreter per entry point that drives the same first request through
+`functions_framework.create_app(...).test_client()`: the time `create_app` takes to load the source
+(main.py, or the floor file), and which heavy modules are loaded after the import and after the
+first request.
+
+Targets (issue 6): cold start <= 1.1x floor_txn's for every entry point; `stripe`, `google.genai`,
+`google.cloud.scheduler_v1` (and `firebase_admin.auth`, `firebase_functions`) only where needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    FLOOR_SOURCE,
+    MAIN_SOURCE,
+    ROOT,
+    WEBHOOK_SECRET,
+    Client,
+    Stack,
+    entry_points,
+    median,
+    ms,
+    progress,
+    ratio,
+    section,
+    seed_user,
+    table,
+    token,
+    verdict,
+)
+from devstack import stripe_events
+from devstack.stripe_double import StripeDouble
+
+HEAVY = ("stripe", "google.genai", "google.cloud.scheduler_v1", "firebase_admin.auth", "firebase_functions", "google.cloud.firestore")
+# What each path cannot do without (GENERATOR=offline here, so generate needs no google.genai).
+NEEDED = {
+    "generate": {"firebase_admin.auth", "google.cloud.firestore"},
+    "consent": {"firebase_admin.auth", "google.cloud.firestore"},
+    "credits": {"firebase_admin.auth", "google.cloud.firestore"},
+    "checkout": {"firebase_admin.auth", "stripe"},
+    "stripe_webhook": {"stripe", "google.cloud.firestore"},
+    "retention_sweep": {"google.cloud.firestore", "firebase_functions"},
+    "floor_txn": {"google.cloud.firestore"},
+    "bare": set(),
+}
+FLOOR = "floor_txn"
+NO_FIRESTORE = {"checkout", "bare"}
+ORIGIN = "http://localhost:5173"
+
+
+@dataclass
+class FirstRequest:
+    """The first real request of a fresh process, with data seeded for it."""
+
+    method: str
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+
+
+def first_request(target: str) -> FirstRequest:
+    """A request that does the function's real work, on data of its own (seeded here through the domain code)."""
+    uid = f"cold-{target}-{uuid.uuid4().hex[:8]}"
+    auth = {"Authorization": f"Bearer {token(uid)}", "Content-Type": "application/json"}
+    if target == "generate":
+        seed_user(uid, 100)
+        return FirstRequest("POST", headers=auth, body=json.dumps({"prompt": "a first light"}))
+    if target == "consent":
+        seed_user(uid, 0)
+        return FirstRequest("GET", headers=auth)
+    if target == "credits":
+        seed_user(uid, 100)
+        return FirstRequest("GET", headers=auth)
+    if target == "checkout":
+        body = {"packId": "starter", "successUrl": f"{ORIGIN}/paid", "cancelUrl": f"{ORIGIN}/credits"}
+        return FirstRequest("POST", headers=auth, body=json.dumps(body))
+    if target == "stripe_webhook":
+        event = stripe_events.checkout_completed(stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi"))
+        payload, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
+        return FirstRequest("POST", headers=headers, body=payload.decode())
+    if target == "retention_sweep":
+        return FirstRequest("POST", headers={"Content-Type": "application/json"}, body="{}")
+    if target == FLOOR:
+        return FirstRequest("POST", path=f"/?doc={uid}")
+    if target == "bare":
+        return FirstRequest("GET")
+    raise ValueError(target)
+
+
+def source_of(target: str) -> Path:
+    return FLOOR_SOURCE if target in (FLOOR, "bare") else MAIN_SOURCE
+
+
+def cold_start(stack: Stack, target: str, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds from spawning the served process to (listening, first answer); the answer must be a 200."""
+    req = first_request(target)
+    started = time.perf_counter()
+    fn = stack.serve(target, source=source_of(target), env=env, wait=False)
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", fn.port), timeout=1).close()
+                break
+            except OSError:
+                if fn.child.proc.poll() is not None or time.perf_counter() - started > 60:
+                    raise RuntimeError(f"{target} did not start: {fn.child.log.read_text()[-2000:]}") from None
+                time.sleep(0.002)
+        listening = time.perf_counter() - started
+        answer = Client(fn.url).request(req.method, req.path, req.body.encode() or None, req.headers)
+        answered = time.perf_counter() - started
+    finally:
+        fn.stop()
+    if answer.status != 200:
+        raise RuntimeError(f"{target} answered {answer.status}: {answer.body[:300]!r}")
+    return listening, answered
+
+
+def probe(target: str, spec: str) -> None:
+    """In a fresh interpreter: load the source like functions-framework does, serve one request, report imports."""
+    started = time.perf_counter()
+    import functions_framework
+
+    framework = time.perf_counter()
+    app = functions_framework.create_app(target=target, source=str(source_of(target)))
+    loaded = time.perf_counter()
+    after_import = [m for m in HEAVY if m in sys.modules]
+    req = FirstRequest(**json.loads(spec))
+    response = app.test_client().open(req.path, method=req.method, headers=req.headers, data=req.body.encode())
+    answered = time.perf_counter()
+    after_request = [m for m in HEAVY if m in sys.modules]
+    result = {
+        "framework_s": framework - started,
+        "source_s": loaded - framework,
+        "first_request_s": answered - loaded,
+        "status": response.status_code,
+        "after_import": after_import,
+        "after_request": after_request,
+    }
+    print("PROBE " + json.dumps(result), flush=True)
+
+
+def run_probe(target: str, env: dict[str, str]) -> dict[str, Any]:
+    req = first_request(target)
+    spec = json.dumps(req.__dict__)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_cold_start", "--probe", target, spec],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
+    if not lines:
+        raise RuntimeError(f"probe of {target} failed: {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("PROBE "))
+    if result["status"] != 200:
+        raise RuntimeError(f"probe of {target} answered {result['status']}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--probe", nargs=2, metavar=("TARGET", "SPEC"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        probe(*args.probe)
+        return
+
+    with section("Cold start per entry point vs floor_txn"), Stack() as stack:
+        stripe = StripeDouble(prices={"price_starter_100": 500}).start()
+        stack.add_stop(stripe.stop)
+        env = {"STRIPE_API_BASE": stripe.url}
+        targets = [*entry_points(), FLOOR, "bare"]
+        starts: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+        probes: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        probe_env = {**os.environ, **env}
+        for r in range(args.repeats):
+            order = random.sample(targets, len(targets))
+            progress(f"repeat {r + 1}/{args.repeats}: {', '.join(order)}")
+            for target in order:
+                starts[target].append(cold_start(stack, target, env))
+                probes[target].append(run_probe(target, probe_env))
+
+        floor_answer = median(a for _, a in starts[FLOOR])
+        bare_answer = median(a for _, a in starts["bare"])
+        floor_source = median(p["source_s"] for p in probes["bare"])
+        rows, misses = [], []
+        for target in targets:
+            listening = median(s for s, _ in starts[target])
+            answer = median(a for _, a in starts[target])
+            source_s = median(p["source_s"] for p in probes[target])
+            first_s = median(p["first_request_s"] for p in probes[target])
+            after_import = probes[target][-1]["after_import"]
+            after_request = probes[target][-1]["after_request"]
+            extra = sorted(set(after_request) - NEEDED[target])
+            if target in entry_points() and (answer > 1.1 * floor_answer or extra):
+                misses.append(target)
+            rows.append([
+                target + (" (no Firestore)" if target in NO_FIRESTORE else ""),
+                f"{ms(listening)}",
+                f"{ms(answer)} ({ratio(answer, floor_answer)})",
+                f"{ms(answer - bare_answer)}",
+                f"{ms(source_s)} ({ratio(source_s, floor_source)} of bare)",
+                f"{ms(first_s)}",
+                ", ".join(after_import) or "none",
+                ", ".join(after_request) or "none",
+                ", ".join(extra) or "none",
+            ])  # fmt: skip
+        print(
+            f"Medians of {args.repeats} fresh processes per function (shuffled order each repeat), served by the functions-framework CLI; "
+            f"ratios against {FLOOR} (cold start) and bare (source import). In-process columns from a fresh interpreter driving the "
+            "same first request through create_app(...).test_client().\n"
+        )
+        print(
+            table(
+                [
+                    "function",
+                    "listening ms",
+                    "first answer ms (vs floor_txn)",
+                    "first answer - bare ms",
+                    "source import ms",
+                    "first request in-process ms",
+                    "heavy modules after import",
+                    "heavy modules after first request",
+                    "not needed by this path",
+                ],
+                rows,
+            )
+        )
+        print(
+            f"\nTarget: every entry point's first answer <= 1.1x {FLOOR} ({ms(1.1 * floor_answer)} ms) and no heavy module it does not need: "
+            f"{verdict(not misses)}" + (f" (missed by: {', '.join(misses)})." if misses else ".")
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Floor functions: the least work functions-framework and Firestore allow, served exactly like the
+real entry points (`functions-framework --target NAME --source bench/floor_main.py`).
+
+The benchmarks divide the real functions' figures by these. To keep the ratios honest, the floors
+do the minimum their comparison needs and no more, and build their Firestore client the same lazy
+way as `functions/lib/db.py` (first call, anonymous credentials on the emulator, cached):
+- `floor_txn`: one Firestore transaction with one read and two writes (what a charge needs at least).
+- `floor_create`: one `create()` of a document named in the body; an existing one answers 200
+  "duplicate" (what a deduplicating webhook needs at least).
+- `bare`: no Firestore at all, for import-time and process-start comparisons.
+
+This file does not import `functions/`: nothing of the real code may leak into the baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import flask
+    from google.cloud.firestore import Client
+
+
+@functools.cache
+def _client() -> Client:
+    from google.cloud import firestore
+
+    project = os.environ["GOOGLE_CLOUD_PROJECT"]
+    if os.environ.get("FIRESTORE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return firestore.Client(project=project, credentials=AnonymousCredentials())
+    return firestore.Client(project=project)
+
+
+def floor_txn(request: flask.Request) -> dict[str, Any]:
+    """POST/GET ?doc=ID: in one transaction, read `floor_users/ID`, bump its counter, create an entry."""
+    from google.cloud import firestore
+
+    client = _client()
+    doc = request.args.get("doc") or uuid.uuid4().hex
+    user_ref = client.collection("floor_users").document(doc)
+    entry_ref = client.collection("floor_entries").document(uuid.uuid4().hex)
+
+    @firestore.transactional
+    def bump(transaction: Any) -> int:
+        snap = user_ref.get(transaction=transaction)
+        count = int((snap.to_dict() or {}).get("count", 0)) + 1 if snap.exists else 1
+        transaction.set(user_ref, {"count": count})
+        transaction.create(entry_ref, {"user": doc, "count": count})
+        return count
+
+    return {"count": bump(client.transaction())}
+
+
+def floor_create(request: flask.Request) -> dict[str, Any] | tuple[dict[str, Any], int]:
+    """POST a Stripe event: create `floor_purchases/{data.object.id}` once; a repeat answers 200 duplicate."""
+    from google.api_core.exceptions import AlreadyExists
+
+    if request.method != "POST":  # the readiness probe's GET, as the real webhook answers it
+        return {"error": "method_not_allowed"}, 405
+    event = json.loads(request.get_data())
+    session_id = event["data"]["object"]["id"]
+    try:
+        _client().collection("floor_purchases").document(session_id).create({"event": event["id"]})
+    except AlreadyExists:
+        return {"outcome": "duplicate"}
+    return {"outcome": "created"}
+
+
+def bare(request: flask.Request) -> dict[str, Any]:
+    """Any request: a JSON answer, no I/O."""
+    return {"ok": True}
