@@ -22,13 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devstack import stripe_events
 from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.serve import ServedFunction
+from devstack.stripe_double import StripeDouble
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
-TARGETS = ("generate", "consent", "credits")
+TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook")
+WEBHOOK_SECRET = "whsec_local_stack"
 
 
 class Stack:
@@ -47,6 +50,9 @@ class Stack:
         self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir)
         self._stops.append(self.auth.stop)
         step(f"  Auth on {self.auth.host}")
+        self.stripe = StripeDouble().start()
+        self._stops.append(self.stripe.stop)
+        step(f"  Stripe API double on {self.stripe.url} (checkout talks to it instead of api.stripe.com)")
         self.env = {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "FIRESTORE_EMULATOR_HOST": firestore.host,
@@ -54,7 +60,8 @@ class Stack:
             "GENERATOR": "offline",
             "TERMS_VERSION": TERMS,
             "STRIPE_SECRET_KEY": "sk_test_local_stack",
-            "STRIPE_WEBHOOK_SECRET": "whsec_local_stack",
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRIPE_API_BASE": self.stripe.url,
             "ALLOWED_ORIGINS": "http://localhost:5173",
         }
         os.environ.update(self.env)
@@ -75,12 +82,12 @@ class Stack:
         self._stops.clear()
 
     def call(
-        self, target: str, method: str, token: str | None, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+        self, target: str, method: str, token: str | None, body: dict[str, Any] | bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any]]:
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        data = json.dumps(body).encode() if body is not None else None
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.functions[target].url + "/", data=data, headers=hdrs, method=method)
         try:
             with urllib.request.urlopen(req, timeout=30) as response:
@@ -103,12 +110,23 @@ def expect(ok: bool, what: str) -> None:
         raise SystemExit(f"journey failed: {what}")
 
 
-def buy_credits(stack: Stack, uid: str) -> None:
-    """Operator grant through the real ledger (the Stripe purchase path replaces this)."""
-    from functions.lib import db, ledger
-
-    posted = ledger.grant(db.get_client(), uid, f"welcome-{uid}", 200, "local journey: welcome credits")
-    print(f"  {'operator grant of 200 credits':<44} -> balance {posted.balance}", flush=True)
+def buy_credits(stack: Stack, uid: str, token: str) -> None:
+    """Checkout, then Stripe's signed webhook delivery of the paid session (delivered twice)."""
+    origin = stack.env["ALLOWED_ORIGINS"]
+    request = {"packId": "creator", "successUrl": f"{origin}/paid", "cancelUrl": f"{origin}/cancelled"}
+    status, session = stack.call("checkout", "POST", token, request)
+    show("checkout: the 'creator' pack (500 credits)", status, session)
+    expect(status == 200 and session["sessionId"].startswith("cs_"), "checkout should create a session")
+    # The buyer pays on Stripe's page; Stripe then calls the webhook with a signed event.
+    event = stripe_events.checkout_completed(session["sessionId"], uid, "creator", stripe_events.new_id("pi"))
+    for label in ("webhook: checkout.session.completed (paid)", "webhook: the same event redelivered"):
+        body, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
+        status, ack = stack.call("stripe_webhook", "POST", None, body, headers)
+        show(label, status, ack)
+        expect(status == 200, "the webhook should accept a signed delivery")
+    status, ack = stack.call("stripe_webhook", "POST", None, stripe_events.encode(event), {"Stripe-Signature": "t=1,v1=forged"})
+    show("webhook: a forged signature", status, ack)
+    expect(status == 400, "a forged delivery should be refused")
 
 
 def journey(stack: Stack) -> None:
@@ -128,7 +146,7 @@ def journey(stack: Stack) -> None:
     show("generate with no credits", status, body)
     expect(status == 402 and body["shortfall"] == 50, "generate with 0 credits should be 402")
 
-    buy_credits(stack, uid)
+    buy_credits(stack, uid, token)
 
     status, body = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"})
     show("generate: initial (50 credits)", status, body)
@@ -146,6 +164,7 @@ def journey(stack: Stack) -> None:
     status, body = stack.call("generate", "POST", token, {"prompt": "make it fail #fail", "projectId": project_id})
     show("generate: the model fails (refunded)", status, body)
     expect(status == 502 and body["refunded"] == 25, "a failed generation should be refunded")
+    expect(body["balance"] == 425, "500 bought - 50 - 25 - 25 + 25 refunded = 425")
 
     status, body = stack.call("credits", "GET", token)
     show("credits: balance and ledger", status, body)
