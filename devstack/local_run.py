@@ -31,7 +31,8 @@ from devstack.stripe_double import StripeDouble
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
 TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook")
-WEBHOOK_SECRET = "whsec_local_stack"
+# `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
+WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
 
 
 class Stack:
