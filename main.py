@@ -51,3 +51,10 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
     from functions.stripe_webhook import handle
 
     return handle(request)
+
+
+def retention_sweep(request: flask.Request) -> flask.Response:
+    """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects in chunks; refund stale charges."""
+    from functions.retention import handle
+
+    return handle(request)

@@ -135,6 +135,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         terms_version=env.get("TERMS_VERSION", "").strip() or "2026-01-01",
         retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
         sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
+        analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
         allowed_origins=origins,
         deployed=bool(env.get(DEPLOYED_MARKER)),
     )

@@ -1,0 +1,411 @@
+"""Retention: the nightly sweep that settles stale charges and deletes expired data (DESIGN.md).
+
+Policy: a generation still `charged` STALE_CHARGE_AFTER_S after its `createdAt` was left by a
+killed process and is refunded through `generations.refund` (exactly once, `refund_{id}`); a
+project whose `updatedAt` is older than RETENTION_DAYS is deleted with all its versions;
+`analytics_events` older than ANALYTICS_RETENTION_DAYS are deleted. Refunds go first: money owed
+to users must not wait behind a backlog of deletions.
+
+How a project is deleted, safely against live use and against a second sweep running at once:
+1. Mark: one optimistic commit re-reads the project and sets `deletingAt` only while it is still
+   expired and unmarked, under a precondition on its update time. `generate` touches `updatedAt`
+   under the same kind of precondition when it charges an iteration and refuses marked projects,
+   so a racing iteration either lands first (the project is fresh again and kept) or gets 404.
+   Once a project is marked, nothing adds a version to it.
+2. Versions are listed page by page with ListDocuments (names only, one response per page; a
+   query streams one message per document and cost 4-8x the client CPU, measured in
+   bench/bench_retention.py) and deleted in commits of at most 500 writes: 499 versions, and the
+   project document rides in the final commit. Memory holds one page and one chunk per worker,
+   never all ids.
+3. The project document goes last, so a run that stops part-way leaves a marked project, which
+   the next run resumes before it looks for newly expired ones.
+Every delete carries an `exists` precondition: a commit racing another sweep fails instead of
+deleting a document "twice", and is retried with the documents still there, so each run counts
+exactly what it deleted.
+
+The time budget (SWEEP_BUDGET_S) is checked before every step against the longest step seen so
+far, so a run stops cleanly before it; `complete` is false when it stopped with work left.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import analytics, db, generations
+from functions.lib.config import Settings
+from functions.lib.errors import Contention, NotFound
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, Query, WriteBatch
+
+log = logging.getLogger("retention")
+
+MAX_COMMIT_WRITES = 500
+QUERY_PAGE = 100
+DELETE_ATTEMPTS = 10
+DEFAULT_WORKERS = 2
+STALE_CHARGE_REASON = "stale_charge"
+MARKED, KEPT, GONE = "marked", "kept", "gone"
+
+# progress(event, fields): events are expired, project, chunk, refunded, events, stopped, and in a
+# dry run would_delete_project, would_refund, would_delete_events.
+Progress = Callable[[str, dict[str, Any]], None]
+# commit(batch): how a deletion batch is committed; tests pass one that counts its writes.
+Commit = Callable[["WriteBatch"], object]
+
+
+@dataclass
+class SweepReport:
+    """What one pass did. In a dry run the counts are what it would have done."""
+
+    complete: bool = False
+    projects_deleted: int = 0
+    versions_deleted: int = 0
+    commits: int = 0
+    max_commit_writes: int = 0
+    refunds_settled: int = 0
+    events_deleted: int = 0
+    elapsed_ms: int = 0
+    dry_run: bool = False
+
+    def body(self) -> dict[str, Any]:
+        """The answer of `retention_sweep`, key for key as DESIGN.md has it."""
+        return {
+            "complete": self.complete,
+            "projectsDeleted": self.projects_deleted,
+            "versionsDeleted": self.versions_deleted,
+            "commits": self.commits,
+            "maxCommitWrites": self.max_commit_writes,
+            "refundsSettled": self.refunds_settled,
+            "elapsedMs": self.elapsed_ms,
+        }
+
+    def log_fields(self) -> dict[str, Any]:
+        return {**self.body(), "eventsDeleted": self.events_deleted, "dryRun": self.dry_run}
+
+
+def _commit_with_deadline(batch: WriteBatch) -> object:
+    return batch.commit(**db.rpc())
+
+
+def _where(field: str, op: str, value: Any) -> Any:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, op, value)
+
+
+def _count(query: Any) -> int:
+    """A count aggregation: one RPC, no documents read into memory."""
+    results: Any = query.count().get(**db.rpc())
+    return int(results[0][0].value)
+
+
+def pages(query: Query, page_size: int = QUERY_PAGE) -> Iterator[DocumentSnapshot]:
+    """Every result of `query` (which must order by the fields it selects), `page_size` at a time.
+
+    Each page is its own short RPC continuing after the last snapshot of the one before, so no
+    stream stays open across the deletions done in between and memory holds one page.
+    """
+    cursor: DocumentSnapshot | None = None
+    while True:
+        page_query = query.limit(page_size) if cursor is None else query.start_after(cursor).limit(page_size)
+        page = list(page_query.stream(**db.rpc()))
+        yield from page
+        if len(page) < page_size:
+            return
+        cursor = page[-1]
+
+
+def expired_projects(client: Client, cutoff: datetime) -> Query:
+    """Projects whose last activity is older than `cutoff`, oldest first."""
+    return (
+        client.collection(generations.PROJECTS).where(filter=_where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
+    )
+
+
+def marked_projects(client: Client) -> Query:
+    """Projects a sweep has marked `deletingAt` (their deletion may have stopped part-way)."""
+    return (
+        client.collection(generations.PROJECTS).where(filter=_where("deletingAt", "!=", None)).order_by("deletingAt").select(["deletingAt"])
+    )
+
+
+def stale_charges(client: Client, cutoff: datetime) -> Query:
+    """Generations still `charged` that were created before `cutoff` (index: status, createdAt)."""
+    return (
+        client.collection(generations.GENERATIONS)
+        .where(filter=_where("status", "==", generations.CHARGED))
+        .where(filter=_where("createdAt", "<", cutoff))
+        .order_by("createdAt")
+        .select(["userId", "createdAt"])
+    )
+
+
+def old_events(client: Client, cutoff: datetime) -> Query:
+    return client.collection(analytics.EVENTS).where(filter=_where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+
+
+def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
+    """Set `deletingAt` if the project is still expired at `cutoff` and unmarked.
+
+    Returns MARKED (by this call or an earlier sweep: delete it), KEPT (activity since it was found)
+    or GONE. The write carries a precondition on the project as read, so an iteration that touches
+    `updatedAt` in between makes it re-read and answer KEPT.
+    """
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    def plan() -> db.Plan[str]:
+        snap = project_ref.get(**db.rpc())
+        if not snap.exists:
+            return db.Plan(GONE)
+        data = snap.to_dict() or {}
+        if data.get("deletingAt") is not None:
+            return db.Plan(MARKED)
+        updated = data.get("updatedAt")
+        if not isinstance(updated, datetime) or updated >= cutoff:
+            return db.Plan(KEPT)
+        batch = client.batch()
+        batch.update(project_ref, {"deletingAt": SERVER_TIMESTAMP}, option=db.precondition(client, snap))
+        return db.Plan(MARKED, batch)
+
+    return db.commit_optimistically(plan)
+
+
+class _Pass:
+    """One sweep pass: its clock and budget, its tallies (shared by the worker threads), its steps."""
+
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        now: datetime,
+        clock: Callable[[], float],
+        dry_run: bool,
+        progress: Progress | None,
+        commit: Commit,
+        workers: int,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self.dry_run = dry_run
+        self.progress = progress
+        self.commit = commit
+        self.workers = max(1, workers)
+        self.started = clock()
+        self.deadline = self.started + settings.sweep_budget_s
+        self.project_cutoff = now - timedelta(days=settings.retention_days)
+        self.charge_cutoff = now - timedelta(seconds=settings.stale_charge_after_s)
+        self.event_cutoff = now - timedelta(days=settings.analytics_retention_days)
+        self.report = SweepReport(dry_run=dry_run)
+        self.longest_step = 0.0
+        self.stopped = False
+        self.left_over = False
+        self.counted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.progress is not None:
+            self.progress(event, fields)
+
+    def has_time(self) -> bool:
+        """Whether one more step (as long as the longest so far) fits in the budget."""
+        if not self.stopped and self.clock() + self.longest_step >= self.deadline:
+            self.stopped = True
+            self.emit("stopped", elapsedMs=self.elapsed_ms())
+        return not self.stopped
+
+    def step_took(self, seconds: float) -> None:
+        with self._lock:
+            self.longest_step = max(self.longest_step, seconds)
+
+    def elapsed_ms(self) -> int:
+        return round((self.clock() - self.started) * 1000)
+
+    def tally(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self.report, name, getattr(self.report, name) + n)
+
+    def delete(self, refs: list[DocumentReference]) -> list[DocumentReference]:
+        """Delete up to 500 documents in one commit; return those this commit deleted."""
+        from google.api_core import exceptions as gexc
+
+        assert len(refs) <= MAX_COMMIT_WRITES
+        must_exist = self.client.write_option(exists=True)
+        for _ in range(DELETE_ATTEMPTS):
+            if not refs:
+                return []
+            batch = self.client.batch()
+            for ref in refs:
+                batch.delete(ref, option=must_exist)
+            try:
+                self.commit(batch)
+            except (gexc.NotFound, gexc.FailedPrecondition):
+                # Another sweep deleted some of these first: delete (and count) only those still there.
+                refs = [snap.reference for snap in self.client.get_all(refs, field_paths=["createdAt"], **db.rpc()) if snap.exists]
+                continue
+            with self._lock:
+                self.report.commits += 1
+                self.report.max_commit_writes = max(self.report.max_commit_writes, len(refs))
+            return refs
+        raise Contention("Other writers kept deleting the same documents; the next sweep will finish.")
+
+    # Settlement -----------------------------------------------------------------------------
+
+    def settle_stale_charges(self) -> None:
+        for snap in pages(stale_charges(self.client, self.charge_cutoff)):
+            if not self.has_time():
+                return
+            uid = str((snap.to_dict() or {}).get("userId"))
+            if self.dry_run:
+                self.tally(refunds_settled=1)
+                self.emit("would_refund", generationId=snap.id, userId=uid)
+                continue
+            try:
+                settled = generations.refund(self.client, snap.id, uid, STALE_CHARGE_REASON)
+            except NotFound:
+                continue
+            except Contention:
+                log.warning("stale charge %s: refund kept conflicting; the next sweep retries", snap.id)
+                self.left_over = True
+                continue
+            if settled.applied:
+                self.tally(refunds_settled=1)
+                self.emit("refunded", generationId=snap.id, userId=uid, amount=settled.amount)
+
+    # Projects ---------------------------------------------------------------------------------
+
+    def sweep_projects(self, query: Query, *, announce: bool) -> None:
+        """Delete every project `query` finds, `workers` projects at a time."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
+            running: set[Future[None]] = set()
+            for snap in pages(query):
+                if not self.has_time():
+                    break
+                if self.dry_run:
+                    if snap.id not in self.counted:  # a marked project is usually expired too
+                        self.counted.add(snap.id)
+                        self.count_project(snap.reference)
+                    continue
+                if announce:
+                    self.emit("expired", projectId=snap.id)
+                if len(running) >= self.workers:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                running.add(pool.submit(self.sweep_project, snap.reference))
+            for future in running:
+                future.result()
+
+    def count_project(self, project_ref: DocumentReference) -> None:
+        versions = _count(project_ref.collection(generations.VERSIONS))
+        self.tally(projects_deleted=1, versions_deleted=versions)
+        self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
+
+    def sweep_project(self, project_ref: DocumentReference) -> None:
+        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+            return
+        versions_deleted = 0
+        chunk: list[DocumentReference] = []
+        step_started = self.clock()
+        for ref in project_ref.collection(generations.VERSIONS).list_documents(page_size=MAX_COMMIT_WRITES, **db.rpc()):
+            chunk.append(ref)
+            if len(chunk) < MAX_COMMIT_WRITES:
+                continue
+            # 500 in hand: delete 499 and keep one back, so the final commit (which must carry the
+            # project document) never exceeds 500 writes, even when exactly 500 versions remain.
+            if not self.has_time():
+                self.left_over = True
+                return
+            n = len(self.delete(chunk[:-1]))
+            chunk = chunk[-1:]
+            versions_deleted += n
+            self.tally(versions_deleted=n)
+            self.emit("chunk", projectId=project_ref.id, versionsDeleted=versions_deleted)
+            now = self.clock()
+            self.step_took(now - step_started)
+            step_started = now
+        if not self.has_time():
+            self.left_over = True
+            return
+        deleted = self.delete([*chunk, project_ref])
+        project_deleted = any(ref.path == project_ref.path for ref in deleted)
+        versions_deleted += len(deleted) - project_deleted
+        self.tally(versions_deleted=len(deleted) - project_deleted, projects_deleted=int(project_deleted))
+        self.step_took(self.clock() - step_started)
+        self.emit("project", projectId=project_ref.id, versionsDeleted=versions_deleted, deleted=project_deleted)
+
+    # Analytics --------------------------------------------------------------------------------
+
+    def delete_old_events(self) -> None:
+        query = old_events(self.client, self.event_cutoff)
+        if self.dry_run:
+            if self.has_time():
+                n = _count(query)
+                self.tally(events_deleted=n)
+                self.emit("would_delete_events", events=n)
+            return
+        chunk: list[DocumentReference] = []
+        step_started = self.clock()
+        for snap in pages(query, MAX_COMMIT_WRITES):
+            chunk.append(snap.reference)
+            if len(chunk) < MAX_COMMIT_WRITES:
+                continue
+            if not self.flush_events(chunk, step_started):
+                return
+            chunk, step_started = [], self.clock()
+        if chunk:
+            self.flush_events(chunk, step_started)
+
+    def flush_events(self, chunk: list[DocumentReference], step_started: float) -> bool:
+        if not self.has_time():
+            return False
+        n = len(self.delete(chunk))
+        self.tally(events_deleted=n)
+        self.emit("events", eventsDeleted=self.report.events_deleted)
+        self.step_took(self.clock() - step_started)
+        return True
+
+    def run(self) -> SweepReport:
+        self.settle_stale_charges()
+        # Marked projects first: a pass that stopped part-way left them half deleted.
+        if not self.stopped:
+            self.sweep_projects(marked_projects(self.client), announce=False)
+        if not self.stopped:
+            self.sweep_projects(expired_projects(self.client, self.project_cutoff), announce=True)
+        if not self.stopped:
+            self.delete_old_events()
+        self.report.complete = not self.stopped and not self.left_over
+        self.report.elapsed_ms = self.elapsed_ms()
+        return self.report
+
+
+def sweep(
+    client: Client,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    commit: Commit = _commit_with_deadline,
+    workers: int = DEFAULT_WORKERS,
+) -> SweepReport:
+    """One retention pass: refund stale charges, delete expired projects and old analytics events.
+
+    `now` sets the cutoffs (default: the current time); `clock` measures the SWEEP_BUDGET_S budget
+    (0 stops before any step). `dry_run` writes nothing and reports what it would do. `progress`
+    hears each step; `commit` commits each deletion batch; `workers` projects are deleted at once.
+    Safe to run concurrently with itself: nothing is refunded or counted twice.
+    """
+    run = _Pass(client, settings, now or datetime.now(UTC), clock, dry_run, progress, commit, workers)
+    report = run.run()
+    log.info("retention sweep %s", "complete" if report.complete else "stopped with work left", extra={"json_fields": report.log_fields()})
+    return report
