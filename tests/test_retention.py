@@ -3,6 +3,7 @@ live projects alive, the time budget, concurrent sweeps, settlement of stale cha
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -314,3 +315,58 @@ def test_analytics_retention_is_configurable() -> None:
 
     assert settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"}).analytics_retention_days == 400
     assert settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x", "ANALYTICS_RETENTION_DAYS": "30"}).analytics_retention_days == 30
+
+
+def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_deletes(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from functions import admin
+
+    seed_project(db, "old", 600)
+    seed_project(db, "fresh", 1, updated=RECENT)
+
+    assert admin.main(["sweep", "--dry-run"]) == admin.EXIT_OK
+    dry = capsys.readouterr().out.splitlines()
+    assert dry[0].startswith("DRY RUN (nothing is changed): sweeping project demo-credits-test")
+    assert "would delete project old (600 versions)" in dry
+    assert dry[-2].startswith("would delete 1 projects (600 versions) and 0 analytics events; would refund 0 stale charges")
+    assert versions_left(db, "old") == 600
+
+    assert admin.main(["sweep"]) == admin.EXIT_OK
+    real = capsys.readouterr().out.splitlines()
+    assert "project old deleted: 600 versions deleted by this run" in real
+    assert json.loads(real[-1]) | {"elapsedMs": 0} == {
+        "complete": True, "projectsDeleted": 1, "versionsDeleted": 600, "commits": 2, "maxCommitWrites": 499,
+        "refundsSettled": 0, "elapsedMs": 0,
+    }  # fmt: skip
+    assert not project_exists(db, "old") and project_exists(db, "fresh")
+
+
+def test_admin_sweep_stopped_by_the_budget_exits_3(db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from functions import admin
+    from tests.conftest import reset_caches
+
+    seed_project(db, "old", 2)
+    monkeypatch.setenv("SWEEP_BUDGET_S", "0")
+    reset_caches()
+
+    assert admin.main(["sweep"]) == admin.EXIT_INCOMPLETE
+    out = capsys.readouterr().out
+    assert "stopping: the time budget is spent" in out and "NOT complete: run it again to finish" in out
+
+
+@pytest.mark.no_emulator
+def test_sweep_printer_throttles_chunk_progress() -> None:
+    import io
+
+    from functions.admin import SweepPrinter
+
+    now = [0.0]
+    out = io.StringIO()
+    printer = SweepPrinter(out, every_s=2.0, clock=lambda: now[0])
+    for i in range(1, 11):
+        now[0] = i * 0.5
+        printer("chunk", {"projectId": "p", "versionsDeleted": 499 * i})
+
+    assert out.getvalue().splitlines() == [
+        "... p: 1996 versions so far (2.0 s)",
+        "... p: 3992 versions so far (4.0 s)",
+    ]

@@ -1,0 +1,179 @@
+"""Operator command line. Each command is a subparser registered in COMMANDS; add one by writing
+an `add_<name>(subparsers)` that sets `run=` and appending it there.
+
+    python -m functions.admin sweep [--dry-run] [--workers N]
+    python -m functions.admin schedule --project P --region R --url URL --service-account SA [--schedule CRON]
+
+`sweep` runs one retention pass against the Firestore the environment names (FIRESTORE_EMULATOR_HOST
+locally, Application Default Credentials otherwise) with the same settings as the function
+(RETENTION_DAYS, STALE_CHARGE_AFTER_S, SWEEP_BUDGET_S, ANALYTICS_RETENTION_DAYS). It prints a line
+per project and refund, progress every few seconds on long runs, then the function's JSON answer.
+Exit status: 0 done, 3 stopped by the time budget with work left (run it again), 1 failed, 2 bad
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from functions.lib.errors import AppError, ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE = 0, 1, 2, 3
+PROGRESS_EVERY_S = 2.0
+
+
+class SweepPrinter:
+    """Turns sweep progress events into lines for a person watching; chunk progress is throttled."""
+
+    def __init__(self, out: TextIO, *, every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.every_s = every_s
+        self.clock = clock
+        self.started = clock()
+        self.last = self.started
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.out, flush=True)
+
+    def __call__(self, event: str, fields: dict[str, Any]) -> None:
+        if event == "would_refund":
+            self.line(f"would refund generation {fields['generationId']} (user {fields['userId']})")
+        elif event == "would_delete_project":
+            self.line(f"would delete project {fields['projectId']} ({fields['versions']} versions)")
+        elif event == "would_delete_events":
+            self.line(f"would delete {fields['events']} analytics events")
+        elif event == "refunded":
+            self.line(f"refunded generation {fields['generationId']}: {fields['amount']} credits to {fields['userId']}")
+        elif event == "project":
+            state = "deleted" if fields["deleted"] else "finished by another sweep"
+            self.line(f"project {fields['projectId']} {state}: {fields['versionsDeleted']} versions deleted by this run")
+        elif event == "chunk":
+            now = self.clock()
+            with self._lock:
+                due = now - self.last >= self.every_s
+                if due:
+                    self.last = now
+            if due:
+                self.line(f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far ({now - self.started:.1f} s)")
+        elif event == "events":
+            self.line(f"analytics events deleted: {fields['eventsDeleted']}")
+        elif event == "stopped":
+            self.line(f"stopping: the time budget is spent after {fields['elapsedMs'] / 1000:.1f} s; the next run resumes")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from functions.lib import db
+    from functions.lib.config import get_settings
+    from functions.lib.retention import sweep
+
+    settings = get_settings()
+    out: TextIO = sys.stdout
+    where = f"emulator {settings.firestore_emulator_host}" if settings.firestore_emulator_host else "Firestore"
+    print(
+        f"{'DRY RUN (nothing is changed): ' if args.dry_run else ''}sweeping project {settings.project} on {where}: "
+        f"projects idle > {settings.retention_days} d, charges older than {settings.stale_charge_after_s} s, "
+        f"analytics events older than {settings.analytics_retention_days} d; budget {settings.sweep_budget_s:g} s",
+        file=out,
+        flush=True,
+    )
+    report = sweep(db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(out), workers=args.workers)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions) and {report.events_deleted} analytics events; "
+        f"{'would refund' if args.dry_run else 'refunded'} {report.refunds_settled} stale charges; "
+        f"{report.commits} commits (largest {report.max_commit_writes} writes) in {report.elapsed_ms / 1000:.1f} s"
+        + ("" if report.complete else "; NOT complete: run it again to finish"),
+        file=out,
+    )
+    print(json.dumps(report.body()), file=out, flush=True)
+    return EXIT_OK if report.complete else EXIT_INCOMPLETE
+
+
+def add_sweep(subparsers: Any) -> None:
+    from functions.lib.retention import DEFAULT_WORKERS
+
+    cmd = subparsers.add_parser("sweep", help="run one retention pass (or --dry-run to list what it would do)")
+    cmd.add_argument("--dry-run", action="store_true", help="write nothing; print what would be deleted and refunded")
+    cmd.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"projects deleted at once (default {DEFAULT_WORKERS})")
+    cmd.set_defaults(run=run_sweep)
+
+
+def run_schedule(args: argparse.Namespace) -> int:
+    from functions.lib.scheduler import SweepJob, scheduler_client, upsert_job
+
+    job = SweepJob(
+        project=args.project,
+        region=args.region,
+        url=args.url,
+        service_account=args.service_account,
+        schedule=args.schedule,
+        time_zone=args.time_zone,
+        job_id=args.job_id,
+        audience=args.audience,
+        attempt_deadline_s=args.attempt_deadline,
+    ).check()
+    credentials = None
+    if args.api_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()
+    result = upsert_job(scheduler_client(api_endpoint=args.api_endpoint, credentials=credentials), job)
+    print(
+        f"{result.action} {job.name}: POST {job.url} at '{job.schedule}' ({job.time_zone}), "
+        f"OIDC as {job.service_account} for audience {job.audience or job.url}"
+    )
+    return EXIT_OK
+
+
+def add_schedule(subparsers: Any) -> None:
+    from functions.lib import scheduler
+
+    cmd = subparsers.add_parser("schedule", help="create or update the Cloud Scheduler job that calls retention_sweep")
+    cmd.add_argument("--project", required=True, help="Google Cloud project id")
+    cmd.add_argument("--region", required=True, help="Cloud Scheduler location, e.g. us-central1")
+    cmd.add_argument("--url", required=True, help="the retention_sweep function's HTTPS URL")
+    cmd.add_argument("--service-account", required=True, help="email of the service account the job's OIDC token is minted for")
+    cmd.add_argument("--schedule", default=scheduler.DEFAULT_SCHEDULE, help=f"cron expression (default '{scheduler.DEFAULT_SCHEDULE}')")
+    cmd.add_argument("--time-zone", default=scheduler.DEFAULT_TIME_ZONE, help=f"tz database name (default {scheduler.DEFAULT_TIME_ZONE})")
+    cmd.add_argument("--job-id", default=scheduler.DEFAULT_JOB_ID, help=f"job id (default {scheduler.DEFAULT_JOB_ID})")
+    cmd.add_argument("--audience", help="OIDC audience (default: the URL)")
+    cmd.add_argument(
+        "--attempt-deadline", type=int, default=scheduler.DEFAULT_ATTEMPT_DEADLINE_S, help="seconds Cloud Scheduler waits for an answer"
+    )
+    cmd.add_argument("--api-endpoint", help="call this Cloud Scheduler endpoint without credentials (a local double) instead of Google's")
+    cmd.set_defaults(run=run_schedule)
+
+
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_schedule)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m functions.admin", description="Operator commands for the credits backend.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AppError as exc:
+        print(f"{args.command} failed: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
