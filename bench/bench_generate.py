@@ -31,7 +31,7 @@ from bench.harness import (
     Client,
     Run,
     Stack,
-    cpu_seconds,
+    cpu_meter,
     json_post,
     median,
     ms,
@@ -87,7 +87,7 @@ def round_trips(requests: int) -> tuple[Counter[str], Counter[str], int]:
     silent.setFormatter(logs.CloudLoggingFormatter())
     logging.getLogger().addHandler(silent)
     uid = f"rt-{uuid.uuid4().hex[:10]}"
-    seed_user(uid, 50 * requests)
+    seed_user(uid, 50 * (requests + 1))
     generate = functions_framework.create_app(target="generate", source=str(MAIN_SOURCE)).test_client()
     floor = functions_framework.create_app(target="floor_txn", source=str(FLOOR_SOURCE)).test_client()
     headers = {"Authorization": f"Bearer {token(uid)}"}
@@ -113,104 +113,105 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=40, help="requests per round, one client")
     parser.add_argument("--concurrent", type=int, default=80, help="requests per round, over --clients clients")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
 
-    with section("generate vs floor_txn (instant model)"), Stack() as stack:
-        gen_fn = stack.serve("generate", wait=False)
-        floor_fn = stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False)
-        gen_fn.wait_ready()
-        floor_fn.wait_ready()
-        total = args.warmup + args.rounds * (args.sequential + args.concurrent)
-        uids = [f"gen-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
-        docs = [f"floor-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
-        progress(f"seeding {len(uids)} users")
-        for uid in uids:
-            seed_user(uid, 50 * (total + 10))
+    with section("generate vs floor_txn (instant model)"):
+        with Stack() as stack:
+            gen_fn = stack.serve("generate", wait=False)
+            floor_fn = stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False)
+            gen_fn.wait_ready()
+            floor_fn.wait_ready()
+            total = args.warmup + args.rounds * (args.sequential + args.concurrent)
+            uids = [f"gen-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
+            docs = [f"floor-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
+            progress(f"seeding {len(uids)} users")
+            for uid in uids:
+                seed_user(uid, 50 * (total + 10))
 
-        targets = {
-            "generate": (gen_fn, partial(generate_job, uids)),
-            "floor_txn": (floor_fn, partial(floor_job, docs)),
-        }
-        seq: dict[str, Run] = {name: Run() for name in targets}
-        conc: dict[str, Run] = {name: Run() for name in targets}
-        cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
-        emulator_cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
-        for name, (fn, job) in targets.items():
-            warm = run_load(fn.url, [job] * args.warmup, 1)
-            if set(warm.statuses()) != {200}:
-                raise SystemExit(f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}")
-        for r in range(args.rounds):
-            order = list(targets) if r % 2 == 0 else list(reversed(targets))
-            progress(f"round {r + 1}/{args.rounds}: {' then '.join(order)}")
-            for name in order:
-                fn, job = targets[name]
-                before, emu_before = cpu_seconds(fn.child.pid), cpu_seconds(stack.firestore.child.pid)
-                seq[name].extend(run_load(fn.url, [job] * args.sequential, 1))
-                conc[name].extend(run_load(fn.url, [job] * args.concurrent, args.clients))
-                cpu[name] += cpu_seconds(fn.child.pid) - before
-                emulator_cpu[name] += cpu_seconds(stack.firestore.child.pid) - emu_before
+            targets = {
+                "generate": (gen_fn, partial(generate_job, uids)),
+                "floor_txn": (floor_fn, partial(floor_job, docs)),
+            }
+            seq: dict[str, Run] = {name: Run() for name in targets}
+            conc: dict[str, Run] = {name: Run() for name in targets}
+            cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+            emulator_cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+            for name, (fn, job) in targets.items():
+                warm = run_load(fn.url, [job] * args.warmup, 1)
+                if set(warm.statuses()) != {200}:
+                    raise SystemExit(f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}")
+            for r in range(args.rounds):
+                order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                progress(f"round {r + 1}/{args.rounds}: {' then '.join(order)}")
+                for name in order:
+                    fn, job = targets[name]
+                    with cpu_meter({name: fn.child.pid}, cpu), cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
+                        seq[name].extend(run_load(fn.url, [job] * args.sequential, 1))
+                        conc[name].extend(run_load(fn.url, [job] * args.concurrent, args.clients))
 
-        progress("counting round trips in-process")
-        rt_requests = 20
-        gen_counts, floor_counts, gen_ok = round_trips(rt_requests)
+            progress("counting round trips in-process")
+            rt_requests = 20
+            gen_counts, floor_counts, gen_ok = round_trips(rt_requests)
 
-    base_seq, base_conc = seq["floor_txn"], conc["floor_txn"]
-    rows = []
-    for name in targets:
-        s, c = seq[name], conc[name]
-        served = len(s.answers) + len(c.answers)
-        rows.append([
-            name,
-            f"{ms(median(s.latencies))} ({ratio(median(s.latencies), median(base_seq.latencies))})",
-            f"{ms(pct(s.latencies, 99))} ({ratio(pct(s.latencies, 99), pct(base_seq.latencies, 99))})",
-            f"{s.rate:.1f} ({ratio(s.rate, base_seq.rate)})",
-            f"{ms(median(c.latencies))} ({ratio(median(c.latencies), median(base_conc.latencies))})",
-            f"{ms(pct(c.latencies, 99))} ({ratio(pct(c.latencies, 99), pct(base_conc.latencies, 99))})",
-            f"{c.rate:.1f} ({ratio(c.rate, base_conc.rate)})",
-            f"{ms(cpu[name] / served)} ({ratio(cpu[name], cpu['floor_txn'])})",
-            f"{ms(emulator_cpu[name] / served)} ({ratio(emulator_cpu[name], emulator_cpu['floor_txn'])})",
-            json.dumps({**s.statuses(), **{k: v + s.statuses().get(k, 0) for k, v in c.statuses().items()}}),
-        ])  # fmt: skip
-    print(
-        f"{args.rounds} interleaved rounds; per round and function: {args.sequential} requests from 1 client, then "
-        f"{args.concurrent} from {args.clients} concurrent clients (one user / floor document each). "
-        "Latency in ms, as the client sees it; ratios against floor_txn measured in the same rounds.\n"
-    )
-    print(
-        table(
-            [
-                "function",
-                "p50 seq",
-                "p99 seq",
-                "req/s seq",
-                f"p50 x{args.clients}",
-                f"p99 x{args.clients}",
-                f"req/s x{args.clients}",
-                "function CPU ms/req",
-                "emulator CPU ms/req",
-                "statuses",
-            ],
-            rows,
+        base_seq, base_conc = seq["floor_txn"], conc["floor_txn"]
+        rows = []
+        for name in targets:
+            s, c = seq[name], conc[name]
+            served = len(s.answers) + len(c.answers)
+            rows.append([
+                name,
+                f"{ms(median(s.latencies))} ({ratio(median(s.latencies), median(base_seq.latencies))})",
+                f"{ms(pct(s.latencies, 99))} ({ratio(pct(s.latencies, 99), pct(base_seq.latencies, 99))})",
+                f"{s.rate:.1f} ({ratio(s.rate, base_seq.rate)})",
+                f"{ms(median(c.latencies))} ({ratio(median(c.latencies), median(base_conc.latencies))})",
+                f"{ms(pct(c.latencies, 99))} ({ratio(pct(c.latencies, 99), pct(base_conc.latencies, 99))})",
+                f"{c.rate:.1f} ({ratio(c.rate, base_conc.rate)})",
+                f"{ms(cpu[name] / served)} ({ratio(cpu[name], cpu['floor_txn'])})",
+                f"{ms(emulator_cpu[name] / served)} ({ratio(emulator_cpu[name], emulator_cpu['floor_txn'])})",
+                json.dumps(dict(Counter(s.statuses()) + Counter(c.statuses()))),
+            ])  # fmt: skip
+        print(
+            f"{args.rounds} interleaved rounds; per round and function: {args.sequential} requests from 1 client, then "
+            f"{args.concurrent} from {args.clients} concurrent clients (one user / floor document each). "
+            "Latency in ms, as the client sees it; ratios against floor_txn measured in the same rounds.\n"
         )
-    )
-    gen_rt, floor_rt = sum(gen_counts.values()) / rt_requests, sum(floor_counts.values()) / rt_requests
-    print(f"\nFirestore round trips per call, counted in-process over {rt_requests} warm calls each ({gen_ok} generates answered 200):\n")
-    print(
-        table(
-            ["function", "round trips / call", "by RPC"],
-            [
-                ["generate", f"{gen_rt:g} ({ratio(gen_rt, floor_rt)})", describe(gen_counts, rt_requests)],
-                ["floor_txn", f"{floor_rt:g}", describe(floor_counts, rt_requests)],
-            ],
+        print(
+            table(
+                [
+                    "function",
+                    "p50 seq",
+                    "p99 seq",
+                    "req/s seq",
+                    f"p50 x{args.clients}",
+                    f"p99 x{args.clients}",
+                    f"req/s x{args.clients}",
+                    "function CPU ms/req",
+                    "emulator CPU ms/req",
+                    "statuses",
+                ],
+                rows,
+            )
         )
-    )
-    p50 = median(seq["generate"].latencies) / median(base_seq.latencies)
-    p50_conc = median(conc["generate"].latencies) / median(base_conc.latencies)
-    print(
-        f"\nTargets: generate p50 <= 1.2x floor: {verdict(p50 <= 1.2)} (sequential {p50:.2f}x, {args.clients} clients {p50_conc:.2f}x); "
-        f"round trips <= floor + 1 commit ({floor_rt + 1:g}): {verdict(gen_rt <= floor_rt + 1 and gen_ok == rt_requests)} ({gen_rt:g})."
-    )
+        gen_rt, floor_rt = sum(gen_counts.values()) / rt_requests, sum(floor_counts.values()) / rt_requests
+        print(
+            f"\nFirestore round trips per call, counted in-process over {rt_requests} warm calls each ({gen_ok} generates answered 200):\n"
+        )
+        print(
+            table(
+                ["function", "round trips / call", "by RPC"],
+                [
+                    ["generate", f"{gen_rt:g} ({ratio(gen_rt, floor_rt)})", describe(gen_counts, rt_requests)],
+                    ["floor_txn", f"{floor_rt:g}", describe(floor_counts, rt_requests)],
+                ],
+            )
+        )
+        p50 = median(seq["generate"].latencies) / median(base_seq.latencies)
+        p50_conc = median(conc["generate"].latencies) / median(base_conc.latencies)
+        print(
+            f"\nTargets: generate p50 <= 1.2x floor: {verdict(p50 <= 1.2)} (sequential {p50:.2f}x, {args.clients} clients {p50_conc:.2f}x); "
+            f"round trips <= floor + 1 commit ({floor_rt + 1:g}): {verdict(gen_rt <= floor_rt + 1 and gen_ok == rt_requests)} ({gen_rt:g})."
+        )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from bench.harness import (
     Client,
     Run,
     Stack,
+    cpu_meter,
     json_post,
     median,
     ms,
@@ -138,13 +139,17 @@ def main() -> None:
         expected["storm-warmup"] = PACKS["starter"]
 
         runs = {"stripe_webhook": Run(), "floor_create": Run()}
+        pgids = {"stripe_webhook": webhook.child.pid, "floor_create": floor.child.pid}
+        cpu: dict[str, float] = {}
+        emulator_cpu: dict[str, float] = {}
         size = -(-len(bodies) // args.chunks)
         for c in range(args.chunks):
             chunk = bodies[c * size : (c + 1) * size]
             order = [("stripe_webhook", webhook.url, redelivered), ("floor_create", floor.url, floor_retried)]
             for name, url, retried in order if c % 2 == 0 else reversed(order):
                 progress(f"chunk {c + 1}/{args.chunks}: {name}, {len(chunk)} deliveries over {args.clients} clients")
-                runs[name].extend(run_load(url, [signed_job(body, retried) for body in chunk], args.clients))
+                with cpu_meter({name: pgids[name]}, cpu), cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
+                    runs[name].extend(run_load(url, [signed_job(body, retried) for body in chunk], args.clients))
 
         purchases, credited, problems = check_ledger(expected, owner)
         floor_docs = count_floor_creates()
@@ -166,6 +171,8 @@ def main() -> None:
                 f"{run.rate:.1f} ({ratio(run.rate, base.rate)})",
                 f"{ms(median(run.latencies))} ({ratio(median(run.latencies), median(base.latencies))})",
                 f"{ms(pct(run.latencies, 99))} ({ratio(pct(run.latencies, 99), pct(base.latencies, 99))})",
+                f"{ms(cpu[name] / len(run.answers))} ({ratio(cpu[name], cpu['floor_create'])})",
+                f"{ms(emulator_cpu[name] / len(run.answers))} ({ratio(emulator_cpu[name], emulator_cpu['floor_create'])})",
                 json.dumps(dict(sorted(outcomes[name].items()))),
                 json.dumps(dict(sorted(Counter(redelivered if name == "stripe_webhook" else floor_retried).items()))),
             ])  # fmt: skip
@@ -176,7 +183,17 @@ def main() -> None:
         )
         print(
             table(
-                ["function", "deliveries", "deliveries/s", "p50 ms", "p99 ms", "outcomes", "non-2xx answers (delivered again)"],
+                [
+                    "function",
+                    "deliveries",
+                    "deliveries/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "function CPU ms/delivery",
+                    "emulator CPU ms/delivery",
+                    "outcomes",
+                    "non-2xx answers (delivered again)",
+                ],
                 rows,
             )
         )

@@ -313,3 +313,12 @@ def cpu_seconds(pgid: int) -> float:
             if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
                 total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
+
+
+@contextlib.contextmanager
+def cpu_meter(groups: dict[str, int], into: dict[str, float]) -> Iterator[None]:
+    """Add the CPU seconds each named process group uses inside the block to `into[name]`."""
+    before = {name: cpu_seconds(pgid) for name, pgid in groups.items()}
+    yield
+    for name, pgid in groups.items():
+        into[name] = into.get(name, 0.0) + cpu_seconds(pgid) - before[name]
