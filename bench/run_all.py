@@ -42,7 +42,7 @@ def main() -> None:
     names = available(args.only.split(",") if args.only else None)
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    changes = [(line[:2].strip(), line[3:]) for line in git("status", "--porcelain").splitlines()]
     started = dt.datetime.now(dt.UTC)
     header = [
         "# Benchmark results",
@@ -50,7 +50,11 @@ def main() -> None:
         f"- Date: {started:%Y-%m-%d %H:%M} UTC",
         f"- Commit: `{commit}` ({git('log', '-1', '--format=%s')[:100]})",
         "- Working tree: "
-        + ("clean" if not dirty else "uncommitted changes in " + ", ".join(f"`{line[3:]}`" for line in dirty.splitlines())),
+        + (
+            "clean"
+            if not changes
+            else "not clean: " + ", ".join(f"`{path}` ({'untracked' if code == '??' else code})" for code, path in changes)
+        ),
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; at start: {load_average()}",
         "- Reproduce all: `python -m bench.run_all` (from the repository root, in the venv); each section names its own command.",
         "- Every figure in brackets is a ratio against the baseline measured in the same benchmark run (a floor function served",
