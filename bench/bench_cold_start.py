@@ -7,7 +7,8 @@ real request (Firestore touched: a charge and a generation for `generate`, a sig
 `stripe_webhook`, ...; `checkout` touches no Firestore, it creates a session on the local Stripe
 double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
 Each repeat starts every function once, in a shuffled order, against one warm emulator; the table
-shows medians.
+shows medians. The CPU time the served processes used up to the first answer is shown too: on a
+shared machine it is steadier than wall time.
 
 Imports, measured in a fresh interpreter per entry point that drives the same first request through
 `functions_framework.create_app(...).test_client()`: the time `create_app` takes to load the source
@@ -40,6 +41,7 @@ from bench.harness import (
     WEBHOOK_SECRET,
     Client,
     Stack,
+    cpu_seconds,
     entry_points,
     median,
     ms,
@@ -114,8 +116,15 @@ def source_of(target: str) -> Path:
     return FLOOR_SOURCE if target in (FLOOR, "bare") else MAIN_SOURCE
 
 
-def cold_start(stack: Stack, target: str, env: dict[str, str]) -> tuple[float, float]:
-    """Seconds from spawning the served process to (listening, first answer); the answer must be a 200."""
+@dataclass
+class ColdStart:
+    listening_s: float  # spawn to the port accepting connections
+    answer_s: float  # spawn to the first answer
+    cpu_s: float  # CPU time of the served processes (gunicorn arbiter and worker) at the first answer
+
+
+def cold_start(stack: Stack, target: str, env: dict[str, str]) -> ColdStart:
+    """Spawn a served process and send its first real request, which must answer 200."""
     req = first_request(target)
     started = time.perf_counter()
     fn = stack.serve(target, source=source_of(target), env=env, wait=False)
@@ -131,11 +140,12 @@ def cold_start(stack: Stack, target: str, env: dict[str, str]) -> tuple[float, f
         listening = time.perf_counter() - started
         answer = Client(fn.url).request(req.method, req.path, req.body.encode() or None, req.headers)
         answered = time.perf_counter() - started
+        cpu = cpu_seconds(fn.child.pid)
     finally:
         fn.stop()
     if answer.status != 200:
         raise RuntimeError(f"{target} answered {answer.status}: {answer.body[:300]!r}")
-    return listening, answered
+    return ColdStart(listening, answered, cpu)
 
 
 def probe(target: str, spec: str) -> None:
@@ -197,7 +207,7 @@ def main() -> None:
         stack.add_stop(stripe.stop)
         env = {"STRIPE_API_BASE": stripe.url}
         targets = [*entry_points(), FLOOR, "bare"]
-        starts: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+        starts: dict[str, list[ColdStart]] = {t: [] for t in targets}
         probes: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         probe_env = {**os.environ, **env}
         for r in range(args.repeats):
@@ -207,13 +217,15 @@ def main() -> None:
                 starts[target].append(cold_start(stack, target, env))
                 probes[target].append(run_probe(target, probe_env))
 
-        floor_answer = median(a for _, a in starts[FLOOR])
-        bare_answer = median(a for _, a in starts["bare"])
+        floor_answer = median(s.answer_s for s in starts[FLOOR])
+        floor_cpu = median(s.cpu_s for s in starts[FLOOR])
+        bare_answer = median(s.answer_s for s in starts["bare"])
         floor_source = median(p["source_s"] for p in probes["bare"])
         rows, misses = [], []
         for target in targets:
-            listening = median(s for s, _ in starts[target])
-            answer = median(a for _, a in starts[target])
+            listening = median(s.listening_s for s in starts[target])
+            answer = median(s.answer_s for s in starts[target])
+            cpu = median(s.cpu_s for s in starts[target])
             source_s = median(p["source_s"] for p in probes[target])
             first_s = median(p["first_request_s"] for p in probes[target])
             after_import = probes[target][-1]["after_import"]
@@ -226,6 +238,7 @@ def main() -> None:
                 f"{ms(listening)}",
                 f"{ms(answer)} ({ratio(answer, floor_answer)})",
                 f"{ms(answer - bare_answer)}",
+                f"{ms(cpu)} ({ratio(cpu, floor_cpu)})",
                 f"{ms(source_s)} ({ratio(source_s, floor_source)} of bare)",
                 f"{ms(first_s)}",
                 ", ".join(after_import) or "none",
@@ -244,6 +257,7 @@ def main() -> None:
                     "listening ms",
                     "first answer ms (vs floor_txn)",
                     "first answer - bare ms",
+                    "CPU ms to first answer (vs floor_txn)",
                     "source import ms",
                     "first request in-process ms",
                     "heavy modules after import",
