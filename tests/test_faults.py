@@ -1,0 +1,106 @@
+"""Fault injection with real processes: Firestore frozen (SIGSTOP) and resumed (SIGCONT) around a
+refund and around a webhook credit. No credit lost, none doubled, and the client told the truth:
+a 5xx wherever it must retry, never a 2xx for something that was not written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from devstack import stripe_events
+from devstack.doubles import GeminiDouble
+from devstack.firestore import FirestoreEmulator
+from devstack.serve import ServedFunction
+from tests.conftest import BASE_ENV, assert_ledger_consistent, token
+from tests.helpers import balance, entries, generations, make_user
+
+
+@contextmanager
+def frozen(emulator: FirestoreEmulator) -> Iterator[None]:
+    """Firestore stops answering (the process is stopped, its data kept) until the block ends."""
+    os.kill(emulator.child.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(emulator.child.pid, signal.SIGCONT)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url + "/", data=body, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_for(condition: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once(emulator: FirestoreEmulator, db: Any) -> None:
+    from functions.lib.retention import sweep
+
+    from functions.lib.config import get_settings
+
+    make_user(db, "fred", credits=100)
+    model = GeminiDouble(mode="error500", delay_s=1.5).start()
+    env = {"GENERATOR": "gemini", "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": model.url, "GENERATION_TIMEOUT_S": "10"}
+    fn = ServedFunction("generate", env=env, log_dir=Path(tempfile.mkdtemp()))
+    result: dict[str, Any] = {}
+    try:
+        worker = threading.Thread(
+            target=lambda: result.update(res=post(fn.url, b'{"prompt": "x"}', {"Authorization": f"Bearer {token('fred')}"}))
+        )
+        worker.start()
+        wait_for(lambda: [g["status"] for g in generations(db, "fred")] == ["charged"])
+        with frozen(emulator):
+            worker.join(timeout=60)
+    finally:
+        fn.stop()
+        model.stop()
+
+    status, body = result["res"]
+    assert status == 503 and body["error"] == "unavailable" and "refunded automatically" in body["message"]
+    [gen] = generations(db, "fred")
+    assert gen["status"] == "charged" and balance(db, "fred") == 50
+
+    later = datetime.now(UTC) + timedelta(seconds=get_settings().stale_charge_after_s + 60)
+    first, second = sweep(db, get_settings(), now=later), sweep(db, get_settings(), now=later)
+
+    assert first.refunds_settled == 1 and second.refunds_settled == 0
+    assert balance(db, "fred") == 100 and len(entries(db, "fred", "refund")) == 1
+    assert_ledger_consistent(db)
+
+
+def test_firestore_down_during_a_webhook_credit_answers_503_then_the_retry_credits_once(emulator: FirestoreEmulator, db: Any) -> None:
+    fn = ServedFunction("stripe_webhook", env={}, log_dir=Path(tempfile.mkdtemp()))
+    evt = stripe_events.checkout_completed("cs_test_fault_1", "gus", "starter", "pi_fault_1")
+    secret = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
+    try:
+        with frozen(emulator):
+            down = post(fn.url, *stripe_events.delivery(evt, secret))
+        retried = post(fn.url, *stripe_events.delivery(evt, secret))
+        again = post(fn.url, *stripe_events.delivery(evt, secret))
+    finally:
+        fn.stop()
+
+    assert down[0] in (500, 503) and down[1]["error"] in ("unavailable", "busy")
+    assert retried[0] == 200 and retried[1]["outcome"] == "credited"
+    assert again[0] == 200 and again[1]["outcome"] == "duplicate"
+    assert balance(db, "gus") == 100 and [e["id"] for e in entries(db, "gus")] == ["purchase_cs_test_fault_1"]
+    assert_ledger_consistent(db)
