@@ -3,13 +3,22 @@ an `add_<name>(subparsers)` that sets `run=` and appending it there.
 
     python -m functions.admin sweep [--dry-run] [--workers N]
     python -m functions.admin schedule --project P --region R --url URL --service-account SA [--schedule CRON]
+    python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID
+    python -m functions.admin ledger USER [--limit N]
+    python -m functions.admin audit
+    python -m functions.admin replay STRIPE_EVENT_ID
 
 `sweep` runs one retention pass against the Firestore the environment names (FIRESTORE_EMULATOR_HOST
 locally, Application Default Credentials otherwise) with the same settings as the function
 (RETENTION_DAYS, STALE_CHARGE_AFTER_S, SWEEP_BUDGET_S, ANALYTICS_RETENTION_DAYS). It prints a line
 per project and refund, progress every few seconds on long runs, then the function's JSON answer.
 Exit status: 0 done, 3 stopped by the time budget with work left (run it again), 1 failed, 2 bad
-configuration.
+configuration, 4 the audit found differences.
+
+`grant` is idempotent by its id (a second run with the same id grants nothing and says so).
+`audit` streams every user and ledger entry, prints progress, and lists every difference.
+`replay` runs a Stripe event stored in `stripe_event_problems` (a permanent problem an operator
+has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own code path.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any, TextIO
 
 from functions.lib.errors import AppError, ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 3, 4
 PROGRESS_EVERY_S = 2.0
 
 
@@ -152,7 +161,86 @@ def add_schedule(subparsers: Any) -> None:
     cmd.set_defaults(run=run_schedule)
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_schedule)
+def run_grant(args: argparse.Namespace) -> int:
+    from functions.lib import db, ledger
+
+    posted = ledger.grant(db.get_client(), args.user, args.id, args.amount, args.reason)
+    if posted.applied:
+        print(f"granted {posted.amount} credits to {args.user} ({posted.entry_id}); balance {posted.balance}")
+    else:
+        print(f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; balance {posted.balance}")
+    return EXIT_OK
+
+
+def add_grant(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("grant", help="give a user credits (support, promotion), idempotent by --id")
+    cmd.add_argument("user", help="the user's uid")
+    cmd.add_argument("amount", type=int, help="credits to add (positive)")
+    cmd.add_argument("--reason", required=True, help="why, stored on the ledger entry")
+    cmd.add_argument("--id", required=True, help="grant id: the same id never grants twice (e.g. a ticket number)")
+    cmd.set_defaults(run=run_grant)
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    from functions.lib import db, ledger
+
+    statement = ledger.statement(db.get_client(), args.user, limit=args.limit)
+    print(f"user {args.user}: balance {statement.balance}; latest {len(statement.transactions)} entries, newest first")
+    for entry in statement.transactions:
+        meta = " ".join(f"{k}={v}" for k, v in sorted(entry["metadata"].items()))
+        print(
+            f"  {entry['createdAt'] or '-':<32} {entry['type']:<9} {entry['amount']:>+7} -> {entry['balanceAfter']:>7}  {entry['id']}  {meta}"
+        )
+    return EXIT_OK
+
+
+def add_ledger(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("ledger", help="a user's balance and latest ledger entries")
+    cmd.add_argument("user", help="the user's uid")
+    cmd.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    cmd.set_defaults(run=run_ledger)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from functions.lib import db
+    from functions.lib.audit import AuditReport, audit
+
+    started = time.monotonic()
+
+    def progress(report: AuditReport) -> None:
+        print(f"... {report.users} users, {report.entries} ledger entries checked, {len(report.differences)} differences", flush=True)
+
+    report = audit(db.get_client(), progress, every=args.progress_every)
+    for d in report.differences:
+        print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum})")
+    verdict = "clean" if report.clean else f"{len(report.differences)} differences"
+    print(f"audit: {report.users} users, {report.entries} ledger entries in {time.monotonic() - started:.1f} s: {verdict}")
+    return EXIT_OK if report.clean else EXIT_DIFFERENCES
+
+
+def add_audit(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("audit", help="check balance == sum of ledger and >= 0 for every user")
+    cmd.add_argument("--progress-every", type=int, default=1000, help="print progress every N users (default 1000)")
+    cmd.set_defaults(run=run_audit)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from functions.lib import db, payments
+    from functions.lib.config import get_settings
+
+    outcome = payments.replay_problem(db.get_client(), get_settings(), args.event_id)
+    detail = f"; problem: {outcome.problem}" if outcome.problem else ""
+    print(f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits for {outcome.uid or 'no user'}{detail}")
+    return EXIT_FAILED if outcome.action == payments.PROBLEM else EXIT_OK
+
+
+def add_replay(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("replay", help="run a stored problem Stripe event again through the webhook's code path")
+    cmd.add_argument("event_id", help="the Stripe event id (evt_...) in stripe_event_problems")
+    cmd.set_defaults(run=run_replay)
+
+
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_schedule, add_grant, add_ledger, add_audit, add_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

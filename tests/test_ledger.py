@@ -65,3 +65,16 @@ def test_a_debit_below_zero_is_refused_with_figures(db: Any) -> None:
 
     assert err.value.details == {"balance": 10, "required": 25, "shortfall": 15}
     assert balance(db, "u5") == 10
+
+
+def test_a_grant_id_reused_for_another_user_is_refused(db: Any) -> None:
+    from functions.lib import ledger
+    from functions.lib.errors import IdempotencyKeyReused
+
+    ledger.grant(db, "u6", "promo-1", 10, "promo")
+
+    with pytest.raises(IdempotencyKeyReused):
+        ledger.grant(db, "u7", "promo-1", 10, "promo")
+    again = ledger.grant(db, "u6", "promo-1", 99, "promo")
+    assert not again.applied and again.amount == 10
+    assert balance(db, "u6") == 10 and balance(db, "u7") == 0

@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -23,7 +23,7 @@ from functions.lib.config import get_settings
 from functions.lib.errors import Contention, Unavailable
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, WriteBatch
+    from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, Query, WriteBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +76,22 @@ def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnaps
     """Snapshots in the order of `refs` (get_all streams them back in any order)."""
     by_path = {snap.reference.path: snap for snap in client.get_all(refs, **rpc())}
     return [by_path[ref.path] for ref in refs]
+
+
+def pages(query: Query, page_size: int = 100) -> Iterator[DocumentSnapshot]:
+    """Every result of `query` (which must have a total order), `page_size` at a time.
+
+    Each page is its own short RPC continuing after the last snapshot of the one before, so no
+    stream stays open across work done in between and memory holds one page.
+    """
+    cursor: DocumentSnapshot | None = None
+    while True:
+        page_query = query.limit(page_size) if cursor is None else query.start_after(cursor).limit(page_size)
+        page = list(page_query.stream(**rpc()))
+        yield from page
+        if len(page) < page_size:
+            return
+        cursor = page[-1]
 
 
 def precondition(client: Client, snap: DocumentSnapshot) -> Any:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
-from functions.lib.errors import InsufficientCredits, InvalidRequest
+from functions.lib.errors import IdempotencyKeyReused, InsufficientCredits, InvalidRequest
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
@@ -112,6 +112,9 @@ def post(
     def plan() -> db.Plan[Posted]:
         user, existing = db.get_all(client, [user_ref, entry_ref])
         if existing.exists:
+            if existing.get("userId") != uid:
+                # Ids are global: the same id for another user is a mistake, not a repeat.
+                raise IdempotencyKeyReused(f"{entry_ref.id} already exists for another user; use a new id.")
             return db.Plan(Posted(entry_ref.id, False, balance_of(user), int(existing.get("amount"))))
         batch = client.batch()
         after = stage_entry(client, batch, user, type=type, ref=ref, amount=amount, metadata=metadata)

@@ -1,0 +1,107 @@
+"""Operator CLI money commands against the emulator: grant, ledger, audit, replay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack import stripe_events
+from tests.conftest import assert_ledger_consistent, reset_caches
+from tests.helpers import balance, entries
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def admin(*argv: str) -> int:
+    from functions.admin import main
+
+    return main(list(argv))
+
+
+def test_grant_twice_with_one_id_grants_once(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    first = admin("grant", "uma", "40", "--reason", "ticket 7 apology", "--id", "ticket-7")
+    second = admin("grant", "uma", "40", "--reason", "ticket 7 apology", "--id", "ticket-7")
+
+    out = capsys.readouterr().out
+    assert first == second == 0
+    assert "granted 40 credits to uma" in out and "already granted" in out
+    assert balance(db, "uma") == 40 and [e["id"] for e in entries(db, "uma")] == ["grant_ticket-7"]
+
+
+def test_grant_refuses_a_non_positive_amount(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin("grant", "uma", "0", "--reason", "x", "--id", "g") == 1
+    assert "positive" in capsys.readouterr().err and entries(db, "uma") == []
+
+
+def test_ledger_prints_balance_and_entries(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    admin("grant", "vic", "30", "--reason", "seed", "--id", "a")
+    admin("grant", "vic", "12", "--reason", "seed", "--id", "b")
+    capsys.readouterr()
+
+    assert admin("ledger", "vic") == 0
+
+    out = capsys.readouterr().out
+    assert "user vic: balance 42" in out and "grant_a" in out and "grant_b" in out
+    assert out.index("grant_b") < out.index("grant_a")
+
+
+def test_audit_passes_on_a_clean_ledger_and_reports_a_corrupted_balance(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from functions.lib import ledger
+
+    for i in range(25):
+        ledger.grant(db, f"user{i:02d}", f"seed-{i}", 10 + i, "seed")
+    assert admin("audit", "--progress-every", "10") == 0
+    clean = capsys.readouterr().out
+    assert "audit: 25 users, 25 ledger entries" in clean and "clean" in clean and "... 20 users" in clean
+
+    db.collection("users").document("user07").update({"credits": 999})  # corruption, bypassing the ledger
+    db.collection("users").document("user11").update({"credits": -3})
+    db.collection("credit_transactions").document("grant_orphan").set({"userId": "ghost", "type": "grant", "amount": 5})
+
+    assert admin("audit") == 4
+    out = capsys.readouterr().out
+    assert "DIFFERENCE user user07: balance_differs_from_ledger (credits 999, ledger sum 17)" in out
+    assert "DIFFERENCE user user11: negative_balance (credits -3, ledger sum 21)" in out
+    assert "DIFFERENCE user ghost: ledger_without_user (credits None, ledger sum 5)" in out
+    assert "4 differences" in out
+
+
+def test_replay_of_a_fixed_problem_event_credits_once(
+    db: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functions.lib import payments
+
+    event = stripe_events.checkout_completed("cs_replay_1", "wes", "legacy", "pi_replay_1")
+    assert payments.handle_event(db, settings, event).action == payments.PROBLEM
+    assert balance(db, "wes") == 0
+
+    monkeypatch.setenv("CREDIT_PACKS", '{"legacy": {"credits": 70, "price": "price_legacy"}}')  # the operator's fix
+    reset_caches()
+    first = admin("replay", event["id"])
+    second = admin("replay", event["id"])
+
+    out = capsys.readouterr().out
+    assert first == second == 0
+    assert f"replayed {event['id']}: credited, +70 credits for wes" in out and "duplicate" in out
+    assert balance(db, "wes") == 70 and [e["id"] for e in entries(db, "wes")] == ["purchase_cs_replay_1"]
+    assert db.collection("stripe_event_problems").document(event["id"]).get().get("status") == "resolved"
+    assert_ledger_consistent(db)
+
+
+def test_replay_of_an_unknown_event_fails_clearly(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin("replay", "evt_nope") == 1
+    assert "No stored Stripe event evt_nope" in capsys.readouterr().err
+
+
+def test_cli_runs_as_a_module(db: Any) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "functions.admin", "audit"], env=dict(os.environ), cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert res.returncode == 0, res.stderr
+    assert "audit: 0 users, 0 ledger entries" in res.stdout
