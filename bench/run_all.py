@@ -25,7 +25,9 @@ BENCHES = ("generate", "cold_start", "webhook_storm", "contention", "retention")
 
 
 def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.rstrip()  # porcelain lines start with a space
 
 
 def available(only: list[str] | None) -> list[str]:
