@@ -11,11 +11,13 @@ the machine's load, and the command that reproduces each table.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,27 @@ def available(only: list[str] | None) -> list[str]:
     """The benchmarks present in bench/ (bench_retention.py is another engineer's, and may not exist yet)."""
     names = [n for n in BENCHES if (ROOT / "bench" / f"bench_{n}.py").exists()]
     return [n for n in names if only is None or n in only]
+
+
+def run_bench(name: str, tail: int = 12) -> tuple[int, str, list[str]]:
+    """Run bench/bench_NAME.py; its stderr (progress) streams through, and its last lines are kept for a failure note."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"bench.bench_{name}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    last: collections.deque[str] = collections.deque(maxlen=tail)
+
+    def echo() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            last.append(line.rstrip("\n"))
+
+    echoing = threading.Thread(target=echo)
+    echoing.start()
+    stdout = proc.stdout.read() if proc.stdout is not None else ""
+    code = proc.wait()
+    echoing.join()
+    return code, stdout, list(last)
 
 
 def main() -> None:
@@ -68,14 +91,13 @@ def main() -> None:
     for name in names:
         print(f"== bench_{name}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", f"bench.bench_{name}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, check=False
-        )
-        print(out.stdout, flush=True)
-        text = out.stdout.strip()
-        if out.returncode != 0:
+        code, stdout, stderr_tail = run_bench(name)
+        print(stdout, flush=True)
+        text = stdout.strip()
+        if code != 0:
             failed.append(name)
-            text += f"\n\n**bench_{name} exited with status {out.returncode}** after {time.perf_counter() - t0:.0f} s."
+            text += f"\n\n**bench_{name} exited with status {code}** after {time.perf_counter() - t0:.0f} s. The end of its stderr:\n\n"
+            text += "```\n" + "\n".join(stderr_tail) + "\n```"
         sections.append(text)
 
     targets = [line for text in sections for line in text.splitlines() if line.startswith("Target")]
