@@ -261,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AppError as exc:
         print(f"{args.command} failed: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:
+        from functions.lib.db import firestore_unavailable
+
+        if not firestore_unavailable(exc):
+            raise
+        print(f"{args.command} failed: Firestore is unreachable ({type(exc).__name__}); run it again later", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

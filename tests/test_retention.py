@@ -370,3 +370,15 @@ def test_sweep_printer_throttles_chunk_progress() -> None:
         "... p: 1996 versions so far (2.0 s)",
         "... p: 3992 versions so far (4.0 s)",
     ]
+
+
+def test_one_structured_log_line_per_pass(db: Any, settings: Any, caplog: pytest.LogCaptureFixture) -> None:
+    seed_project(db, "old", 2)
+
+    with caplog.at_level("INFO", logger="retention"):
+        report = retention.sweep(db, settings)
+
+    [record] = [r for r in caplog.records if r.name == "retention"]
+    assert record.getMessage() == "retention sweep complete"
+    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
+    assert record.json_fields["projectsDeleted"] == 1 and record.json_fields["versionsDeleted"] == 2  # type: ignore[attr-defined]

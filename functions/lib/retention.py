@@ -108,7 +108,7 @@ def _count(query: Any) -> int:
 
 
 def pages(query: Query, page_size: int = QUERY_PAGE) -> Iterator[DocumentSnapshot]:
-    """Every result of `query` (which must order by the fields it selects), `page_size` at a time.
+    """Every result of `query` (which must select the fields it orders by), `page_size` at a time.
 
     Each page is its own short RPC continuing after the last snapshot of the one before, so no
     stream stays open across the deletions done in between and memory holds one page.
@@ -216,10 +216,14 @@ class _Pass:
 
     def has_time(self) -> bool:
         """Whether one more step (as long as the longest so far) fits in the budget."""
-        if not self.stopped and self.clock() + self.longest_step >= self.deadline:
+        with self._lock:
+            if self.stopped:
+                return False
+            if self.clock() + self.longest_step < self.deadline:
+                return True
             self.stopped = True
-            self.emit("stopped", elapsedMs=self.elapsed_ms())
-        return not self.stopped
+        self.emit("stopped", elapsedMs=self.elapsed_ms())
+        return False
 
     def step_took(self, seconds: float) -> None:
         with self._lock:
@@ -263,7 +267,10 @@ class _Pass:
         for snap in pages(stale_charges(self.client, self.charge_cutoff)):
             if not self.has_time():
                 return
-            uid = str((snap.to_dict() or {}).get("userId"))
+            uid = (snap.to_dict() or {}).get("userId")
+            if not isinstance(uid, str) or not uid:
+                log.error("stale charge %s has no userId; an operator must settle it", snap.id)
+                continue
             if self.dry_run:
                 self.tally(refunds_settled=1)
                 self.emit("would_refund", generationId=snap.id, userId=uid)
@@ -310,7 +317,12 @@ class _Pass:
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
     def sweep_project(self, project_ref: DocumentReference) -> None:
-        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+        try:
+            if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+                return
+        except Contention:
+            log.warning("project %s: marking kept conflicting with its activity; the next sweep retries", project_ref.id)
+            self.left_over = True
             return
         versions_deleted = 0
         chunk: list[DocumentReference] = []
@@ -405,6 +417,8 @@ def sweep(
     hears each step; `commit` commits each deletion batch; `workers` projects are deleted at once.
     Safe to run concurrently with itself: nothing is refunded or counted twice.
     """
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
     run = _Pass(client, settings, now or datetime.now(UTC), clock, dry_run, progress, commit, workers)
     report = run.run()
     log.info("retention sweep %s", "complete" if report.complete else "stopped with work left", extra={"json_fields": report.log_fields()})
