@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 12
-RPC_TIMEOUT_S = 5.0
+RPC_TIMEOUT_S = 10.0
 
 
 @functools.cache
@@ -37,7 +37,8 @@ def rpc() -> dict[str, Any]:
 
     Without them a read against an unreachable Firestore retries for minutes (measured: a
     `get_all` with only `timeout=5` still hung at 100 s), so an outage would hang requests until
-    the function's own timeout instead of answering a retryable 503.
+    the function's own timeout instead of answering a retryable 503. 10 s leaves room for a slow
+    first call (a cold emulator JVM under load took over 5 s) and stays far below every timeout.
     """
     from google.api_core import exceptions as gexc
     from google.api_core.retry import Retry, if_exception_type
