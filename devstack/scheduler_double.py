@@ -29,7 +29,8 @@ def _camel(path: str) -> str:
 
 @dataclass
 class SchedulerDouble(_Double):
-    """`hide_from_get` answers 404 to every GET, as if another deploy created the job in between."""
+    """`hide_from_get` answers 404 to every GET, as if another deploy created the job in between;
+    mode "denied" answers 403 to everything, as for a caller without cloudscheduler.jobs permissions."""
 
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     hide_from_get: bool = False
@@ -39,6 +40,8 @@ class SchedulerDouble(_Double):
         return [(r.method, urlsplit(r.path).path) for r in self.received]
 
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
+        if self.mode == "denied":
+            return _error(403, "PERMISSION_DENIED", "The caller does not have permission")
         url = urlsplit(req.path)
         job = JOB.match(url.path)
         jobs = JOBS.match(url.path)

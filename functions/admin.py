@@ -134,7 +134,15 @@ def run_schedule(args: argparse.Namespace) -> int:
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()
-    result = upsert_job(scheduler_client(api_endpoint=args.api_endpoint, credentials=credentials), job)
+    from google.api_core import exceptions as gexc
+    from requests import exceptions as http_errors
+
+    try:
+        result = upsert_job(scheduler_client(api_endpoint=args.api_endpoint, credentials=credentials), job)
+    except (gexc.GoogleAPICallError, http_errors.ConnectionError) as exc:
+        why = f"answered {exc.code} {exc.message}" if isinstance(exc, gexc.GoogleAPICallError) else "is unreachable"
+        print(f"schedule failed: Cloud Scheduler {why} (job {job.name})", file=sys.stderr)
+        return EXIT_FAILED
     print(
         f"{result.action} {job.name}: POST {job.url} at '{job.schedule}' ({job.time_zone}), "
         f"OIDC as {job.service_account} for audience {job.audience or job.url}"

@@ -55,6 +55,7 @@ def api(served_api: SchedulerDouble) -> SchedulerDouble:
     served_api.jobs.clear()
     served_api.received.clear()
     served_api.hide_from_get = False
+    served_api.mode = "ok"
     return served_api
 
 
@@ -145,6 +146,17 @@ def test_schedule_command_rejects_a_bad_url_without_calling_the_api(api: Schedul
 
     assert admin.main(argv) == admin.EXIT_FAILED
     assert "sweep URL" in capsys.readouterr().err and api.received == []
+
+
+def test_schedule_command_reports_a_refusal_by_the_api(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
+    from functions import admin
+
+    api.mode = "denied"
+    argv = ["schedule", "--project", "acme-credits", "--region", "europe-west1", "--url", URL, "--service-account", SA]
+
+    assert admin.main([*argv, "--api-endpoint", api.url]) == admin.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("schedule failed: Cloud Scheduler answered 403") and "The caller does not have permission" in err and NAME in err
 
 
 def test_importing_the_entry_points_does_not_load_the_scheduler_library() -> None:
