@@ -55,7 +55,7 @@ def test_credits_lists_balance_and_latest_entries_first(app: Any, db: Any) -> No
 
     for i in range(3):
         ledger.grant(db, "ben", f"g{i}", 10 * (i + 1), "test")
-    ledger.grant(db, "other", "g0", 5, "test")
+    ledger.grant(db, "other", "other-g0", 5, "test")
 
     res = app("credits").get("/", headers=bearer("ben"))
 
