@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +43,7 @@ from functions.lib.config import Settings
 from functions.lib.errors import Contention, NotFound
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, Query, WriteBatch
+    from google.cloud.firestore import Client, DocumentReference, Query, WriteBatch
 
 log = logging.getLogger("retention")
 
@@ -105,22 +105,6 @@ def _count(query: Any) -> int:
     """A count aggregation: one RPC, no documents read into memory."""
     results: Any = query.count().get(**db.rpc())
     return int(results[0][0].value)
-
-
-def pages(query: Query, page_size: int = QUERY_PAGE) -> Iterator[DocumentSnapshot]:
-    """Every result of `query` (which must select the fields it orders by), `page_size` at a time.
-
-    Each page is its own short RPC continuing after the last snapshot of the one before, so no
-    stream stays open across the deletions done in between and memory holds one page.
-    """
-    cursor: DocumentSnapshot | None = None
-    while True:
-        page_query = query.limit(page_size) if cursor is None else query.start_after(cursor).limit(page_size)
-        page = list(page_query.stream(**db.rpc()))
-        yield from page
-        if len(page) < page_size:
-            return
-        cursor = page[-1]
 
 
 def expired_projects(client: Client, cutoff: datetime) -> Query:
@@ -264,7 +248,7 @@ class _Pass:
     # Settlement -----------------------------------------------------------------------------
 
     def settle_stale_charges(self) -> None:
-        for snap in pages(stale_charges(self.client, self.charge_cutoff)):
+        for snap in db.pages(stale_charges(self.client, self.charge_cutoff), QUERY_PAGE):
             if not self.has_time():
                 return
             uid = (snap.to_dict() or {}).get("userId")
@@ -293,7 +277,7 @@ class _Pass:
         """Delete every project `query` finds, `workers` projects at a time."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
             running: set[Future[None]] = set()
-            for snap in pages(query):
+            for snap in db.pages(query, QUERY_PAGE):
                 if not self.has_time():
                     break
                 if self.dry_run:
@@ -366,7 +350,7 @@ class _Pass:
             return
         chunk: list[DocumentReference] = []
         step_started = self.clock()
-        for snap in pages(query, MAX_COMMIT_WRITES):
+        for snap in db.pages(query, MAX_COMMIT_WRITES):
             chunk.append(snap.reference)
             if len(chunk) < MAX_COMMIT_WRITES:
                 continue
