@@ -53,9 +53,8 @@ def wait_for(condition: Any, timeout: float = 20) -> None:
 
 
 def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once(emulator: FirestoreEmulator, db: Any) -> None:
-    from functions.lib.retention import sweep
-
     from functions.lib.config import get_settings
+    from functions.lib.retention import sweep
 
     make_user(db, "fred", credits=100)
     model = GeminiDouble(mode="error500", delay_s=1.5).start()
