@@ -294,3 +294,41 @@ def test_cors_preflight_and_headers_on_errors(app: Any, db: Any) -> None:
     assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
     assert err.status_code == 401 and err.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+@pytest.mark.parametrize("fault", ["resent", "lost"])
+def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(app: Any, db: Any, fault: str) -> None:
+    """The charge commit is applied but its answer is lost: either the client library re-sends it
+    (which then fails as already existing) or the call ends in DeadlineExceeded. The request must
+    still find its own charge and finish, not answer 409 or leave the credits held until the sweep."""
+    from google.api_core import exceptions as gexc
+
+    from functions.lib.db import get_client
+
+    make_user(db, "lou", credits=100)
+    client = get_client()  # the handler's own cached client
+    api = client._firestore_api
+    real_commit = api.commit
+    calls = {"n": 0}
+
+    def commit_applied_answer_lost(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return real_commit(*args, **kwargs)
+        real_commit(*args, **{**kwargs, "retry": None})
+        if fault == "resent":
+            return real_commit(*args, **{**kwargs, "retry": None})  # raises: the writes exist now
+        raise gexc.DeadlineExceeded("answer lost")
+
+    api.commit = commit_applied_answer_lost
+    try:
+        res = post(app, "lou", {"prompt": "x"}, {"Idempotency-Key": "lost-1"})
+    finally:
+        api.commit = real_commit
+
+    assert res.status_code == 200, res.json
+    assert res.json["creditsCharged"] == 50 and res.json["balance"] == 50
+    [gen] = generations(db, "lou")
+    assert gen["status"] == "succeeded"
+    assert len(entries(db, "lou", "charge")) == 1 and balance(db, "lou") == 50
+    assert_ledger_consistent(db)

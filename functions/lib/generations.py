@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from functions.lib import analytics, consent, db, ledger
 from functions.lib.config import Settings
 from functions.lib.errors import (
+    Contention,
     GenerationFailed,
     IdempotencyKeyReused,
     InProgress,
@@ -153,9 +154,21 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     project_ref = client.collection(PROJECTS).document(project_id)
     refs = [user_ref, gen_ref] + ([project_ref] if req.kind == ITERATION else [])
 
+    # Marks this call's own charge: when a commit is applied but its answer is lost, the client
+    # library re-sends it and the re-read finds the generation; the token tells "mine" from a
+    # concurrent request with the same Idempotency-Key.
+    token = uuid.uuid4().hex
+
     def plan() -> db.Plan[Charge | Completed]:
         user, gen, *maybe_project = db.get_all(client, refs)
         if gen.exists:
+            data = gen.to_dict() or {}
+            if data.get("chargeToken") == token and data.get("status") == CHARGED:
+                count = int((maybe_project[0].to_dict() or {}).get("versionCount") or 0) if maybe_project else 0
+                mine = Charge(
+                    generation_id, project_id, req.kind, cost, int(data["balanceAfterCharge"]), req.prompt, req.uid, gen.update_time, count
+                )
+                return db.Plan(mine)
             return db.Plan(_replay(client, req, gen))
         consent.require_current(user, settings.terms_version)
         version_count = 0
@@ -175,7 +188,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         )  # fmt: skip
         batch.create(gen_ref, {
             "userId": req.uid, "projectId": project_id, "kind": req.kind, "cost": cost,
-            "status": CHARGED, "requestHash": req.fingerprint(), "balanceAfterCharge": balance,
+            "status": CHARGED, "requestHash": req.fingerprint(), "chargeToken": token, "balanceAfterCharge": balance,
             "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP, "error": None,
         })  # fmt: skip
 
@@ -184,7 +197,16 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
 
         return db.Plan(charged(datetime.min), batch, then=charged)
 
-    return db.commit_optimistically(plan)
+    try:
+        return db.commit_optimistically(plan)
+    except Contention:
+        raise
+    except Unavailable:
+        # The charge may have been applied with its answer lost: one more look (or try) tells.
+        try:
+            return db.commit_optimistically(plan, attempts=1)
+        except Unavailable:
+            raise Unavailable("Could not confirm the charge; if credits were taken they will be refunded automatically.") from None
 
 
 def complete(client: Client, ch: Charge, output: str) -> Completed:
