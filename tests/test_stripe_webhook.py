@@ -466,13 +466,26 @@ def test_a_reversal_with_nothing_left_on_the_balance_records_the_whole_shortfall
 @pytest.mark.parametrize(
     "event", [se.charge_refunded("ch_unknown", "pi_unknown", 1000, 1000), se.dispute_created("dp_unknown", "ch_unknown", "pi_unknown")]
 )
-def test_a_reversal_of_a_payment_never_credited_is_stored_for_operators(app: Any, db: Any, event: dict[str, Any]) -> None:
+def test_a_reversal_of_a_payment_never_credited_is_stored_and_retried(app: Any, db: Any, event: dict[str, Any]) -> None:
     buy(app, "vera")
 
     res = deliver(app, event)
 
-    assert res.status_code == 200 and res.json["problem"] == "purchase_not_found"
+    assert res.status_code == 503 and res.json["problem"] == "purchase_not_found" and res.headers["Retry-After"]
     stored = problem(db, event["id"])
     assert stored is not None and json.loads(stored["payload"]) == event
     assert balance(db, "vera") == STARTER and entries(db, "vera", "reversal") == []
+    assert_ledger_consistent(db)
+
+
+def test_a_refund_delivered_before_its_purchase_is_applied_once_the_purchase_lands(app: Any, db: Any) -> None:
+    purchase = se.checkout_completed("cs_late", "xena", "starter", "pi_late")
+    refund = se.charge_refunded("ch_late", "pi_late", 1000, 1000)
+
+    early = deliver(app, refund)
+    credited = deliver(app, purchase)
+    retried = deliver(app, refund)
+
+    assert early.status_code == 503 and credited.status_code == 200 and retried.status_code == 200
+    assert balance(db, "xena") == 0 and len(entries(db, "xena", "reversal")) == 1
     assert_ledger_consistent(db)

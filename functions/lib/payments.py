@@ -20,9 +20,10 @@ is guarded by the ids and preconditions above.
 A reversal never drives a balance below zero: it takes what is there and records the rest as
 `shortfall` on the reversal entry and as `shortfallCredits` on the payment, for operators.
 
-Permanent problems (no uid, a pack not in the catalog, a refund of a payment we never credited)
-cannot be fixed by Stripe's retries: the whole event goes to `stripe_event_problems/{eventId}`
-and the webhook answers 200. Transient ones (Firestore unreachable, contention) raise
+Permanent problems (no uid, a pack not in the catalog) cannot be fixed by Stripe's retries: the
+whole event goes to `stripe_event_problems/{eventId}` and the webhook answers 200. A refund or
+dispute of a payment with no recorded purchase is stored the same way but answered 503, so Stripe
+keeps retrying while the purchase's own delivery may still be in flight. Transient ones (Firestore unreachable, contention) raise
 `Unavailable`, so the webhook answers 503 and Stripe retries for up to three days.
 `replay_problem` runs a stored event again once an operator has fixed its cause.
 """
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import analytics, db, ledger
 from functions.lib.config import Settings
-from functions.lib.errors import NotFound
+from functions.lib.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAYMENTS = "payments"
+PURCHASE_NOT_FOUND = "purchase_not_found"
 PROBLEMS = "stripe_event_problems"
 
 SESSION_COMPLETED = "checkout.session.completed"
@@ -136,7 +138,7 @@ def _find_purchase(client: Client, payment_intent: str) -> DocumentSnapshot:
     )
     for snap in query.stream(**db.rpc()):
         return snap
-    raise EventProblem("purchase_not_found", f"no purchase was credited for payment intent {payment_intent}")
+    raise EventProblem(PURCHASE_NOT_FOUND, f"no purchase was credited for payment intent {payment_intent}")
 
 
 # How many credits a reversal claims, given the payment's reversal state and the purchase's credits.
@@ -283,6 +285,14 @@ def handle_event(client: Client, settings: Settings, event: dict[str, Any]) -> O
         return handler(client, settings, obj, event_id)
     except EventProblem as problem:
         _store_problem(client, event, problem)
+        if problem.reason == PURCHASE_NOT_FOUND:
+            # Most likely the purchase's own delivery is still being retried: answering 200 would
+            # let the buyer keep refunded credits. Stripe retries this for up to three days; the
+            # stored copy lets an operator replay it after that (a replay of an event that has
+            # since applied changes nothing).
+            raise Unavailable(
+                "No purchase is recorded for this payment yet; retry later.", retry_after_s=60, problem=problem.reason
+            ) from None
         return Outcome(PROBLEM, problem=problem.reason)
 
 
