@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -47,8 +48,18 @@ def wait_until(
     raise RuntimeError(f"{what} {state}\n{tail}")
 
 
+_running: set[Child] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A run that ends with an exception (or Ctrl-C) still stops what it started."""
+    for child in list(_running):
+        child.stop(grace=2)
+
+
 class Child:
-    """A child process in its own process group, logging to a file."""
+    """A child process in its own process group, logging to a file; stopped at exit at the latest."""
 
     def __init__(self, argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.argv = list(argv)
@@ -63,6 +74,7 @@ class Child:
             cwd=cwd,
             start_new_session=True,
         )
+        _running.add(self)
 
     @property
     def pid(self) -> int:
@@ -82,6 +94,7 @@ class Child:
                 self._signal(signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._log_file.close()
+        _running.discard(self)
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
