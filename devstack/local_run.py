@@ -30,7 +30,7 @@ from devstack.stripe_double import StripeDouble
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
-TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook")
+TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep")
 # `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
 WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
 
@@ -172,7 +172,12 @@ def journey(stack: Stack) -> None:
     for entry in body["transactions"]:
         print(f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}", flush=True)
     expect(status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]), "balance should equal the ledger sum")
-    step(f"\njourney complete: balance {body['balance']} = sum of {len(body['transactions'])} ledger entries")
+    final = body
+
+    status, body = stack.call("retention_sweep", "POST", None, {})
+    show("retention_sweep: one nightly pass", status, body)
+    expect(status == 200 and body["complete"] and body["refundsSettled"] == 0, "the sweep should finish with nothing to settle")
+    step(f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries")
 
 
 def main(argv: list[str] | None = None) -> int:
