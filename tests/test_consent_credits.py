@@ -16,6 +16,8 @@ def test_consent_get_before_and_after_accepting(app: Any, db: Any) -> None:
     assert before.status_code == 200 and before.json == {"version": TERMS, "accepted": False, "acceptedAt": None}
     assert accepted.status_code == 200 and accepted.json["accepted"] is True
     assert after.json["accepted"] is True and after.json["acceptedAt"].startswith("20")
+    user = db.collection("users").document("ann").get().to_dict()
+    assert user["credits"] == 0 and user["consent"]["version"] == TERMS and user["createdAt"] is not None
 
 
 def test_consent_for_an_old_version_is_400_and_changes_nothing(app: Any, db: Any) -> None:

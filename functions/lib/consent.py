@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
 from functions.lib.errors import ConsentRequired, InvalidRequest
-from functions.lib.ledger import USERS
+from functions.lib.ledger import USERS, new_user_fields
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot
@@ -60,7 +60,7 @@ def accept(client: Client, uid: str, version: object, current_version: str) -> C
         if user.exists:
             batch.update(user_ref, {"consent": consent}, option=db.precondition(client, user))
         else:
-            batch.create(user_ref, {"consent": consent, "createdAt": SERVER_TIMESTAMP})
+            batch.create(user_ref, {"consent": consent, **new_user_fields()})
         return db.Plan(None, batch)
 
     db.commit_optimistically(plan)

@@ -32,6 +32,14 @@ def entry_id(kind: str, ref: str) -> str:
     return f"{kind}_{ref}"
 
 
+def new_user_fields() -> dict[str, Any]:
+    """The money fields of a user document created outside the ledger (e.g. on accepting terms):
+    a zero balance, which equals the sum of an empty ledger."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    return {"credits": 0, "createdAt": SERVER_TIMESTAMP}
+
+
 def balance_of(user: DocumentSnapshot) -> int:
     """Credits on a user snapshot; a user with no document (or no entry yet) has 0."""
     if not user.exists:
