@@ -100,6 +100,20 @@ def precondition(client: Client, snap: DocumentSnapshot) -> Any:
     return client.write_option(last_update_time=snap.update_time)
 
 
+def where(field: str, op: str, value: Any) -> Any:
+    """A query filter (`query.where(filter=db.where(...))`), imported only when a query is built."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    return FieldFilter(field, op, value)
+
+
+def _unavailable_errors() -> tuple[type[Exception], ...]:
+    """Errors meaning Firestore could not be reached or answer in time: retry later."""
+    from google.api_core import exceptions as gexc
+
+    return (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError)
+
+
 def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_ATTEMPTS) -> T:
     """Run `plan` (reads, then a batch with preconditions) until its batch commits.
 
@@ -122,7 +136,7 @@ def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_AT
         except (gexc.FailedPrecondition, gexc.Conflict):
             # Conflict covers ALREADY_EXISTS and ABORTED; jittered backoff spreads out the losers.
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
-        except (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError) as exc:
+        except _unavailable_errors() as exc:
             log.warning("firestore unavailable: %s", type(exc).__name__)
             raise Unavailable() from exc
     raise Contention()
@@ -130,6 +144,4 @@ def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_AT
 
 def firestore_unavailable(exc: BaseException) -> bool:
     """True for errors that mean Firestore could not be reached (retry later), not a bad request."""
-    from google.api_core import exceptions as gexc
-
-    return isinstance(exc, (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError))
+    return isinstance(exc, _unavailable_errors())

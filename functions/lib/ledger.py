@@ -154,19 +154,10 @@ def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement
 
     user = client.collection(USERS).document(uid).get(**db.rpc())
     query = (
-        client.collection(LEDGER)
-        .where(filter=_field_filter("userId", "==", uid))
-        .order_by("createdAt", direction=Query.DESCENDING)
-        .limit(limit)
+        client.collection(LEDGER).where(filter=db.where("userId", "==", uid)).order_by("createdAt", direction=Query.DESCENDING).limit(limit)
     )
     entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream(**db.rpc())]
     return Statement(balance_of(user), entries)
-
-
-def _field_filter(field: str, op: str, value: Any) -> Any:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    return FieldFilter(field, op, value)
 
 
 def _public_entry(data: dict[str, Any]) -> dict[str, Any]:

@@ -128,12 +128,10 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
 
 def _find_purchase(client: Client, payment_intent: str) -> DocumentSnapshot:
     """The purchase entry paid by `payment_intent` (index: metadata.stripePaymentIntentId, type)."""
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
     query = (
         client.collection(ledger.LEDGER)
-        .where(filter=FieldFilter("metadata.stripePaymentIntentId", "==", payment_intent))
-        .where(filter=FieldFilter("type", "==", ledger.PURCHASE))
+        .where(filter=db.where("metadata.stripePaymentIntentId", "==", payment_intent))
+        .where(filter=db.where("type", "==", ledger.PURCHASE))
         .limit(1)
     )
     for snap in query.stream(**db.rpc()):

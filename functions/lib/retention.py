@@ -95,12 +95,6 @@ def _commit_with_deadline(batch: WriteBatch) -> object:
     return batch.commit(**db.rpc())
 
 
-def _where(field: str, op: str, value: Any) -> Any:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    return FieldFilter(field, op, value)
-
-
 def _count(query: Any) -> int:
     """A count aggregation: one RPC, no documents read into memory."""
     results: Any = query.count().get(**db.rpc())
@@ -110,14 +104,17 @@ def _count(query: Any) -> int:
 def expired_projects(client: Client, cutoff: datetime) -> Query:
     """Projects whose last activity is older than `cutoff`, oldest first."""
     return (
-        client.collection(generations.PROJECTS).where(filter=_where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
+        client.collection(generations.PROJECTS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
     )
 
 
 def marked_projects(client: Client) -> Query:
     """Projects a sweep has marked `deletingAt` (their deletion may have stopped part-way)."""
     return (
-        client.collection(generations.PROJECTS).where(filter=_where("deletingAt", "!=", None)).order_by("deletingAt").select(["deletingAt"])
+        client.collection(generations.PROJECTS)
+        .where(filter=db.where("deletingAt", "!=", None))
+        .order_by("deletingAt")
+        .select(["deletingAt"])
     )
 
 
@@ -125,15 +122,15 @@ def stale_charges(client: Client, cutoff: datetime) -> Query:
     """Generations still `charged` that were created before `cutoff` (index: status, createdAt)."""
     return (
         client.collection(generations.GENERATIONS)
-        .where(filter=_where("status", "==", generations.CHARGED))
-        .where(filter=_where("createdAt", "<", cutoff))
+        .where(filter=db.where("status", "==", generations.CHARGED))
+        .where(filter=db.where("createdAt", "<", cutoff))
         .order_by("createdAt")
         .select(["userId", "createdAt"])
     )
 
 
 def old_events(client: Client, cutoff: datetime) -> Query:
-    return client.collection(analytics.EVENTS).where(filter=_where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+    return client.collection(analytics.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
 
 
 def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
