@@ -6,7 +6,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from functions.lib.errors import ConfigError
 
@@ -49,7 +49,6 @@ class Settings:
     analytics_retention_days: int = 400
     initial_cost: int = 50
     iteration_cost: int = 25
-    deployed: bool = field(default=False)
 
     def require(self, name: str) -> str:
         """The value of a required secret or setting, or a ConfigError naming the variable."""
@@ -137,7 +136,6 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
         analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
         allowed_origins=origins,
-        deployed=bool(env.get(DEPLOYED_MARKER)),
     )
 
 

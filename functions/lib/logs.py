@@ -28,14 +28,10 @@ def reset() -> None:
     _context.set({})
 
 
-def context_value(name: str) -> Any:
-    return (_context.get() or {}).get(name)
-
-
 class CloudLoggingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "severity": record.levelname if record.levelname != "WARNING" else "WARNING",
+            "severity": record.levelname,
             "message": record.getMessage(),
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
