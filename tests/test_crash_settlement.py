@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.doubles import GeminiDouble
+from devstack.procs import wait_until
 from devstack.serve import ServedFunction
 from functions.lib import retention
 from tests.conftest import assert_ledger_consistent, bearer
@@ -32,14 +32,6 @@ def post_generate(url: str, uid: str, outcome: list[Any]) -> None:
             outcome.append(response.status)
     except (urllib.error.URLError, ConnectionError, OSError) as exc:
         outcome.append(exc)
-
-
-def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db: Any, settings: Any, tmp_path: Path) -> None:
@@ -60,8 +52,8 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db:
     caller = threading.Thread(target=post_generate, args=(served.url, "crash", outcome))
     try:
         caller.start()
-        wait_for(lambda: [g["status"] for g in generations(db, "crash")] == ["charged"], "the charge")
-        wait_for(lambda: len(model.received) == 1, "the model call")
+        wait_until(lambda: [g["status"] for g in generations(db, "crash")] == ["charged"], what="the charge", timeout=30)
+        wait_until(lambda: len(model.received) == 1, what="the model call", timeout=30)
 
         served.kill()
         caller.join(timeout=30)

@@ -9,7 +9,6 @@ import os
 import signal
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 from devstack import stripe_events
 from devstack.doubles import GeminiDouble
 from devstack.firestore import FirestoreEmulator
+from devstack.procs import wait_until
 from devstack.serve import ServedFunction
 from tests.conftest import BASE_ENV, assert_ledger_consistent, token
 from tests.helpers import balance, entries, generations, make_user
@@ -45,13 +45,6 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str,
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def wait_for(condition: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once(emulator: FirestoreEmulator, db: Any) -> None:
     from functions.lib.config import get_settings
     from functions.lib.retention import sweep
@@ -66,7 +59,7 @@ def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once
             target=lambda: result.update(res=post(fn.url, b'{"prompt": "x"}', {"Authorization": f"Bearer {token('fred')}"}))
         )
         worker.start()
-        wait_for(lambda: [g["status"] for g in generations(db, "fred")] == ["charged"])
+        wait_until(lambda: [g["status"] for g in generations(db, "fred")] == ["charged"], what="the charge", timeout=20)
         with frozen(emulator):
             worker.join(timeout=60)
     finally:
