@@ -12,7 +12,6 @@ from functions.lib.config import CreditPack, Settings, get_settings
 from functions.lib.errors import ConfigError, InvalidRequest
 
 MAX_URL_CHARS = 2048
-MAX_KEY_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,7 @@ def parse(settings: Settings, call: Call) -> CheckoutRequest:
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:
         raise InvalidRequest(f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId")
-    key = call.headers.get("Idempotency-Key")
-    if key is not None and (not key.strip() or len(key) > MAX_KEY_CHARS):
-        raise InvalidRequest(f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters.", field="Idempotency-Key")
-    return CheckoutRequest(pack, return_url(settings, body, "successUrl"), return_url(settings, body, "cancelUrl"), key)
+    return CheckoutRequest(pack, return_url(settings, body, "successUrl"), return_url(settings, body, "cancelUrl"), call.idempotency_key())
 
 
 @endpoint("checkout", methods=("POST",))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from functions.http import Call, Reply, endpoint
-from functions.lib import auth, db, logs
+from functions.lib import auth, db, ids, logs
 from functions.lib.config import get_settings
 from functions.lib.errors import InvalidRequest
 from functions.lib.generations import MAX_PROMPT_CHARS, GenerationRequest, generate
 from functions.lib.models import get_provider
-
-MAX_KEY_CHARS = 200
 
 
 def parse(uid: str, call: Call) -> GenerationRequest:
@@ -23,14 +21,9 @@ def parse(uid: str, call: Call) -> GenerationRequest:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"'prompt' must be at most {MAX_PROMPT_CHARS} characters.", field="prompt")
     project_id = body.get("projectId")
-    if project_id is not None and (
-        not isinstance(project_id, str) or not project_id or len(project_id) > 128 or "/" in project_id or project_id in (".", "..")
-    ):
-        raise InvalidRequest("'projectId' must be a project id string.", field="projectId")
-    key = call.headers.get("Idempotency-Key")
-    if key is not None and (not key.strip() or len(key) > MAX_KEY_CHARS):
-        raise InvalidRequest(f"Idempotency-Key must be 1..{MAX_KEY_CHARS} characters.", field="Idempotency-Key")
-    return GenerationRequest(uid, prompt, project_id, key)
+    if project_id is not None:
+        project_id = ids.require_doc_id(project_id, "projectId")
+    return GenerationRequest(uid, prompt, project_id, call.idempotency_key())
 
 
 @endpoint("generate", methods=("POST",))

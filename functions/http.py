@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import logs
+from functions.lib import ids, logs
 from functions.lib.config import get_settings
 from functions.lib.db import firestore_unavailable
 from functions.lib.errors import AppError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, Unavailable, UnsupportedMediaType
@@ -22,6 +22,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("request")
 MAX_BODY_BYTES = 64 * 1024
+# Every body this API takes is a flat object; deeper input is hostile (60 KB of `[` makes
+# json.loads raise RecursionError, which must be a 400 and not a 500).
+MAX_JSON_DEPTH = 16
+MAX_IDEMPOTENCY_KEY_BYTES = 200
+
+
+def _hostile_json(data: Any) -> str | None:
+    """Why a parsed body is unusable (too deep, or a string with a lone surrogate such as JSON's
+    `"\\ud800"`, which is not Unicode and which Firestore cannot store), or None. Iterative, so
+    depth costs no stack.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "The request body holds a string that is not valid Unicode (a lone surrogate)."
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"The request body nests deeper than {MAX_JSON_DEPTH} levels."
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
 
 
 @dataclass
@@ -52,9 +77,23 @@ class Call:
             data = json.loads(self.raw_body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InvalidRequest("The request body is not valid JSON.") from None
+        except RecursionError:
+            raise InvalidRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.") from None
         if not isinstance(data, dict):
             raise InvalidRequest("The request body must be a JSON object.")
+        problem = _hostile_json(data)
+        if problem:
+            raise InvalidRequest(problem)
         return data
+
+    def idempotency_key(self) -> str | None:
+        """The `Idempotency-Key` header, if sent: an id under the one document-id rule, at most 200 bytes."""
+        key = self.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        if not key.strip():
+            raise InvalidRequest("Idempotency-Key must not be blank.", field="Idempotency-Key")
+        return ids.require_doc_id(key, "Idempotency-Key", max_bytes=MAX_IDEMPOTENCY_KEY_BYTES)
 
 
 def _cors_headers(origin: str | None, methods: tuple[str, ...]) -> dict[str, str]:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from functions.lib import ids
 from functions.lib.config import CreditPack, Settings
 from functions.lib.errors import IdempotencyKeyReused, InvalidRequest, InvalidSignature, UpstreamFailed
 
@@ -124,11 +125,11 @@ def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[
         raise InvalidRequest("The webhook body is not UTF-8.") from None
     try:
         event = json.loads(payload)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InvalidRequest("The webhook body is not valid JSON.") from None
     if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(event.get("type"), str):
         raise InvalidRequest("The webhook body is not a Stripe event.")
     event_id = event.get("id")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or "/" in event_id or len(event_id) > 255:
+    if not ids.is_doc_id(event_id) or not event_id.startswith("evt_"):
         raise InvalidRequest("The webhook body has no valid event id.")
     return event
