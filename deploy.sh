@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Deploy every function (Cloud Functions 2nd gen), Firestore rules and indexes, and the nightly
-# Cloud Scheduler job, to one Google Cloud project. Idempotent: run it again to update.
+# Deploy with the Firebase CLI: every function declared in main.py (firebase-functions decorators),
+# Firestore rules and indexes, each function's own service account and roles, per-secret access,
+# and the nightly Cloud Scheduler job for the private sweep. Idempotent: run it again to update.
 #
 #   ./deploy.sh PROJECT_ID [REGION] [--dry-run]
 #
-# --dry-run prints every command it would run and calls no cloud tool.
-# Config from the environment (see README): ALLOWED_ORIGINS and TERMS_VERSION are required;
-# GENERATOR, GEMINI_MODEL, RETENTION_DAYS, STALE_CHARGE_AFTER_S, SWEEP_BUDGET_S, CREDIT_PACKS,
-# GENERATION_TIMEOUT_S, ANALYTICS_RETENTION_DAYS and SWEEP_SCHEDULE are passed on when set.
-# Secrets live in Secret Manager: STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, GEMINI_API_KEY.
+# --dry-run checks everything, prints the plan (from the manifest the CLI discovers) and every
+# command it would run, and calls no cloud tool.
+# Config: `.env.PROJECT_ID` in this folder (the Firebase convention; see .env.example), or, when that
+# file is absent, the same variables from the environment (written to .env.PROJECT_ID for the deploy
+# and removed after). ALLOWED_ORIGINS and TERMS_VERSION are required. SWEEP_SCHEDULE (default
+# '0 3 * * *', UTC) sets the sweep's job. Secrets live in Secret Manager: the functions declare which.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,7 +19,7 @@ ARGS=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     -*) echo "deploy: unknown option $arg" >&2; exit 2 ;;
     *) ARGS+=("$arg") ;;
   esac
@@ -33,25 +35,42 @@ fail() { echo "deploy: $*" >&2; exit 1; }
 
 # Prerequisites and config, checked before anything runs (dry run included).
 command -v gcloud >/dev/null 2>&1 || fail "gcloud is not installed (install the google-cloud-cli)"
-FIREBASE="node_modules/.bin/firebase"
+FIREBASE="tools/firebase/node_modules/.bin/firebase"
 [ -x "$FIREBASE" ] || FIREBASE="$(command -v firebase || true)"
 [ -n "$FIREBASE" ] || fail "firebase-tools is not installed (run scripts/setup, or npm install -g firebase-tools)"
 PYTHON=".venv/bin/python"
 [ -x "$PYTHON" ] || fail ".venv is missing (run scripts/setup)"
-[ -n "${ALLOWED_ORIGINS:-}" ] || fail "ALLOWED_ORIGINS is not set (comma-separated web app origins, e.g. https://app.example.com)"
-[ -n "${TERMS_VERSION:-}" ] || fail "TERMS_VERSION is not set (the terms version users must accept)"
-for var in FIRESTORE_EMULATOR_HOST FIREBASE_AUTH_EMULATOR_HOST; do
+[ -e venv ] || fail "venv is missing (run scripts/setup: the Firebase CLI looks for the functions' virtualenv there)"
+for var in FIRESTORE_EMULATOR_HOST FIREBASE_AUTH_EMULATOR_HOST CLOUD_TASKS_EMULATOR_HOST; do
   [ -z "${!var:-}" ] || fail "$var is set: unset emulator variables before deploying"
 done
-GENERATOR="${GENERATOR:-gemini}"
-SECRETS=(STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET)
-GENERATE_SECRETS=""
-if [ "$GENERATOR" = gemini ]; then SECRETS+=(GEMINI_API_KEY); GENERATE_SECRETS=GEMINI_API_KEY; fi
 
-RUNTIME_SA="credits-functions@${PROJECT_ID}.iam.gserviceaccount.com"
-SCHEDULER_SA="credits-scheduler@${PROJECT_ID}.iam.gserviceaccount.com"
+ENV_FILE=".env.$PROJECT_ID"
+CONFIG_VARS=(TERMS_VERSION ALLOWED_ORIGINS GENERATOR GEMINI_MODEL RETENTION_DAYS STALE_CHARGE_AFTER_S SWEEP_BUDGET_S
+             SWEEP_INLINE_PROJECTS CREDIT_PACKS GENERATION_TIMEOUT_S ANALYTICS_RETENTION_DAYS STRIPE_MODE)
+config_value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
+if [ -f "$ENV_FILE" ]; then
+  CONFIG_SOURCE="$ENV_FILE"
+  for var in ALLOWED_ORIGINS TERMS_VERSION; do
+    [ -n "$(config_value "$var" "$ENV_FILE")" ] || fail "$var is not set in $ENV_FILE"
+  done
+  for reserved in GOOGLE_CLOUD_PROJECT GCLOUD_PROJECT K_SERVICE FIREBASE_AUTH_EMULATOR_HOST FIRESTORE_EMULATOR_HOST \
+                  STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
+    ! grep -q "^$reserved=" "$ENV_FILE" || fail "$ENV_FILE sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only or set by the platform)"
+  done
+else
+  CONFIG_SOURCE="the environment"
+  [ -n "${ALLOWED_ORIGINS:-}" ] || fail "ALLOWED_ORIGINS is not set (comma-separated web app origins, e.g. https://app.example.com), nor is there a $ENV_FILE"
+  [ -n "${TERMS_VERSION:-}" ] || fail "TERMS_VERSION is not set (the terms version users must accept), nor is there a $ENV_FILE"
+  GENERATED="$(mktemp)"
+  trap 'rm -f "$GENERATED"' EXIT
+  for var in "${CONFIG_VARS[@]}"; do
+    [ -z "${!var:-}" ] || printf '%s=%s\n' "$var" "${!var}" >> "$GENERATED"
+  done
+fi
+
+export FUNCTIONS_REGION="$REGION"
 G=(--project="$PROJECT_ID" --quiet)
-
 run() {
   printf '+'; printf ' %q' "$@"; printf '\n'
   [ "$DRY_RUN" = 1 ] || "$@"
@@ -61,79 +80,61 @@ capture() {
   local placeholder="$1"; shift
   if [ "$DRY_RUN" = 1 ]; then { printf '+'; printf ' %q' "$@"; printf '\n'; } >&2; echo "$placeholder"; else "$@"; fi
 }
-ensure_sa() {
-  local email="$1" name="${1%%@*}"
-  if [ "$DRY_RUN" = 1 ] || ! gcloud iam service-accounts describe "$email" "${G[@]}" >/dev/null 2>&1; then
-    run gcloud iam service-accounts create "$name" --display-name="$2" "${G[@]}"
-  fi
-}
+sa_email() { echo "$1@${PROJECT_ID}.iam.gserviceaccount.com"; }
 
 echo "== deploying to project $PROJECT_ID, region $REGION$([ "$DRY_RUN" = 1 ] && echo ' (dry run: nothing is called)')"
-run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com \
-  artifactregistry.googleapis.com cloudscheduler.googleapis.com secretmanager.googleapis.com firestore.googleapis.com "${G[@]}"
+echo "== functions, as firebase deploy will create them (discovered from main.py):"
+PLAN="$("$PYTHON" -m tools.deploy_plan "$PROJECT_ID" "$REGION")" || fail "could not discover the functions in main.py"
+echo "$PLAN"
+IAM="$("$PYTHON" -m tools.deploy_plan "$PROJECT_ID" "$REGION" --iam)" || fail "could not discover the functions in main.py"
+echo "== config for every function, from $CONFIG_SOURCE:"
+if [ -n "${GENERATED:-}" ]; then sed 's/^/   /' "$GENERATED"; else sed 's/^/   /' "$ENV_FILE"; fi
 
-echo "== secrets required in Secret Manager: ${SECRETS[*]}"
+run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
+  cloudscheduler.googleapis.com cloudtasks.googleapis.com secretmanager.googleapis.com firestore.googleapis.com eventarc.googleapis.com \
+  iam.googleapis.com "${G[@]}"
+
+SECRETS=($(echo "$IAM" | sed -n 's/^secret [^ ]* //p' | sort -u))
+echo "== secrets required in Secret Manager: ${SECRETS[*]:-none}"
 for secret in "${SECRETS[@]}"; do
   if [ "$DRY_RUN" = 0 ] && ! gcloud secrets describe "$secret" "${G[@]}" >/dev/null 2>&1; then
     fail "secret $secret is missing in Secret Manager: printf %s \"\$VALUE\" | gcloud secrets create $secret --data-file=- --project=$PROJECT_ID"
   fi
 done
 
-ensure_sa "$RUNTIME_SA" "credits functions runtime"
-ensure_sa "$SCHEDULER_SA" "credits nightly sweep caller"
-run gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:$RUNTIME_SA" --role=roles/datastore.user --condition=None --quiet
-for secret in "${SECRETS[@]}"; do
-  run gcloud secrets add-iam-policy-binding "$secret" --member="serviceAccount:$RUNTIME_SA" --role=roles/secretmanager.secretAccessor "${G[@]}"
+echo "== one service account per function, each with only its roles; each secret readable by its function only"
+INVOKERS=()
+while read -r kind account what; do
+  case "$kind" in
+    account)
+      if [ "$DRY_RUN" = 1 ] || ! gcloud iam service-accounts describe "$(sa_email "$account")" "${G[@]}" >/dev/null 2>&1; then
+        run gcloud iam service-accounts create "$account" --display-name="credits: $account" "${G[@]}"
+      fi ;;
+    role) run gcloud projects add-iam-policy-binding "$PROJECT_ID" --member="serviceAccount:$(sa_email "$account")" --role="$what" --condition=None --quiet ;;
+    secret) run gcloud secrets add-iam-policy-binding "$what" --member="serviceAccount:$(sa_email "$account")" --role=roles/secretmanager.secretAccessor "${G[@]}" ;;
+    actas) run gcloud iam service-accounts add-iam-policy-binding "$(sa_email "$what")" --member="serviceAccount:$(sa_email "$account")" --role=roles/iam.serviceAccountUser "${G[@]}" ;;
+    invoker) INVOKERS+=("$account $what") ;;
+  esac
+done <<<"$IAM"
+
+if [ -n "${GENERATED:-}" ]; then
+  echo "== writing $ENV_FILE for the deploy (removed afterwards)"
+  if [ "$DRY_RUN" = 0 ]; then cp "$GENERATED" "$ENV_FILE"; trap 'rm -f "$GENERATED" "$ENV_FILE"' EXIT; fi
+fi
+run "$FIREBASE" deploy --only functions,firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
+
+# Private functions: only the named accounts may invoke them (the scheduler may invoke only the sweep).
+for pair in "${INVOKERS[@]}"; do
+  read -r account function <<<"$pair"
+  run gcloud functions add-invoker-policy-binding "$function" --region="$REGION" --member="serviceAccount:$(sa_email "$account")" "${G[@]}"
 done
-
-ENV_FILE="$(mktemp)"
-trap 'rm -f "$ENV_FILE"' EXIT
-{
-  echo "GOOGLE_CLOUD_PROJECT: '$PROJECT_ID'"
-  for var in TERMS_VERSION ALLOWED_ORIGINS GENERATOR GEMINI_MODEL RETENTION_DAYS STALE_CHARGE_AFTER_S SWEEP_BUDGET_S \
-             CREDIT_PACKS GENERATION_TIMEOUT_S ANALYTICS_RETENTION_DAYS; do
-    if [ -n "${!var:-}" ] || [ "$var" = GENERATOR ]; then
-      value="${!var:-$GENERATOR}"
-      printf "%s: '%s'\n" "$var" "${value//\'/\'\'}"
-    fi
-  done
-} > "$ENV_FILE"
-echo "== environment for every function ($ENV_FILE):"
-sed 's/^/   /' "$ENV_FILE"
-
-# name | memory | timeout | concurrency | max instances | public | secrets
-FUNCTIONS=(
-  "generate|512Mi|120s|20|100|public|$GENERATE_SECRETS"
-  "consent|256Mi|30s|80|50|public|"
-  "credits|256Mi|30s|80|50|public|"
-  "checkout|256Mi|60s|40|50|public|STRIPE_SECRET_KEY"
-  "stripe_webhook|256Mi|60s|40|50|public|STRIPE_WEBHOOK_SECRET"
-  "retention_sweep|512Mi|540s|1|1|private|"
-)
-for spec in "${FUNCTIONS[@]}"; do
-  IFS='|' read -r name memory timeout concurrency max_instances access secrets <<<"$spec"
-  flags=(--gen2 --runtime=python311 --region="$REGION" --source=. --entry-point="$name" --trigger-http
-         --memory="$memory" --cpu=1 --timeout="$timeout" --concurrency="$concurrency" --max-instances="$max_instances"
-         --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE")
-  if [ "$access" = public ]; then flags+=(--allow-unauthenticated); else flags+=(--no-allow-unauthenticated); fi
-  if [ -n "$secrets" ]; then
-    binding=""
-    for s in ${secrets//,/ }; do binding+="${binding:+,}$s=$s:latest"; done
-    flags+=(--set-secrets="$binding")
-  fi
-  run gcloud functions deploy "$name" "${flags[@]}" "${G[@]}"
-done
-
-# Only the scheduler's service account may invoke the sweep.
-run gcloud functions add-invoker-policy-binding retention_sweep --region="$REGION" --member="serviceAccount:$SCHEDULER_SA" "${G[@]}"
 SWEEP_URL="$(capture "https://retention-sweep-HASH-${REGION}.a.run.app" gcloud functions describe retention_sweep --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")"
 run "$PYTHON" -m functions.admin schedule --project "$PROJECT_ID" --region "$REGION" --url "$SWEEP_URL" \
-  --service-account "$SCHEDULER_SA" --schedule "${SWEEP_SCHEDULE:-0 3 * * *}"
-
-run "$FIREBASE" deploy --only firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
+  --service-account "$(sa_email sweep-scheduler)" --schedule "${SWEEP_SCHEDULE:-0 3 * * *}"
 
 WEBHOOK_URL="$(capture "https://stripe-webhook-HASH-${REGION}.a.run.app" gcloud functions describe stripe_webhook --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")"
 echo
 echo "Stripe webhook URL (Dashboard > Developers > Webhooks; events: checkout.session.completed,"
-echo "checkout.session.async_payment_succeeded, charge.refunded, charge.dispute.created):"
+echo "checkout.session.async_payment_succeeded, charge.refunded, refund.created, refund.updated, refund.failed,"
+echo "charge.dispute.created, charge.dispute.closed):"
 echo "  $WEBHOOK_URL"

@@ -1,23 +1,40 @@
-"""Entry points, one per Cloud Function. Serve any of them with
-`functions-framework --target NAME --source main.py`.
+"""Entry points, one per Cloud Function, declared with the firebase-functions decorators.
+
+The Firebase CLI discovers them from this file (firebase-functions' admin server answers
+`/__/functions.yaml`), `firebase deploy` deploys them and `firebase emulators:start` serves them;
+each also runs under plain `functions-framework --target NAME --source main.py`.
 
 This file is a manifest: each function imports its handler on first call, so a process loads only
 what its own path needs (no stripe in `generate`, no google.genai in `stripe_webhook`), and
-importing it does no I/O.
+importing it does no I/O. Who each function runs as and which secrets it reads come from one
+table, `functions/lib/deployment.py`, which deploy.sh reads too. CORS stays in `functions/http.py`
+(no `cors=` option here), so preflights and error answers carry the same headers everywhere.
+
+Timeouts: generate's 120 s stays below STALE_CHARGE_AFTER_S (600 s by default, and settings refuse
+less than GENERATION_TIMEOUT_S + 30), so a live generation is never settled as a crashed one, and
+above GENERATION_TIMEOUT_S (30 s) + 30 s of Firestore work and refund.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from functions.lib.config import refuse_unsafe_environment
+from firebase_functions import https_fn, options
+
+from functions.lib.config import deploy_region, refuse_unsafe_environment
+from functions.lib.deployment import runs_as
 
 if TYPE_CHECKING:
     import flask
 
 refuse_unsafe_environment()
 
+MB = options.MemoryOption
+options.set_global_options(region=deploy_region(), cpu=1)
+PUBLIC, PRIVATE = "public", "private"
 
+
+@https_fn.on_request(memory=MB.MB_512, timeout_sec=120, max_instances=100, concurrency=20, invoker=PUBLIC, **runs_as("generate"))
 def generate(request: flask.Request) -> flask.Response:
     """HTTPS POST: charge, generate, save a version; refund on failure."""
     from functions.generate import handle
@@ -25,6 +42,7 @@ def generate(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
+@https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("consent"))
 def consent(request: flask.Request) -> flask.Response:
     """HTTPS GET/POST: read or accept the current terms."""
     from functions.consent_api import handle
@@ -32,6 +50,7 @@ def consent(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
+@https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("credits"))
 def credits(request: flask.Request) -> flask.Response:
     """HTTPS GET: balance and recent ledger entries."""
     from functions.credits_api import handle
@@ -39,6 +58,7 @@ def credits(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
+@https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("checkout"))
 def checkout(request: flask.Request) -> flask.Response:
     """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
     from functions.checkout import handle
@@ -46,6 +66,7 @@ def checkout(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
+@https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("stripe_webhook"))
 def stripe_webhook(request: flask.Request) -> flask.Response:
     """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds and disputes."""
     from functions.stripe_webhook import handle
@@ -53,8 +74,14 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
+# Called by Cloud Scheduler with an OIDC token (deploy.sh upserts the job): private, one at a time.
+@https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=1, concurrency=1, invoker=PRIVATE, **runs_as("retention_sweep"))
 def retention_sweep(request: flask.Request) -> flask.Response:
-    """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects in chunks; refund stale charges."""
-    from functions.retention import handle
+    """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to purgeProject when the night is large."""
+    from functions.retention_sweep import handle
 
     return handle(request)
+
+
+# `account` (HTTPS GET/DELETE: export or erase the caller) is declared here, with
+# memory=MB.MB_512, timeout_sec=300, **runs_as("account"), when its handler lands.

@@ -13,13 +13,15 @@ from typing import Any
 from devstack.procs import Child, free_port, http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# firebase-tools, installed by `scripts/setup` (npm ci in tools/firebase, outside the functions source folder).
+FIREBASE_CLI = ROOT / "tools" / "firebase" / "node_modules" / ".bin" / "firebase"
 
 
 class AuthEmulator:
     """`firebase emulators:start --only auth` on a free port, with its own firebase.json."""
 
     def __init__(self, project: str, *, log_dir: Path, port: int | None = None) -> None:
-        binary = ROOT / "node_modules" / ".bin" / "firebase"
+        binary = FIREBASE_CLI
         if not binary.exists():
             raise RuntimeError(f"{binary} is missing: run scripts/setup (npm ci installs firebase-tools)")
         self.project = project

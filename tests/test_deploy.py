@@ -1,5 +1,6 @@
-"""deploy.sh: its dry run shows every function, flag and secret binding and calls no cloud tool;
-missing prerequisites and config fail with a message that names them."""
+"""deploy.sh wraps `firebase deploy`: its dry run prints the plan from the manifest the CLI discovers,
+every account, role, secret grant and invoker, and calls no cloud tool; missing prerequisites and
+config fail with a message that names them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from functions.lib import deployment
+
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
@@ -19,8 +22,8 @@ FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "re
 def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:
     """A PATH with the shell tools deploy.sh needs and a gcloud stub that records any call."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("bash", "dirname", "sed", "mktemp", "rm", "cat"):
+    bin_dir.mkdir(parents=True)
+    for tool in ("bash", "dirname", "sed", "mktemp", "rm", "cat", "grep", "sort", "tail", "cp"):
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
@@ -36,45 +39,69 @@ def deploy(tmp_path: Path, *args: str, env: dict[str, str] | None = None, gcloud
     return subprocess.run(["bash", str(ROOT / "deploy.sh"), *args], env=full, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-def test_dry_run_prints_every_command_and_calls_no_cloud_tool(tmp_path: Path) -> None:
+def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path) -> None:
     res = deploy(tmp_path, "acme-credits-prod", "europe-west1", "--dry-run")
 
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "calls").exists()
     out = res.stdout + res.stderr
-    deploys = {line.split()[4]: line for line in out.splitlines() if line.startswith("+ gcloud functions deploy")}
-    assert set(deploys) == set(FUNCTIONS)
-    for name, line in deploys.items():
-        for flag in (
-            "--gen2",
-            "--runtime=python311",
-            "--region=europe-west1",
-            f"--entry-point={name}",
-            "--trigger-http",
-            "--project=acme-credits-prod",
-        ):
-            assert flag in line, (name, flag)
-        assert "--memory=" in line and "--timeout=" in line and "--concurrency=" in line
-        assert "--service-account=credits-functions@acme-credits-prod.iam.gserviceaccount.com" in line
-    assert "--no-allow-unauthenticated" in deploys["retention_sweep"] and "--timeout=540s" in deploys["retention_sweep"]
+    plan = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ") and " runs as " in line}
+    assert set(FUNCTIONS) <= set(plan)
+    for name in plan:
+        account = deployment.FUNCTIONS[name].account
+        assert "region europe-west1" in plan[name] and f"runs as {account}@acme-credits-prod.iam.gserviceaccount.com" in plan[name]
+    assert "invoker private" in plan["retention_sweep"] and "timeout 540 s" in plan["retention_sweep"]
     for public in ("generate", "consent", "credits", "checkout", "stripe_webhook"):
-        assert " --allow-unauthenticated" in deploys[public]
-    assert "--set-secrets=STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET:latest" in deploys["stripe_webhook"]
-    assert "--set-secrets=STRIPE_SECRET_KEY=STRIPE_SECRET_KEY:latest" in deploys["checkout"]
-    assert "--set-secrets=GEMINI_API_KEY=GEMINI_API_KEY:latest" in deploys["generate"]
-    assert "--set-secrets" not in deploys["credits"]
-    assert "add-invoker-policy-binding retention_sweep" in out and "serviceAccount:credits-scheduler@" in out
-    assert "-m functions.admin schedule --project acme-credits-prod" in out
-    assert "deploy --only firestore:rules\\,firestore:indexes" in out
-    assert "ALLOWED_ORIGINS: 'https://app.example.com,https://www.example.com'" in out
-    assert "Stripe webhook URL" in out
+        assert "HTTPS, invoker public" in plan[public]
+    assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith("secrets: STRIPE_SECRET_KEY")
+    assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith("secrets: none")
+    assert (
+        "+ tools/firebase/node_modules/.bin/firebase deploy --only functions\\,firestore:rules\\,firestore:indexes --project acme-credits-prod"
+        in out
+    )
+    assert "gcloud functions deploy" not in out
 
 
-def test_dry_run_with_offline_generator_binds_no_gemini_secret(tmp_path: Path) -> None:
-    res = deploy(tmp_path, "acme-credits-prod", "--dry-run", env={**CONFIG, "GENERATOR": "offline"})
+def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -> None:
+    res = deploy(tmp_path, "acme-credits-prod", "--dry-run")
 
-    assert res.returncode == 0 and "GEMINI_API_KEY" not in res.stdout
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    created = [line.split()[5] for line in lines if line.startswith("+ gcloud iam service-accounts create")]
+    assert sorted(created) == sorted({deployment.FUNCTIONS[n].account for n in FUNCTIONS} | {"sweep-scheduler"})
+    secret_grants = [line for line in lines if line.startswith("+ gcloud secrets add-iam-policy-binding")]
+    assert sorted((g.split()[4], g.split()[5]) for g in secret_grants) == [
+        ("GEMINI_API_KEY", "--member=serviceAccount:fn-generate@acme-credits-prod.iam.gserviceaccount.com"),
+        ("STRIPE_SECRET_KEY", "--member=serviceAccount:fn-checkout@acme-credits-prod.iam.gserviceaccount.com"),
+        ("STRIPE_WEBHOOK_SECRET", "--member=serviceAccount:fn-stripe-webhook@acme-credits-prod.iam.gserviceaccount.com"),
+    ]
+    roles = [line for line in lines if "add-iam-policy-binding acme-credits-prod" in line]
+    assert not [r for r in roles if "sweep-scheduler" in r]
+    assert all("--role=roles/datastore.user" in r or "--role=roles/firebaseauth.viewer" in r or "cloudtasks" in r for r in roles)
+    invokers = [line for line in lines if "add-invoker-policy-binding" in line]
+    assert [i for i in invokers if "sweep-scheduler" in i] == [
+        "+ gcloud functions add-invoker-policy-binding retention_sweep --region=us-central1 "
+        "--member=serviceAccount:sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com --project=acme-credits-prod --quiet"
+    ]
+    assert "-m functions.admin schedule --project acme-credits-prod" in res.stdout
+    assert "--service-account sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com" in res.stdout
+    assert "ALLOWED_ORIGINS=https://app.example.com,https://www.example.com" in res.stdout
     assert "Stripe webhook URL" in res.stdout
+
+
+def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -> None:
+    env_file = ROOT / ".env.acme-env-file-test"
+    env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\n")
+    try:
+        ok = deploy(tmp_path, "acme-env-file-test", "--dry-run", env={})
+        env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nSTRIPE_SECRET_KEY=sk_live_oops\n")
+        leaked = deploy(tmp_path / "second", "acme-env-file-test", "--dry-run", env={})
+    finally:
+        env_file.unlink()
+
+    assert ok.returncode == 0, ok.stderr
+    assert "config for every function, from .env.acme-env-file-test" in ok.stdout and "https://env-file.example.com" in ok.stdout
+    assert leaked.returncode != 0 and "sets STRIPE_SECRET_KEY" in leaked.stderr
 
 
 @pytest.mark.parametrize(
@@ -105,6 +132,6 @@ def test_missing_gcloud_fails_naming_it(tmp_path: Path) -> None:
 
 def test_deploy_uploads_only_the_functions(tmp_path: Path) -> None:
     ignored = (ROOT / ".gcloudignore").read_text().split()
-    for private in (".venv/", "node_modules/", "tests/", "devstack/", "bench/"):
+    for private in (".venv/", "tools/", "tests/", "devstack/", "bench/"):
         assert private in ignored
     assert os.access(ROOT / "deploy.sh", os.X_OK)

@@ -161,7 +161,7 @@ def test_schedule_command_reports_a_refusal_by_the_api(api: SchedulerDouble, cap
 
 def test_importing_the_entry_points_does_not_load_the_scheduler_library() -> None:
     code = (
-        "import sys, main, functions.retention, functions.lib.retention, functions.lib.scheduler, functions.admin\n"
+        "import sys, main, functions.retention_sweep, functions.lib.retention, functions.lib.scheduler, functions.admin\n"
         "loaded = [m for m in sys.modules if m.startswith('google.cloud.scheduler')]\n"
         "assert not loaded, loaded\n"
     )

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from functions.lib.deployment import required_secrets
 from functions.lib.errors import ConfigError
 
 DEFAULT_CREDIT_PACKS: dict[str, dict[str, object]] = {
@@ -145,11 +146,18 @@ def get_settings() -> Settings:
     return settings_from(os.environ)
 
 
-# Secrets each deployed function cannot work without (FUNCTION_TARGET names the function).
-REQUIRED_SECRETS = {
-    "checkout": ("STRIPE_SECRET_KEY",),
-    "stripe_webhook": ("STRIPE_WEBHOOK_SECRET",),
-}
+def deploy_region(env: Mapping[str, str] = os.environ) -> str:
+    """FUNCTIONS_REGION: where every function is declared (read when the Firebase CLI discovers them)."""
+    region = env.get("FUNCTIONS_REGION", "").strip() or "us-central1"
+    if not all(part.isalnum() for part in region.split("-")) or region.count("-") != 1:
+        raise ConfigError("FUNCTIONS_REGION", f"FUNCTIONS_REGION must be a region like us-central1, got {region!r}")
+    return region
+
+
+def _functions_emulator(env: Mapping[str, str]) -> bool:
+    """The Firebase Functions emulator also sets K_SERVICE; it is local only with a demo- project."""
+    project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or ""
+    return env.get("FUNCTIONS_EMULATOR") == "true" and project.startswith("demo-")
 
 
 def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
@@ -158,16 +166,14 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
     With FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens, so a deployed
     process that sees it would let anyone in. Raising here stops the process before it serves.
     """
-    if not env.get(DEPLOYED_MARKER):
+    if not env.get(DEPLOYED_MARKER) or _functions_emulator(env):
         return
     where = f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})"
     present = [name for name in EMULATOR_VARIABLES if env.get(name)]
     if present:
         raise ConfigError(present[0], f"refusing to start: {', '.join(present)} set {where}")
     target = env.get("FUNCTION_TARGET", "")
-    required = list(REQUIRED_SECRETS.get(target, ()))
-    if target == "generate" and env.get("GENERATOR", "gemini") == "gemini":
-        required.append("GEMINI_API_KEY")
+    required = [s for s in required_secrets(target) if s != "GEMINI_API_KEY" or env.get("GENERATOR", "gemini") == "gemini"]
     missing = [name for name in required if not env.get(name)]
     if missing:
         raise ConfigError(missing[0], f"refusing to start {target}: {', '.join(missing)} not set {where}")

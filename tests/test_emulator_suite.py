@@ -1,0 +1,70 @@
+"""The Firebase Emulator Suite serves this repo's functions, as a Firebase developer would run them:
+`firebase emulators:start --only functions,auth` on a copy of the functions source, Firestore from
+the gcloud emulator through FIRESTORE_EMULATOR_HOST, a real Auth emulator account."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack import stripe_events
+from devstack.emulator_suite import EmulatorSuite
+from devstack.firestore import FirestoreEmulator
+from tests.conftest import PROJECT, TERMS
+from tests.helpers import balance, entries, generations
+
+WEBHOOK_SECRET = "whsec_emulator_suite"
+
+
+def call(url: str, *, method: str = "POST", body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        # The first call of a function starts its Python worker: allow for a slow cold start.
+        with urllib.request.urlopen(req, timeout=120) as res:
+            return res.status, json.loads(res.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def suite(emulator: FirestoreEmulator) -> Iterator[EmulatorSuite]:
+    env = {"GENERATOR": "offline", "TERMS_VERSION": TERMS, "ALLOWED_ORIGINS": "http://localhost:5173"}
+    secrets = {"STRIPE_SECRET_KEY": "sk_test_emulator_suite", "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "GEMINI_API_KEY": "unused-offline"}
+    suite = EmulatorSuite(
+        PROJECT, firestore_host=emulator.host, env=env, secrets=secrets, log_dir=Path(tempfile.mkdtemp(prefix="emulator-suite-"))
+    )
+    yield suite
+    suite.stop()
+
+
+def test_generate_through_the_emulator_suite_needs_consent_then_charges(suite: EmulatorSuite, db: Any) -> None:
+    uid, id_token = suite.sign_up(f"suite-{uuid.uuid4().hex[:8]}@example.com", "secret123")
+    auth = {"Authorization": f"Bearer {id_token}", "Content-Type": "application/json"}
+    prompt = json.dumps({"prompt": "a lighthouse through the emulator"}).encode()
+
+    status, body = call(suite.url("generate"), body=prompt, headers=auth)
+    assert (status, body["error"]) == (403, "consent_required")
+
+    status, body = call(suite.url("consent"), body=json.dumps({"version": TERMS}).encode(), headers=auth)
+    assert status == 200 and body["accepted"] is True
+    event = stripe_events.checkout_completed(stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi"))
+    payload, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
+    status, body = call(suite.url("stripe_webhook"), body=payload, headers=headers)
+    assert status == 200, body
+
+    status, body = call(suite.url("generate"), body=prompt, headers=auth)
+    assert status == 200, body
+    assert body["creditsCharged"] == 50 and body["balance"] == 50
+    assert balance(db, uid) == 50
+    assert sorted(e["type"] for e in entries(db, uid)) == ["charge", "purchase"]
+    assert [g["status"] for g in generations(db, uid)] == ["succeeded"]
+    status, body = call(suite.url("credits"), method="GET", headers=auth)
+    assert status == 200 and body["balance"] == 50

@@ -1,0 +1,72 @@
+"""The manifest the Firebase CLI discovers (firebase-functions' admin server, `/__/functions.yaml`):
+every function with its trigger, options, secrets, service account and invoker, from one table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.manifest import discover
+from functions.lib import deployment
+from functions.lib.config import settings_from
+
+pytestmark = pytest.mark.no_emulator
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "stripe_webhook"}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    return discover(ROOT, env={"FUNCTIONS_REGION": "europe-west1"})
+
+
+def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: dict[str, Any]) -> None:
+    endpoints = manifest["endpoints"]
+
+    assert PUBLIC_HTTP | {"retention_sweep"} <= set(endpoints)
+    for name in PUBLIC_HTTP:
+        assert endpoints[name]["httpsTrigger"] == {"invoker": ["public"]}, name
+    assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": ["private"]}
+    for name, endpoint in endpoints.items():
+        assert endpoint["entryPoint"] == name
+        assert endpoint["platform"] == "gcfv2" and endpoint["region"] == ["europe-west1"], name
+        assert endpoint["cpu"] == 1 and endpoint["availableMemoryMb"] >= 256 and endpoint["maxInstances"] >= 1, name
+
+
+def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest: dict[str, Any]) -> None:
+    endpoints = manifest["endpoints"]
+
+    secrets = {name: sorted(s["key"] for s in e["secretEnvironmentVariables"]) for name, e in endpoints.items()}
+    assert secrets["generate"] == ["GEMINI_API_KEY"]
+    assert secrets["checkout"] == ["STRIPE_SECRET_KEY"]
+    assert secrets["stripe_webhook"] == ["STRIPE_WEBHOOK_SECRET"]
+    assert all(not secrets[name] for name in set(endpoints) - {"generate", "checkout", "stripe_webhook"})
+    accounts = {name: e["serviceAccountEmail"] for name, e in endpoints.items()}
+    assert accounts == {name: f"{deployment.FUNCTIONS[name].account}@" for name in endpoints}
+    assert len(set(accounts.values())) == len(accounts)
+
+
+def test_options_match_the_documented_limits(manifest: dict[str, Any]) -> None:
+    endpoints = manifest["endpoints"]
+    defaults = settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"})
+
+    generate = endpoints["generate"]
+    # A live generation must never look stale to the settlement job, and must outlast its model call.
+    assert defaults.generation_timeout_s + 30 <= generate["timeoutSeconds"] < 600
+    assert generate["timeoutSeconds"] < defaults.stale_charge_after_s
+    assert endpoints["retention_sweep"]["maxInstances"] == 1 and endpoints["retention_sweep"]["concurrency"] == 1
+    assert endpoints["retention_sweep"]["timeoutSeconds"] > defaults.sweep_budget_s
+
+
+def test_importing_main_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, main\n"
+        "heavy = [m for m in ('stripe', 'google.genai', 'google.cloud.scheduler_v1', 'google.cloud.firestore') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert 'firebase_functions.https_fn' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, check=True)
