@@ -31,6 +31,8 @@ class Received:
 class _Double:
     mode: str = "ok"
     delay_s: float = 0.0
+    # When set, each request waits for it before answering (a test opens it when it is ready).
+    gate: threading.Event | None = None
     received: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -53,6 +55,8 @@ class _Double:
                 length = int(self.headers.get("Content-Length") or 0)
                 req = Received(self.command, self.path, {k: v for k, v in self.headers.items()}, self.rfile.read(length))
                 double.received.append(req)
+                if double.gate is not None:
+                    double.gate.wait(timeout=60)
                 if double.delay_s:
                     time.sleep(double.delay_s)
                 status, body = double.answer(req)

@@ -234,7 +234,48 @@ def dispute(
     }
 
 
-def event(type: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None) -> dict[str, Any]:
+def refund(refund_id: str, charge_id: str, payment_intent: str, amount: int, status: str = "succeeded") -> dict[str, Any]:
+    """A Refund object as `refund.created` / `refund.updated` / `refund.failed` carry it."""
+    failed = status == "failed"
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": new_id("txn"),
+        "charge": charge_id,
+        "created": int(time.time()),
+        "currency": "usd",
+        "destination_details": {"card": {"reference_status": "pending", "reference_type": "acquirer_reference_number", "type": "refund"},
+                                "type": "card"},
+        "failure_balance_transaction": new_id("txn") if failed else None,
+        "failure_reason": "expired_or_canceled_card" if failed else None,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "reason": "requested_by_customer",
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": status,
+        "transfer_reversal": None,
+    }  # fmt: skip
+
+
+def refund_event(
+    type: str, refund_id: str, charge_id: str, payment_intent: str, amount: int, status: str = "succeeded", **kw: Any
+) -> dict[str, Any]:
+    """`refund.created`, `refund.updated` or `refund.failed` (sent for every refund since API 2024-10-28)."""
+    return event(type, refund(refund_id, charge_id, payment_intent, amount, status), **kw)
+
+
+def dispute_closed(
+    dispute_id: str, charge_id: str, payment_intent: str, status: str, amount: int = DEFAULT_AMOUNT, *, event_id: str | None = None
+) -> dict[str, Any]:
+    """`charge.dispute.closed` with its final status: `won`, `lost` or `warning_closed`."""
+    return event("charge.dispute.closed", {**dispute(dispute_id, charge_id, payment_intent, amount), "status": status}, event_id=event_id)
+
+
+def event(
+    type: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None, livemode: bool = False
+) -> dict[str, Any]:
     """The envelope Stripe posts to a webhook endpoint (a snapshot event)."""
     return {
         "id": event_id or new_id("evt"),
@@ -242,7 +283,7 @@ def event(type: str, obj: dict[str, Any], *, event_id: str | None = None, create
         "api_version": API_VERSION,
         "created": created or int(time.time()),
         "data": {"object": obj},
-        "livemode": False,
+        "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": type,

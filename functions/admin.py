@@ -2,6 +2,7 @@
 an `add_<name>(subparsers)` that sets `run=` and appending it there.
 
     python -m functions.admin sweep [--dry-run] [--workers N]
+    python -m functions.admin settle [--dry-run]
     python -m functions.admin schedule --project P --region R --url URL --service-account SA [--schedule CRON]
     python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID
     python -m functions.admin ledger USER [--limit N]
@@ -37,6 +38,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 
 PROGRESS_EVERY_S = 2.0
 
 
+_WHAT = {"events_deleted": "analytics events", "problems_deleted": "stored Stripe events"}
+
+
 class SweepPrinter:
     """Turns sweep progress events into lines for a person watching; chunk progress is throttled."""
 
@@ -57,8 +61,8 @@ class SweepPrinter:
             self.line(f"would refund generation {fields['generationId']} (user {fields['userId']})")
         elif event == "would_delete_project":
             self.line(f"would delete project {fields['projectId']} ({fields['versions']} versions)")
-        elif event == "would_delete_events":
-            self.line(f"would delete {fields['events']} analytics events")
+        elif event == "would_delete":
+            self.line(f"would delete {fields['count']} {_WHAT[fields['what']]}")
         elif event == "refunded":
             self.line(f"refunded generation {fields['generationId']}: {fields['amount']} credits to {fields['userId']}")
         elif event == "project":
@@ -72,8 +76,10 @@ class SweepPrinter:
                     self.last = now
             if due:
                 self.line(f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far ({now - self.started:.1f} s)")
-        elif event == "events":
-            self.line(f"analytics events deleted: {fields['eventsDeleted']}")
+        elif event == "deleted":
+            self.line(f"{_WHAT[fields['what']]} deleted: {fields['count']}")
+        elif event == "deferred":
+            self.line(f"project {fields['projectId']} kept conflicting with other writers: left for the next run")
         elif event == "stopped":
             self.line(f"stopping: the time budget is spent after {fields['elapsedMs'] / 1000:.1f} s; the next run resumes")
 
@@ -96,7 +102,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     report = sweep(db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(out), workers=args.workers)
     verb = "would delete" if args.dry_run else "deleted"
     print(
-        f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions) and {report.events_deleted} analytics events; "
+        f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions), {report.events_deleted} analytics events "
+        f"and {report.problems_deleted} stored Stripe events; "
         f"{'would refund' if args.dry_run else 'refunded'} {report.refunds_settled} stale charges; "
         f"{report.commits} commits (largest {report.max_commit_writes} writes) in {report.elapsed_ms / 1000:.1f} s"
         + ("" if report.complete else "; NOT complete: run it again to finish"),
@@ -113,6 +120,32 @@ def add_sweep(subparsers: Any) -> None:
     cmd.add_argument("--dry-run", action="store_true", help="write nothing; print what would be deleted and refunded")
     cmd.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"projects deleted at once (default {DEFAULT_WORKERS})")
     cmd.set_defaults(run=run_sweep)
+
+
+def run_settle(args: argparse.Namespace) -> int:
+    from functions.lib import db, settlement
+    from functions.lib.config import get_settings
+
+    settings = get_settings()
+    print(
+        f"{'DRY RUN (nothing is changed): ' if args.dry_run else ''}refunding charges still open after "
+        f"{settings.stale_charge_after_s} s in project {settings.project}",
+        flush=True,
+    )
+    report = settlement.settle_stale_charges(db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(sys.stdout))
+    print(
+        f"{'would refund' if args.dry_run else 'refunded'} {report.refunds_settled} stale charges"
+        + (f"; {report.deferred} left for the next run" if report.deferred else ""),
+        flush=True,
+    )
+    print(json.dumps(report.body()), flush=True)
+    return EXIT_OK if report.complete else EXIT_INCOMPLETE
+
+
+def add_settle(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("settle", help="refund stale charges now (what the settlement job does every 15 minutes)")
+    cmd.add_argument("--dry-run", action="store_true", help="write nothing; list the charges that would be refunded")
+    cmd.set_defaults(run=run_settle)
 
 
 def run_schedule(args: argparse.Namespace) -> int:
@@ -248,7 +281,7 @@ def add_replay(subparsers: Any) -> None:
     cmd.set_defaults(run=run_replay)
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_schedule, add_grant, add_ledger, add_audit, add_replay)
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_settle, add_schedule, add_grant, add_ledger, add_audit, add_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,13 @@
-"""`credits` handler: the caller's balance and latest ledger entries."""
+"""`credits` handler: the caller's balance and latest ledger entries, after settling the caller's
+crashed charges (docs/ARCHITECTURE.md, "Settlement"), so the balance shown is the one that counts."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from functions.http import Call, endpoint
-from functions.lib import auth, db, ledger, logs
+from functions.lib import auth, db, ledger, logs, settlement
+from functions.lib.config import get_settings
 
 
 @endpoint("credits", methods=("GET",))
@@ -13,5 +15,7 @@ def handle(call: Call) -> dict[str, Any]:
     """GET -> {balance, transactions: [latest first, up to 50]}."""
     uid = auth.authenticate(call.headers.get("Authorization"))
     logs.bind(uid=uid)
-    statement = ledger.statement(db.get_client(), uid)
+    client = db.get_client()
+    settlement.settle_user(client, get_settings(), uid)
+    statement = ledger.statement(client, uid)
     return {"balance": statement.balance, "transactions": statement.transactions}

@@ -14,7 +14,7 @@ BASE = {"GOOGLE_CLOUD_PROJECT": "demo-x"}
 def test_defaults() -> None:
     s = settings_from(BASE)
 
-    assert (s.retention_days, s.stale_charge_after_s, s.sweep_budget_s, s.generator) == (90, 3600, 480.0, "gemini")
+    assert (s.retention_days, s.stale_charge_after_s, s.sweep_budget_s, s.generator) == (90, 600, 480.0, "gemini")
     assert s.credit_packs["starter"].credits == 100
 
 

@@ -1,4 +1,5 @@
-"""A `generate` process killed mid-generation leaves its charge `charged`; the sweep refunds it once.
+"""A `generate` process killed mid-generation leaves its charge `charged`; whichever comes first of
+the sweep, the user's next `credits` request and a replay of the Idempotency-Key refunds it, once.
 
 End to end: the real functions-framework CLI serves `generate`, the real google-genai client calls a
 Gemini double that hangs, and the process gets SIGKILL (what a function timeout or a crash does:
@@ -22,11 +23,12 @@ from functions.lib import retention
 from tests.conftest import assert_ledger_consistent, bearer
 from tests.helpers import balance, entries, generations, make_user
 
+PROMPT = {"prompt": "a lighthouse at dusk"}
 
-def post_generate(url: str, uid: str, outcome: list[Any]) -> None:
-    request = urllib.request.Request(
-        url, data=json.dumps({"prompt": "a lighthouse at dusk"}).encode(), headers={**bearer(uid), "Content-Type": "application/json"}
-    )
+
+def post_generate(url: str, uid: str, outcome: list[Any], key: str | None = None) -> None:
+    headers = {**bearer(uid), "Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
+    request = urllib.request.Request(url, data=json.dumps(PROMPT).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             outcome.append(response.status)
@@ -34,10 +36,8 @@ def post_generate(url: str, uid: str, outcome: list[Any]) -> None:
         outcome.append(exc)
 
 
-def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db: Any, settings: Any, tmp_path: Path) -> None:
-    make_user(db, "crash", credits=100)
-    model = GeminiDouble(delay_s=60).start()
-    served = ServedFunction(
+def serve_generate_with_a_hanging_model(model: GeminiDouble, tmp_path: Path) -> ServedFunction:
+    return ServedFunction(
         "generate",
         env={
             "GENERATOR": "gemini",
@@ -48,6 +48,12 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db:
         },
         log_dir=tmp_path,
     )
+
+
+def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db: Any, settings: Any, tmp_path: Path) -> None:
+    make_user(db, "crash", credits=100)
+    model = GeminiDouble(delay_s=60).start()
+    served = serve_generate_with_a_hanging_model(model, tmp_path)
     outcome: list[Any] = []
     caller = threading.Thread(target=post_generate, args=(served.url, "crash", outcome))
     try:
@@ -81,4 +87,43 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db:
     [refund] = entries(db, "crash", "refund")
     assert refund["id"] == f"refund_{gen['id']}" and refund["amount"] == 50
     assert balance(db, "crash") == 100
+    assert_ledger_consistent(db)
+
+
+def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_its_key(
+    app: Any, db: Any, settings: Any, tmp_path: Path
+) -> None:
+    make_user(db, "ava", credits=100)
+    make_user(db, "ben", credits=100)
+    model = GeminiDouble(delay_s=60).start()
+    served = serve_generate_with_a_hanging_model(model, tmp_path)
+    callers = [threading.Thread(target=post_generate, args=(served.url, uid, [], f"key-{uid}")) for uid in ("ava", "ben")]
+    try:
+        for caller in callers:
+            caller.start()
+        wait_until(lambda: len(model.received) == 2, what="both model calls", timeout=30)
+        served.kill()
+        for caller in callers:
+            caller.join(timeout=30)
+    finally:
+        served.stop()
+        model.stop()
+    in_flight = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
+    assert in_flight.status_code == 409  # younger than STALE_CHARGE_AFTER_S: it may still be running
+    # Let STALE_CHARGE_AFTER_S pass: the charges' createdAt moves back by that much.
+    for gen in generations(db, "ava") + generations(db, "ben"):
+        created = gen["createdAt"] - timedelta(seconds=settings.stale_charge_after_s + 1)
+        db.collection("generations").document(gen["id"]).update({"createdAt": created})
+
+    statement = app("credits").get("/", headers=bearer("ava"))
+    replay = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
+    replay_again = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
+
+    assert statement.status_code == 200 and statement.json["balance"] == 100
+    assert [t["type"] for t in statement.json["transactions"]][:2] == ["refund", "charge"]
+    assert replay.status_code == 502 and replay.json["error"] == "generation_failed"
+    assert replay.json["refunded"] == 50 and replay.json["balance"] == 100 and replay_again.json == replay.json
+    assert [g["status"] for g in generations(db, "ava") + generations(db, "ben")] == ["refunded", "refunded"]
+    assert len(entries(db, "ava", "refund")) == 1 and len(entries(db, "ben", "refund")) == 1
+    assert retention.sweep(db, settings).refunds_settled == 0
     assert_ledger_consistent(db)

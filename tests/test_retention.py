@@ -18,6 +18,8 @@ from tests.helpers import balance, entries, make_user
 OLD = datetime.now(UTC) - timedelta(days=120)
 RECENT = datetime.now(UTC) - timedelta(days=10)
 CONTRACT_KEYS = {"complete", "projectsDeleted", "versionsDeleted", "commits", "maxCommitWrites", "refundsSettled", "elapsedMs"}
+# Added beside the contract's keys: projects left for the next pass because they kept conflicting.
+EXTRA_KEYS = {"projectsDeferred"}
 
 
 def seed_project(db: Any, project_id: str, versions: int, *, updated: datetime = OLD, marked: bool = False) -> None:
@@ -89,7 +91,7 @@ def test_expired_project_is_deleted_in_commits_of_at_most_500(db: Any, settings:
     assert project_exists(db, "fresh") and versions_left(db, "fresh") == 3
     assert report.body() == {
         "complete": True, "projectsDeleted": 1, "versionsDeleted": versions, "commits": len(commit_sizes),
-        "maxCommitWrites": max(commit_sizes), "refundsSettled": 0, "elapsedMs": report.elapsed_ms,
+        "maxCommitWrites": max(commit_sizes), "refundsSettled": 0, "projectsDeferred": 0, "elapsedMs": report.elapsed_ms,
     }  # fmt: skip
 
 
@@ -285,9 +287,9 @@ def test_handler_answers_the_contract_body(app: Any, db: Any) -> None:
     res = app("retention_sweep").post("/")
 
     assert res.status_code == 200
-    assert set(res.json) == CONTRACT_KEYS
+    assert set(res.json) == CONTRACT_KEYS | EXTRA_KEYS
     assert {k: v for k, v in res.json.items() if k != "elapsedMs"} == {
-        "complete": True, "projectsDeleted": 1, "versionsDeleted": 3, "commits": 1, "maxCommitWrites": 4, "refundsSettled": 0,
+        "complete": True, "projectsDeleted": 1, "versionsDeleted": 3, "commits": 1, "maxCommitWrites": 4, "refundsSettled": 0, "projectsDeferred": 0,
     }  # fmt: skip
     assert isinstance(res.json["elapsedMs"], int) and res.json["elapsedMs"] >= 0
     assert not project_exists(db, "old") and project_exists(db, "fresh")
@@ -327,7 +329,9 @@ def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_delet
     dry = capsys.readouterr().out.splitlines()
     assert dry[0].startswith("DRY RUN (nothing is changed): sweeping project demo-credits-test")
     assert "would delete project old (600 versions)" in dry
-    assert dry[-2].startswith("would delete 1 projects (600 versions) and 0 analytics events; would refund 0 stale charges")
+    assert dry[-2].startswith(
+        "would delete 1 projects (600 versions), 0 analytics events and 0 stored Stripe events; would refund 0 stale charges"
+    )
     assert versions_left(db, "old") == 600
 
     assert admin.main(["sweep"]) == admin.EXIT_OK
@@ -335,7 +339,7 @@ def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_delet
     assert "project old deleted: 600 versions deleted by this run" in real
     assert json.loads(real[-1]) | {"elapsedMs": 0} == {
         "complete": True, "projectsDeleted": 1, "versionsDeleted": 600, "commits": 2, "maxCommitWrites": 499,
-        "refundsSettled": 0, "elapsedMs": 0,
+        "refundsSettled": 0, "projectsDeferred": 0, "elapsedMs": 0,
     }  # fmt: skip
     assert not project_exists(db, "old") and project_exists(db, "fresh")
 
@@ -380,5 +384,5 @@ def test_one_structured_log_line_per_pass(db: Any, settings: Any, caplog: pytest
 
     [record] = [r for r in caplog.records if r.name == "retention"]
     assert record.getMessage() == "retention sweep complete"
-    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
+    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "problemsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
     assert record.json_fields["projectsDeleted"] == 1 and record.json_fields["versionsDeleted"] == 2  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import pytest
 from devstack import stripe_events as se
 from devstack.procs import free_port
 from tests.conftest import BASE_ENV, assert_ledger_consistent, reset_caches
-from tests.helpers import balance, entries, make_user
+from tests.helpers import balance, entries
 
 SECRET = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
 STARTER = 100  # credits of the built-in "starter" pack
@@ -284,7 +284,9 @@ def test_a_session_without_a_known_pack_or_user_is_stored_for_operators(
     assert again.status_code == 200
     stored = problem(db, event["id"])
     assert stored is not None and stored["reason"] == reason and stored["status"] == "open" and stored["deliveries"] == 2
-    assert json.loads(stored["payload"]) == event
+    kept = json.loads(stored["payload"])
+    assert kept["id"] == event["id"] and kept["type"] == event["type"] and kept["data"]["object"]["id"] == "cs_test_bad"
+    assert "buyer@example.com" not in stored["payload"] and "Test Buyer" not in stored["payload"] and "94103" not in stored["payload"]
     assert list(db.collection("credit_transactions").stream()) == []
     assert_ledger_consistent(db)
 
@@ -340,152 +342,4 @@ def test_a_stored_problem_replays_once_its_cause_is_fixed(app: Any, db: Any, mon
     assert balance(db, "nina") == 9000
     stored = problem(db, event["id"])
     assert stored is not None and stored["status"] == "resolved"
-    assert_ledger_consistent(db)
-
-
-# --- reversals ----------------------------------------------------------------------------------
-
-
-def test_a_full_refund_takes_the_pack_back(app: Any, db: Any) -> None:
-    _, pi = buy(app, "olga")
-
-    res = deliver(app, se.charge_refunded("ch_full", pi, 1000, 1000))
-
-    assert res.status_code == 200 and res.json["outcome"] == "reversed"
-    assert balance(db, "olga") == 0
-    [reversal] = entries(db, "olga", "reversal")
-    assert reversal["id"] == "reversal_ch_full_1000" and reversal["amount"] == -STARTER
-    assert reversal["metadata"]["stripePaymentIntentId"] == pi and reversal["metadata"]["reason"] == "refund"
-    assert "shortfall" not in reversal["metadata"]
-    assert payment(db, pi)["reversedCredits"] == STARTER and len(analytics(db, "credits_reversed")) == 1
-    assert_ledger_consistent(db)
-
-
-def test_partial_refunds_are_pro_rata_cumulative_and_each_applied_once(app: Any, db: Any) -> None:
-    _, pi = buy(app, "pete")
-    third = se.charge_refunded("ch_part", pi, 999, 333)
-
-    steps = [
-        deliver(app, third),
-        deliver(app, third),  # Stripe redelivers the same event
-        deliver(app, se.charge_refunded("ch_part", pi, 999, 333)),  # another event for the same refund
-        deliver(app, se.charge_refunded("ch_part", pi, 999, 666)),
-        deliver(app, se.charge_refunded("ch_part", pi, 999, 999)),
-    ]
-
-    assert [r.json["outcome"] for r in steps] == ["reversed", "duplicate", "duplicate", "reversed", "reversed"]
-    assert [e["amount"] for e in sorted(entries(db, "pete", "reversal"), key=lambda e: e["id"])] == [-33, -33, -34]
-    assert balance(db, "pete") == 0 and payment(db, pi)["refundedAmount"] == 999
-    assert_ledger_consistent(db)
-
-
-def test_an_earlier_partial_refund_arriving_late_adds_nothing(app: Any, db: Any) -> None:
-    _, pi = buy(app, "paula")
-
-    later = deliver(app, se.charge_refunded("ch_late", pi, 1000, 700))
-    earlier = deliver(app, se.charge_refunded("ch_late", pi, 1000, 300))
-    rest = deliver(app, se.charge_refunded("ch_late", pi, 1000, 1000))
-
-    assert [later.json["outcome"], earlier.json["outcome"], rest.json["outcome"]] == ["reversed", "nothing_to_reverse", "reversed"]
-    assert sorted(e["amount"] for e in entries(db, "paula", "reversal")) == [-70, -30]
-    assert balance(db, "paula") == 0
-    assert_ledger_consistent(db)
-
-
-def test_a_dispute_takes_the_pack_back(app: Any, db: Any) -> None:
-    _, pi = buy(app, "quinn", pack="creator")
-
-    res = deliver(app, se.dispute_created("dp_1", "ch_d1", pi))
-    again = deliver(app, se.dispute_created("dp_1", "ch_d1", pi))
-
-    assert res.status_code == 200 and res.json["outcome"] == "reversed" and again.json["outcome"] == "duplicate"
-    [reversal] = entries(db, "quinn", "reversal")
-    assert reversal["id"] == "reversal_dp_1" and reversal["amount"] == -500
-    assert reversal["metadata"]["stripeDisputeId"] == "dp_1" and reversal["metadata"]["reason"] == "dispute"
-    assert balance(db, "quinn") == 0
-    assert_ledger_consistent(db)
-
-
-def test_a_refund_then_a_dispute_of_one_payment_take_back_once(app: Any, db: Any) -> None:
-    _, pi = buy(app, "rita")
-
-    refund = deliver(app, se.charge_refunded("ch_r", pi, 1000, 400))
-    dispute = deliver(app, se.dispute_created("dp_r", "ch_r", pi))
-    full_refund = deliver(app, se.charge_refunded("ch_r", pi, 1000, 1000))
-
-    assert [refund.json["outcome"], dispute.json["outcome"], full_refund.json["outcome"]] == ["reversed", "reversed", "nothing_to_reverse"]
-    assert sorted(e["amount"] for e in entries(db, "rita", "reversal")) == [-60, -40]
-    assert balance(db, "rita") == 0 and payment(db, pi)["reversedCredits"] == STARTER
-    assert_ledger_consistent(db)
-
-
-def test_concurrent_refund_and_dispute_together_take_back_at_most_the_pack(app: Any, db: Any) -> None:
-    _, pi = buy(app, "sam")
-    make_user(db, "sam", credits=400)  # credits from elsewhere, which the reversals must leave alone
-    deliveries = [se.delivery(e, SECRET) for e in (se.charge_refunded("ch_s", pi, 1000, 1000), se.dispute_created("dp_s", "ch_s", pi))]
-    flask_app = app("stripe_webhook").application
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda d: flask_app.test_client().post("/", data=d[0], headers=d[1]), deliveries * 3))
-
-    assert all(r.status_code == 200 for r in results)
-    assert sum(e["amount"] for e in entries(db, "sam", "reversal")) == -STARTER
-    assert balance(db, "sam") == 400 and payment(db, pi)["reversedCredits"] == STARTER
-    assert_ledger_consistent(db)
-
-
-def test_a_reversal_larger_than_the_balance_is_capped_and_the_shortfall_recorded(app: Any, db: Any) -> None:
-    _, pi = buy(app, "tara")
-    spend(db, "tara", 80)
-
-    res = deliver(app, se.charge_refunded("ch_short", pi, 1000, 1000))
-    dispute = deliver(app, se.dispute_created("dp_short", "ch_short", pi))
-
-    assert res.status_code == 200 and res.json["outcome"] == "reversed"
-    assert dispute.json["outcome"] == "nothing_to_reverse"
-    [reversal] = entries(db, "tara", "reversal")
-    assert reversal["amount"] == -20 and reversal["metadata"]["shortfall"] == 80 and reversal["balanceAfter"] == 0
-    assert payment(db, pi)["shortfallCredits"] == 80 and payment(db, pi)["reversedCredits"] == STARTER
-    assert balance(db, "tara") == 0
-    assert_ledger_consistent(db)
-
-
-def test_a_reversal_with_nothing_left_on_the_balance_records_the_whole_shortfall(app: Any, db: Any) -> None:
-    _, pi = buy(app, "uma")
-    spend(db, "uma", STARTER)
-
-    res = deliver(app, se.dispute_created("dp_empty", "ch_empty", pi))
-
-    assert res.json["outcome"] == "reversed"
-    [reversal] = entries(db, "uma", "reversal")
-    assert reversal["amount"] == 0 and reversal["metadata"]["shortfall"] == STARTER
-    assert balance(db, "uma") == 0
-    assert_ledger_consistent(db)
-
-
-@pytest.mark.parametrize(
-    "event", [se.charge_refunded("ch_unknown", "pi_unknown", 1000, 1000), se.dispute_created("dp_unknown", "ch_unknown", "pi_unknown")]
-)
-def test_a_reversal_of_a_payment_never_credited_is_stored_and_retried(app: Any, db: Any, event: dict[str, Any]) -> None:
-    buy(app, "vera")
-
-    res = deliver(app, event)
-
-    assert res.status_code == 503 and res.json["problem"] == "purchase_not_found" and res.headers["Retry-After"]
-    stored = problem(db, event["id"])
-    assert stored is not None and json.loads(stored["payload"]) == event
-    assert balance(db, "vera") == STARTER and entries(db, "vera", "reversal") == []
-    assert_ledger_consistent(db)
-
-
-def test_a_refund_delivered_before_its_purchase_is_applied_once_the_purchase_lands(app: Any, db: Any) -> None:
-    purchase = se.checkout_completed("cs_late", "xena", "starter", "pi_late")
-    refund = se.charge_refunded("ch_late", "pi_late", 1000, 1000)
-
-    early = deliver(app, refund)
-    credited = deliver(app, purchase)
-    retried = deliver(app, refund)
-
-    assert early.status_code == 503 and credited.status_code == 200 and retried.status_code == 200
-    assert balance(db, "xena") == 0 and len(entries(db, "xena", "reversal")) == 1
     assert_ledger_consistent(db)

@@ -19,6 +19,7 @@ GENERATION_SUCCEEDED = "generation_succeeded"
 CREDITS_REFUNDED = "credits_refunded"
 CREDITS_PURCHASED = "credits_purchased"
 CREDITS_REVERSED = "credits_reversed"
+CREDITS_REINSTATED = "credits_reinstated"
 TERMS_ACCEPTED = "terms_accepted"
 
 

@@ -1,16 +1,19 @@
-"""The ledger audit: every user's `credits` must equal the sum of their ledger amounts and be >= 0.
+"""The ledger audit: every user's `credits` must equal the sum of their ledger amounts, and be below
+zero only when a reversal took back credits the user had already spent.
 
 Both collections are streamed in the same order (users by id, ledger entries by `userId`) and
 merged like two sorted files, a page at a time: memory holds one page of each and the running sum
-of one user, whatever the size of the ledger. Ledger entries whose user has no document are
-reported too.
+of one user, whatever the size of the ledger. Every page reads the database as it was at one
+moment (`read_time`), so live traffic during a long audit cannot show a balance from after an entry
+it did not see. Ledger entries whose user has no document are reported too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from functions.lib import db, ledger
 
@@ -40,63 +43,70 @@ class AuditReport:
         return not self.differences
 
 
-def _ledger_sums(client: Client) -> Iterator[tuple[str, int, int]]:
-    """(uid, sum of amounts, entry count) per user, in uid order, from one paged scan."""
-    query = client.collection(ledger.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount"])
-    current: str | None = None
-    total = count = 0
-    for snap in db.pages(query, PAGE):
-        uid = snap.get("userId")
-        if uid != current:
-            if current is not None:
-                yield current, total, count
-            current, total, count = uid, 0, 0
-        total += int(snap.get("amount") or 0)
-        count += 1
+@dataclass(frozen=True)
+class _Sum:
+    uid: str
+    total: int
+    entries: int
+    reversed: bool  # the user has a reversal, the one way a balance may go below zero
+
+
+def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
+    """One `_Sum` per user, in uid order, from one paged scan."""
+    query = client.collection(ledger.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount", "type"])
+    current: _Sum | None = None
+    for snap in db.pages(query, PAGE, read_time=read_time):
+        uid, amount, reversal = snap.get("userId"), int(snap.get("amount") or 0), snap.get("type") == ledger.REVERSAL
+        if current is not None and current.uid != uid:
+            yield current
+            current = None
+        if current is None:
+            current = _Sum(uid, amount, 1, reversal)
+        else:
+            current = _Sum(uid, current.total + amount, current.entries + 1, current.reversed or reversal)
     if current is not None:
-        yield current, total, count
+        yield current
 
 
-def _balances(client: Client) -> Iterator[tuple[str, int]]:
+def _balances(client: Client, read_time: datetime) -> Iterator[tuple[str, int]]:
     query = client.collection(ledger.USERS).order_by("__name__").select(["credits"])
-    for snap in db.pages(query, PAGE):
+    for snap in db.pages(query, PAGE, read_time=read_time):
         yield snap.id, ledger.balance_of(snap)
 
 
-def audit(client: Client, progress: Callable[[AuditReport], None] | None = None, *, every: int = 1000) -> AuditReport:
-    """Check every user against the ledger; `progress(report)` is called every `every` users."""
+def audit(
+    client: Client, progress: Callable[[AuditReport], None] | None = None, *, every: int = 1000, read_time: datetime | None = None
+) -> AuditReport:
+    """Check every user against the ledger as of `read_time` (default: now, by the database's clock);
+    `progress(report)` is called every `every` users."""
+    at = read_time or db.read_time(client)
     report = AuditReport()
-    sums = _ledger_sums(client)
+    sums = _ledger_sums(client, at)
     pending = next(sums, None)
 
-    def check(uid: str, credits: int | None, total: int) -> None:
+    def check(uid: str, credits: int | None, found: _Sum | None) -> None:
+        total = found.total if found is not None else 0
+        if found is not None:
+            report.entries += found.entries
         if credits is None:
             report.differences.append(Difference(uid, NO_USER, None, total))
         elif credits != total:
             report.differences.append(Difference(uid, MISMATCH, credits, total))
-        if credits is not None and credits < 0:
+        if credits is not None and credits < 0 and not (found is not None and found.reversed):
             report.differences.append(Difference(uid, NEGATIVE, credits, total))
 
-    for uid, credits in _balances(client):
-        while pending is not None and pending[0] < uid:
-            check(pending[0], None, pending[1])
-            report.entries += pending[2]
+    for uid, credits in _balances(client, at):
+        while pending is not None and pending.uid < uid:
+            check(pending.uid, None, pending)
             pending = next(sums, None)
-        total = 0
-        if pending is not None and pending[0] == uid:
-            total = pending[1]
-            report.entries += pending[2]
-            pending = next(sums, None)
-        check(uid, credits, total)
+        found = None
+        if pending is not None and pending.uid == uid:
+            found, pending = pending, next(sums, None)
+        check(uid, credits, found)
         report.users += 1
         if progress is not None and report.users % every == 0:
             progress(report)
     while pending is not None:
-        check(pending[0], None, pending[1])
-        report.entries += pending[2]
+        check(pending.uid, None, pending)
         pending = next(sums, None)
     return report
-
-
-def as_rows(report: AuditReport) -> list[dict[str, Any]]:
-    return [{"uid": d.uid, "problem": d.problem, "credits": d.credits, "ledgerSum": d.ledger_sum} for d in report.differences]

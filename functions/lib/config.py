@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class Settings:
     retention_days: int
     sweep_budget_s: float
     allowed_origins: tuple[str, ...]
+    stripe_mode: str = "test"
+    problem_retention_days: int = 30
     analytics_retention_days: int = 400
     initial_cost: int = 50
     iteration_cost: int = 25
@@ -63,7 +66,7 @@ class Settings:
         return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, why: str = "") -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -72,7 +75,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     except ValueError:
         raise ConfigError(name, f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
-        raise ConfigError(name, f"{name} must be at least {minimum}, got {value}")
+        because = f" ({why})" if why else ""
+        raise ConfigError(name, f"{name} must be at least {minimum}{because}, got {value}")
     return value
 
 
@@ -117,6 +121,12 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     project = env.get("GOOGLE_CLOUD_PROJECT", "").strip() or env.get("GCLOUD_PROJECT", "").strip()
     if not project:
         raise ConfigError("GOOGLE_CLOUD_PROJECT")
+    stripe_mode = env.get("STRIPE_MODE", "").strip() or "test"
+    if stripe_mode not in ("test", "live"):
+        raise ConfigError("STRIPE_MODE", f"STRIPE_MODE must be 'test' or 'live', got {stripe_mode!r}")
+    timeout_s = _float(env, "GENERATION_TIMEOUT_S", 30.0)
+    # A live request must never look stale: the deployed generate function times out before this.
+    stale_minimum = math.ceil(timeout_s) + 30
     origins = tuple(o.strip().rstrip("/") for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
     return Settings(
         project=project,
@@ -130,13 +140,15 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         gemini_api_key=env.get("GEMINI_API_KEY") or None,
         gemini_model=env.get("GEMINI_MODEL", "").strip() or "gemini-2.5-flash",
         gemini_base_url=env.get("GEMINI_BASE_URL") or None,
-        generation_timeout_s=_float(env, "GENERATION_TIMEOUT_S", 30.0),
-        stale_charge_after_s=_int(env, "STALE_CHARGE_AFTER_S", 3600, minimum=1),
+        generation_timeout_s=timeout_s,
+        stale_charge_after_s=_int(env, "STALE_CHARGE_AFTER_S", 600, minimum=stale_minimum, why="GENERATION_TIMEOUT_S + 30"),
         terms_version=env.get("TERMS_VERSION", "").strip() or "2026-01-01",
         retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
         sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
         analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
         allowed_origins=origins,
+        stripe_mode=stripe_mode,
+        problem_retention_days=_int(env, "PROBLEM_RETENTION_DAYS", 30, minimum=1),
     )
 
 

@@ -79,20 +79,28 @@ def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnaps
     return [by_path[ref.path] for ref in refs]
 
 
-def pages(query: Query, page_size: int = 100) -> Iterator[DocumentSnapshot]:
+def pages(query: Query, page_size: int = 100, *, read_time: datetime | None = None) -> Iterator[DocumentSnapshot]:
     """Every result of `query` (which must have a total order), `page_size` at a time.
 
     Each page is its own short RPC continuing after the last snapshot of the one before, so no
-    stream stays open across work done in between and memory holds one page.
+    stream stays open across work done in between and memory holds one page. With `read_time`,
+    every page reads the database as it was at that moment (within the last hour).
     """
     cursor: DocumentSnapshot | None = None
     while True:
         page_query = query.limit(page_size) if cursor is None else query.start_after(cursor).limit(page_size)
-        page = list(page_query.stream(**rpc()))
+        page = list(page_query.stream(read_time=read_time, **rpc()))
         yield from page
         if len(page) < page_size:
             return
         cursor = page[-1]
+
+
+def read_time(client: Client) -> datetime:
+    """The database's current time: the read time of a one-document read (it need not exist)."""
+    snap = client.collection("users").document("read-time-probe").get(field_paths=["credits"], **rpc())
+    at: datetime = snap.read_time
+    return at
 
 
 def precondition(client: Client, snap: DocumentSnapshot) -> Any:

@@ -19,7 +19,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import analytics, consent, db, ledger
@@ -44,6 +44,8 @@ GENERATIONS, PROJECTS, VERSIONS = "generations", "projects", "versions"
 CHARGED, SUCCEEDED, REFUNDED = "charged", "succeeded", "refunded"
 INITIAL, ITERATION = "initial", "iteration"
 MAX_PROMPT_CHARS = 8000
+# Why a crashed charge was refunded (docs/ARCHITECTURE.md, "Settlement").
+STALE_CHARGE_REASON = "stale_charge"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ class _ProjectGone(Exception):
     """The project disappeared between charge and completion (deleted by the sweep)."""
 
 
+class _Stale(Exception):
+    """A replayed Idempotency-Key whose charge is still `charged` long after any live request ended."""
+
+
 def cost_of(settings: Settings, kind: str) -> int:
     return settings.initial_cost if kind == INITIAL else settings.iteration_cost
 
@@ -124,13 +130,16 @@ def _generations(client: Client) -> Any:
     return client.collection(GENERATIONS)
 
 
-def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot) -> Completed:
+def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot, stale_before: datetime) -> Completed:
     """Answer a repeated Idempotency-Key from the stored generation, or raise what it ended as."""
     data = gen.to_dict() or {}
     if data.get("userId") != req.uid or data.get("requestHash") != req.fingerprint():
         raise IdempotencyKeyReused()
     status = data.get("status")
     if status == CHARGED:
+        created = data.get("createdAt")
+        if isinstance(created, datetime) and created < stale_before:
+            raise _Stale()  # its process died: settle it now instead of answering 409 until a job does
         raise InProgress(headers={"Retry-After": "2"})
     if status == REFUNDED:
         raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
@@ -158,6 +167,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     # library re-sends it and the re-read finds the generation; the token tells "mine" from a
     # concurrent request with the same Idempotency-Key.
     token = uuid.uuid4().hex
+    stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_charge_after_s)
 
     def plan() -> db.Plan[Charge | Completed]:
         user, gen, *maybe_project = db.get_all(client, refs)
@@ -169,7 +179,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
                     generation_id, project_id, req.kind, cost, int(data["balanceAfterCharge"]), req.prompt, req.uid, gen.update_time, count
                 )
                 return db.Plan(mine)
-            return db.Plan(_replay(client, req, gen))
+            return db.Plan(_replay(client, req, gen, stale_before))
         consent.require_current(user, settings.terms_version)
         version_count = 0
         batch = client.batch()
@@ -199,6 +209,11 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
 
     try:
         return db.commit_optimistically(plan)
+    except _Stale:
+        settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
+        if settled.status == SUCCEEDED:  # its completion landed after all: answer from what is stored
+            return db.commit_optimistically(plan)
+        raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON) from None
     except Contention:
         raise
     except Unavailable:
@@ -271,6 +286,8 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
         if not gen.exists:
             raise NotFound(f"No generation {generation_id}.")
         data = gen.to_dict() or {}
+        if data.get("userId") != uid:
+            raise NotFound(f"No generation {generation_id} for this user.")  # credits go back only to who paid
         cost = int(data.get("cost") or 0)
         if data.get("status") != CHARGED:
             return db.Plan(Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user)))

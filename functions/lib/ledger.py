@@ -24,11 +24,16 @@ USERS = "users"
 LEDGER = "credit_transactions"
 HISTORY_LIMIT = 50
 
-PURCHASE, CHARGE, REFUND, REVERSAL, GRANT = "purchase", "charge", "refund", "reversal", "grant"
+PURCHASE, CHARGE, REFUND, GRANT = "purchase", "charge", "refund", "grant"
+REVERSAL, REINSTATEMENT = "reversal", "reinstatement"
+# Only a reversal may drive a balance below zero: a refund or dispute takes back exactly the
+# purchase's share even when the buyer already spent it (docs/ARCHITECTURE.md, "Money").
+MAY_GO_NEGATIVE = frozenset({REVERSAL})
 
 
 def entry_id(kind: str, ref: str) -> str:
-    """Deterministic ledger ids (DESIGN.md): purchase_{session}, charge_{gen}, refund_{gen}, reversal_{id}, grant_{id}."""
+    """Deterministic ledger ids: purchase_{session}, charge_{gen}, refund_{gen}, reversal_{refund or dispute},
+    reinstatement_{refund or dispute}, grant_{id} (docs/ARCHITECTURE.md, "Data model")."""
     return f"{kind}_{ref}"
 
 
@@ -62,13 +67,13 @@ def stage_entry(
 
     The user document is created when missing (first purchase), otherwise updated under a
     precondition on its update time as read. Raises InsufficientCredits when the balance would
-    go below zero.
+    go below zero, except for the types in MAY_GO_NEGATIVE.
     """
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     before = balance_of(user)
     after = before + amount
-    if after < 0:
+    if after < 0 and type not in MAY_GO_NEGATIVE:
         raise InsufficientCredits(balance=before, required=-amount, shortfall=-after)
     batch.create(
         client.collection(LEDGER).document(entry_id(type, ref)),
@@ -112,7 +117,7 @@ def post(
 
     `also` stages more writes (an analytics event) into the same commit, only when the entry is new.
     """
-    if amount == 0 and type != REVERSAL:
+    if amount == 0:
         raise InvalidRequest("A ledger entry must move credits.")
     entry_ref = client.collection(LEDGER).document(entry_id(type, ref))
     user_ref = client.collection(USERS).document(uid)

@@ -1,62 +1,78 @@
-"""Stripe purchases in the ledger: credit a paid Checkout Session exactly once, take credits back on
-refunds and disputes, and keep every event that cannot be applied for operators.
+"""Stripe payments in the ledger: credit a paid Checkout Session exactly once; take credits back on
+refunds and disputes, and give them back when a refund fails or a dispute is won.
 
-Exactly-once comes from deterministic ids and preconditions, never from a query before a write:
+The whole event table is in docs/ARCHITECTURE.md, "Stripe events". In short:
+
 - A purchase is `credit_transactions/purchase_{checkoutSessionId}`, created (`create` fails if it
-  exists) in the commit that raises the balance. Redeliveries, concurrent deliveries and the two
-  event types that can carry one session (`completed`, `async_payment_succeeded`) all map to it.
-- A refund reversal is `reversal_{chargeId}_{amountRefunded}`: a Charge carries its cumulative
-  refunded amount, which names each partial refund. A dispute reversal is `reversal_{disputeId}`.
-- What a purchase has given back so far lives in `payments/{paymentIntentId}`, written in the
-  reversal's own commit: `create` for the first reversal, then updates under a precondition on
-  the version read. Two reversals of one purchase racing each other therefore serialize, and
-  `reversedCredits` (credits taken back plus any shortfall) never exceeds the purchase's credits:
-  a refund and then a dispute of the same payment take the credits back once.
+  exists) in the commit that raises the balance and opens the payment's record,
+  `payments/{paymentIntentId}`. Redeliveries, concurrent deliveries and the two event types that
+  can carry one session all map to that one id.
+- Everything after the purchase is decided by the payment's record, never by the order in which
+  events arrive. The record holds what Stripe has told us: each refund by id with its amount and
+  whether it failed, the highest cumulative `amount_refunded` a `charge.refunded` reported, each
+  dispute with its status, and `reversedCredits`, the credits taken back so far (net). From that,
+  `PaymentRecord.target()` says how many credits the purchase must have given back now: the
+  refunded share of the payment, pro rata and rounded down, or all of it while a dispute is open or
+  lost. An event changes the record; the difference between the new target and `reversedCredits`
+  is one ledger entry in the same commit: `reversal_{id}` when it takes back, `reinstatement_{id}`
+  when it gives back, where id is the refund's or dispute's (`{chargeId}_{amountRefunded}` for the
+  cumulative figure of `charge.refunded`). Each such state change happens once, so each id is
+  written at most once; a redelivery changes nothing and writes nothing.
+- The record is written under a precondition on the version read, so all events of one payment
+  serialize, and the target never exceeds the purchase's credits: all reversals of a purchase
+  together never take back more than it gave.
+- A reversal takes back its share even when the balance is lower: the balance goes below zero,
+  `generate` answers 402 until purchases cover it, and credits held by a running generation cannot
+  escape a refund.
+- A refund or dispute that arrives before its purchase is parked: its event id goes on the
+  payment's record and the event (without personal data) to `stripe_event_problems`, in one
+  commit, and the webhook answers 200. The purchase's commit reads the same record, so one of the
+  two commits sees the other: the purchase applies what was parked, or the late event applies
+  directly. An event for a payment this app never sold stays parked: 200, nothing changes.
 
-Refunds and disputes find their purchase through `metadata.stripePaymentIntentId` on the purchase
-entry. That lookup is a query, but it only locates an immutable document; the write that follows
-is guarded by the ids and preconditions above.
-
-A reversal never drives a balance below zero: it takes what is there and records the rest as
-`shortfall` on the reversal entry and as `shortfallCredits` on the payment, for operators.
-
-Permanent problems (no uid, a pack not in the catalog) cannot be fixed by Stripe's retries: the
-whole event goes to `stripe_event_problems/{eventId}` and the webhook answers 200. A refund or
-dispute of a payment with no recorded purchase is stored the same way but answered 503, so Stripe
-keeps retrying while the purchase's own delivery may still be in flight. Transient ones (Firestore unreachable, contention) raise
-`Unavailable`, so the webhook answers 503 and Stripe retries for up to three days.
-`replay_problem` runs a stored event again once an operator has fixed its cause.
+Permanent problems (no uid, a pack not in the catalog, the wrong `livemode`) are stored the same way
+and answered 200. Transient ones (Firestore unreachable, contention) raise `Unavailable`, so the
+webhook answers 503 and Stripe retries. The webhook decides from the events' own payloads and calls
+no Stripe API.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, ledger
+from functions.lib import analytics, db, ledger, problems
 from functions.lib.config import Settings
-from functions.lib.errors import NotFound, Unavailable
+from functions.lib.errors import NotFound
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client, DocumentSnapshot
+    from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
 
 log = logging.getLogger(__name__)
 
 PAYMENTS = "payments"
-PURCHASE_NOT_FOUND = "purchase_not_found"
-PROBLEMS = "stripe_event_problems"
 
 SESSION_COMPLETED = "checkout.session.completed"
 SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 CHARGE_REFUNDED = "charge.refunded"
-DISPUTE_CREATED = "charge.dispute.created"
+REFUND_CREATED, REFUND_UPDATED, REFUND_FAILED = "refund.created", "refund.updated", "refund.failed"
+DISPUTE_CREATED, DISPUTE_CLOSED = "charge.dispute.created", "charge.dispute.closed"
 
 # What a delivery did (`Outcome.action`).
 CREDITED, DUPLICATE, AWAITING_PAYMENT = "credited", "duplicate", "awaiting_payment"
-REVERSED, NOTHING_TO_REVERSE, IGNORED, PROBLEM = "reversed", "nothing_to_reverse", "ignored", "problem"
+REVERSED, REINSTATED, UNCHANGED, PARKED = "reversed", "reinstated", "unchanged", "parked"
+IGNORED, PROBLEM = "ignored", "problem"
+
+PURCHASE_NOT_FOUND = "purchase_not_found"
+# A refund's status, as Stripe names it, to what it means for the credits.
+ACTIVE, FAILED = "active", "failed"
+_REFUND_STATUS = {"pending": ACTIVE, "requires_action": ACTIVE, "succeeded": ACTIVE, "failed": FAILED, "canceled": FAILED}
+# A dispute's credits are taken back while it is open or lost, and given back when it is won (an
+# inquiry that closes without a chargeback, `warning_closed`, took no money either).
+OPEN, WON, LOST = "open", "won", "lost"
+_DISPUTE_CLOSED = {"won": WON, "warning_closed": WON, "lost": LOST}
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,6 @@ class Outcome:
     uid: str | None = None
     credits: int = 0
     balance: int | None = None
-    shortfall: int = 0
     problem: str | None = None
 
 
@@ -78,6 +93,118 @@ class EventProblem(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+# The payment's record ------------------------------------------------------------------------
+
+
+@dataclass
+class PaymentRecord:
+    """`payments/{paymentIntentId}`: what Stripe told us about one payment, and what it gave back."""
+
+    uid: str | None = None
+    purchase_id: str | None = None
+    credits: int = 0
+    amount: int | None = None  # what the buyer paid, in the currency's smallest unit
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {amount, status}
+    charge_refunded: int = 0  # the highest cumulative `amount_refunded` seen
+    disputes: dict[str, str] = field(default_factory=dict)  # id -> open | won | lost
+    reversed_credits: int = 0  # net credits taken back so far
+    parked: list[str] = field(default_factory=list)  # events waiting for the purchase
+
+    @classmethod
+    def of(cls, snap: DocumentSnapshot) -> PaymentRecord:
+        data = snap.to_dict() or {} if snap.exists else {}
+        return cls(
+            uid=data.get("userId"),
+            purchase_id=data.get("purchaseId"),
+            credits=int(data.get("credits") or 0),
+            amount=data.get("amount"),
+            refunds=dict(data.get("refunds") or {}),
+            charge_refunded=int(data.get("chargeRefunded") or 0),
+            disputes=dict(data.get("disputes") or {}),
+            reversed_credits=int(data.get("reversedCredits") or 0),
+            parked=list(data.get("parked") or []),
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "userId": self.uid,
+            "purchaseId": self.purchase_id,
+            "credits": self.credits,
+            "amount": self.amount,
+            "refunds": self.refunds,
+            "chargeRefunded": self.charge_refunded,
+            "disputes": self.disputes,
+            "reversedCredits": self.reversed_credits,
+            "parked": self.parked,
+        }
+
+    @property
+    def purchased(self) -> bool:
+        return self.uid is not None
+
+    def refunded_amount(self) -> int:
+        """Money refunded for good, as far as we know.
+
+        Refunds known by id count unless they failed. `charge.refunded` reports a cumulative figure
+        without ids (older API versions send nothing else); it may already include a refund whose
+        own event is still on its way, so it counts too, less the refunds known to have failed.
+        The larger of the two is what has been refunded.
+        """
+        by_id = sum(r["amount"] for r in self.refunds.values() if r["status"] == ACTIVE)
+        failed = sum(r["amount"] for r in self.refunds.values() if r["status"] == FAILED)
+        return int(max(by_id, self.charge_refunded - failed, 0))
+
+    def target(self) -> int:
+        """How many credits the purchase must have given back now."""
+        if any(status in (OPEN, LOST) for status in self.disputes.values()):
+            return self.credits
+        if not self.amount or self.amount <= 0:
+            raise EventProblem("unknown_payment_amount", "the payment's amount is unknown, so a refund cannot be shared out")
+        refunded = min(self.refunded_amount(), self.amount)
+        return self.credits * refunded // self.amount
+
+
+# How an event changes a record: True if it did (the change is made on the record passed in).
+Change = Callable[[PaymentRecord], bool]
+
+
+def refund_seen(refund_id: str, amount: int, status: str) -> Change:
+    def change(record: PaymentRecord) -> bool:
+        known = record.refunds.get(refund_id)
+        if known is not None and (known["status"] == FAILED or known["status"] == status):
+            return False  # a failed refund stays failed: a stale `pending` cannot revive it
+        record.refunds[refund_id] = {"amount": amount, "status": status}
+        return True
+
+    return change
+
+
+def charge_refunded(amount_refunded: int, charge_amount: int) -> Change:
+    def change(record: PaymentRecord) -> bool:
+        changed = False
+        if not record.amount:
+            record.amount, changed = charge_amount, True
+        if amount_refunded > record.charge_refunded:
+            record.charge_refunded, changed = amount_refunded, True
+        return changed
+
+    return change
+
+
+def dispute_seen(dispute_id: str, status: str) -> Change:
+    def change(record: PaymentRecord) -> bool:
+        known = record.disputes.get(dispute_id)
+        if known == status or known in (WON, LOST):
+            return False  # closed is final: a late `created` does not reopen it
+        record.disputes[dispute_id] = status
+        return True
+
+    return change
+
+
+# Reading events ------------------------------------------------------------------------------
 
 
 def _doc_id(value: Any, what: str, *, reason: str = "malformed_event") -> str:
@@ -92,12 +219,29 @@ def _object_id(value: Any, what: str) -> str:
     return _doc_id(value.get("id") if isinstance(value, dict) else value, what)
 
 
+def _money(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise EventProblem("malformed_event", f"the event has no usable {what}")
+    return value
+
+
+# Purchases -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Credited:
+    outcome: Outcome
+    parked: list[str]
+
+
 def credit_checkout_session(client: Client, settings: Settings, session: dict[str, Any], event_id: str) -> Outcome:
-    """Credit a paid Checkout Session's pack exactly once (`purchase_{sessionId}`).
+    """Credit a paid Checkout Session's pack exactly once (`purchase_{sessionId}`), then apply any
+    refund or dispute of its payment that arrived first.
 
     The uid and pack come from the metadata that `checkout` set; the credits from the server's
     own catalog. The user document is created on a first purchase.
     """
+
     session_id = _object_id(session.get("id"), "Checkout Session id")
     metadata = session.get("metadata")
     if not isinstance(metadata, dict):
@@ -107,230 +251,282 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:
         raise EventProblem("unknown_pack", f"metadata.packageId {pack_id!r} is not in the credit pack catalog")
-    payment_intent = session.get("payment_intent")
-    entry_metadata = {
-        "stripeSessionId": session_id,
-        "stripePaymentIntentId": _object_id(payment_intent, "payment intent") if payment_intent else None,
-        "stripeEventId": event_id,
-        "packageId": pack.id,
-    }
-    props = {"sessionId": session_id, "packageId": pack.id, "credits": pack.credits}
+    payment_intent = _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
+    amount = session.get("amount_total")
     entry_id = ledger.entry_id(ledger.PURCHASE, session_id)
-    posted = ledger.post(
-        client, uid, type=ledger.PURCHASE, ref=session_id, amount=pack.credits, metadata=entry_metadata,
-        also=lambda batch: analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id),
-    )  # fmt: skip
-    if not posted.applied:
-        return Outcome(DUPLICATE, uid, 0, posted.balance)
-    analytics.emitted(analytics.CREDITS_PURCHASED, uid, props)
-    return Outcome(CREDITED, uid, pack.credits, posted.balance)
+    entry_ref = client.collection(ledger.LEDGER).document(entry_id)
+    user_ref = client.collection(ledger.USERS).document(uid)
+    record_ref = client.collection(PAYMENTS).document(payment_intent) if payment_intent else None
+    props = {"sessionId": session_id, "packageId": pack.id, "credits": pack.credits}
+
+    def plan() -> db.Plan[_Credited]:
+        user, existing, *maybe_record = db.get_all(client, [user_ref, entry_ref, *([record_ref] if record_ref else [])])
+        record = PaymentRecord.of(maybe_record[0]) if maybe_record else PaymentRecord()
+        if existing.exists:
+            if existing.get("userId") != uid:
+                raise EventProblem("session_reused", f"{entry_id} was credited to another user")
+            return db.Plan(_Credited(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), record.parked))
+        if record.purchased:
+            raise EventProblem("payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}")
+        batch = client.batch()
+        balance = ledger.stage_entry(
+            client,
+            batch,
+            user,
+            type=ledger.PURCHASE,
+            ref=session_id,
+            amount=pack.credits,
+            metadata={
+                "stripeSessionId": session_id,
+                "stripePaymentIntentId": payment_intent,
+                "stripeEventId": event_id,
+                "packageId": pack.id,
+            },
+        )
+        if record_ref is not None:
+            opened = replace(
+                record, uid=uid, purchase_id=entry_id, credits=pack.credits, amount=amount if isinstance(amount, int) else None
+            )
+            _stage_record(client, batch, record_ref, maybe_record[0], opened)
+        analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id)
+        return db.Plan(_Credited(Outcome(CREDITED, uid, pack.credits, balance), record.parked), batch)
+
+    credited = db.commit_optimistically(plan)
+    if credited.outcome.action == CREDITED:
+        analytics.emitted(analytics.CREDITS_PURCHASED, uid, props)
+    for parked_id in credited.parked:
+        _apply_parked(client, settings, parked_id)
+    return credited.outcome
 
 
-def _find_purchase(client: Client, payment_intent: str) -> DocumentSnapshot:
-    """The purchase entry paid by `payment_intent` (index: metadata.stripePaymentIntentId, type)."""
-    query = (
-        client.collection(ledger.LEDGER)
-        .where(filter=db.where("metadata.stripePaymentIntentId", "==", payment_intent))
-        .where(filter=db.where("type", "==", ledger.PURCHASE))
-        .limit(1)
-    )
-    for snap in query.stream(**db.rpc()):
-        return snap
-    raise EventProblem(PURCHASE_NOT_FOUND, f"no purchase was credited for payment intent {payment_intent}")
-
-
-# How many credits a reversal claims, given the payment's reversal state and the purchase's credits.
-Claim = Callable[[dict[str, Any], int], int]
-
-
-def _reverse(
-    client: Client, event_id: str, payment_intent: str, *, ref: str, claim: Claim, state: dict[str, Any], metadata: dict[str, Any]
-) -> Outcome:
-    """Take back what `claim` says, once (`reversal_{ref}`), capped by what the purchase still has
-    to give back and by the balance; the reversal state in `payments/{paymentIntentId}` moves in
-    the same commit."""
+def _stage_record(client: Client, batch: WriteBatch, ref: Any, snap: DocumentSnapshot, record: PaymentRecord) -> None:
+    """Write the record in `batch`, under a precondition on the version read (or `create`)."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
-    purchase = _find_purchase(client, payment_intent)
-    bought = purchase.to_dict() or {}
-    uid, credits, pack_id = str(bought["userId"]), int(bought["amount"]), (bought.get("metadata") or {}).get("packageId")
-    entry_ref = client.collection(ledger.LEDGER).document(ledger.entry_id(ledger.REVERSAL, ref))
-    user_ref = client.collection(ledger.USERS).document(uid)
-    payment_ref = client.collection(PAYMENTS).document(payment_intent)
+    if snap.exists:
+        batch.update(ref, {**record.fields(), "updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, snap))
+    else:
+        batch.create(ref, {**record.fields(), "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP})
+
+
+def _apply_parked(client: Client, settings: Settings, event_id: str) -> None:
+    event = problems.load(client, event_id)
+    if event is None:
+        log.error("parked stripe event %s is not stored; an operator must look at it", event_id)
+        return
+    handle_event(client, settings, event, stored=True)
+
+
+# Refunds and disputes -------------------------------------------------------------------------
+
+
+def settle_payment(
+    client: Client,
+    event: dict[str, Any],
+    payment_intent: str,
+    change: Change,
+    *,
+    ref: str,
+    metadata: dict[str, Any],
+    stored: bool = False,
+    unpark: bool = True,
+) -> Outcome:
+    """Apply one change to the payment's record and move the credits it implies, in one commit.
+
+    `ref` names the ledger entry (`reversal_{ref}` or `reinstatement_{ref}`). Before the purchase is
+    recorded the event is parked instead. `stored` marks the stored copy `resolved` in the same
+    commit (a parked event applied by its purchase, or an operator's replay). `unpark` takes the
+    event off the parked list with this change; an event of several changes does so with its last.
+    """
+    event_id = str(event.get("id"))
+    record_ref = client.collection(PAYMENTS).document(payment_intent)
 
     def plan() -> db.Plan[Outcome]:
-        user, payment, existing = db.get_all(client, [user_ref, payment_ref, entry_ref])
-        balance = ledger.balance_of(user)
-        if existing.exists:
-            return db.Plan(Outcome(DUPLICATE, uid, 0, balance))
-        stored = payment.to_dict() or {}
-        reversed_before = int(stored.get("reversedCredits") or 0)
-        owed = min(claim(stored, credits), credits - reversed_before)
-        if owed <= 0:
-            return db.Plan(Outcome(NOTHING_TO_REVERSE, uid, 0, balance))
-        taken = min(owed, balance)
-        shortfall = owed - taken
+        snap = record_ref.get(**db.rpc())
+        record = PaymentRecord.of(snap)
+        if not record.purchased:
+            return _park(client, event, snap, record)
+        assert record.uid is not None
+        user = client.collection(ledger.USERS).document(record.uid).get(**db.rpc())
+        changed = replace(record, refunds=dict(record.refunds), disputes=dict(record.disputes))
+        if not change(changed):
+            batch = client.batch() if stored else None
+            if batch is not None:
+                problems.stage_resolved(client, batch, event_id, DUPLICATE)
+            return db.Plan(Outcome(DUPLICATE, record.uid, 0, ledger.balance_of(user)), batch)
+        delta = changed.target() - record.reversed_credits
+        changed.reversed_credits += delta
+        if unpark:
+            changed.parked = [p for p in record.parked if p != event_id]
         batch = client.batch()
-        after = ledger.stage_entry(
-            client, batch, user, type=ledger.REVERSAL, ref=ref, amount=-taken,
-            metadata={**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id,
-                      "purchaseId": purchase.id, "packageId": pack_id, "shortfall": shortfall or None},
-        )  # fmt: skip
-        fields = {
-            **state,
-            "reversedCredits": reversed_before + owed,
-            "shortfallCredits": int(stored.get("shortfallCredits") or 0) + shortfall,
-            "reversalIds": [*stored.get("reversalIds", []), entry_ref.id],
-            "updatedAt": SERVER_TIMESTAMP,
-        }
-        if payment.exists:
-            batch.update(payment_ref, fields, option=db.precondition(client, payment))
-        else:
-            batch.create(
-                payment_ref, {"userId": uid, "purchaseId": purchase.id, "credits": credits, "createdAt": SERVER_TIMESTAMP, **fields}
-            )
-        props = {"reversalId": entry_ref.id, "paymentIntentId": payment_intent, "credits": taken, "shortfall": shortfall, **metadata}
-        analytics.stage_event(client, batch, analytics.CREDITS_REVERSED, uid, props, event_id=entry_ref.id)
-        return db.Plan(Outcome(REVERSED, uid, -taken, after, shortfall), batch)
+        _stage_record(client, batch, record_ref, snap, changed)
+        outcome = Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user))
+        if delta:
+            kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
+            entry_meta = {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id, "purchaseId": record.purchase_id}
+            balance = ledger.stage_entry(client, batch, user, type=kind, ref=ref, amount=-delta, metadata=entry_meta)
+            entry_id = ledger.entry_id(kind, ref)
+            props = {"entryId": entry_id, "paymentIntentId": payment_intent, "credits": -delta, **metadata}
+            analytics.stage_event(client, batch, _ANALYTICS[kind], record.uid, props, event_id=entry_id)
+            outcome = Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
+        if stored:
+            problems.stage_resolved(client, batch, event_id, outcome.action)
+        return db.Plan(outcome, batch)
 
     outcome = db.commit_optimistically(plan)
-    if outcome.action == REVERSED:
-        analytics.emitted(analytics.CREDITS_REVERSED, uid, {"reversalId": entry_ref.id, "credits": -outcome.credits, **metadata})
-        if outcome.shortfall:
+    if outcome.credits:
+        kind = ledger.REVERSAL if outcome.credits < 0 else ledger.REINSTATEMENT
+        analytics.emitted(_ANALYTICS[kind], outcome.uid, {"entryId": ledger.entry_id(kind, ref), "credits": outcome.credits, **metadata})
+        if outcome.balance is not None and outcome.balance < 0:
             log.warning(
-                "reversal exceeded the balance; shortfall recorded",
-                extra={
-                    "json_fields": {
-                        "uid": uid,
-                        "paymentIntentId": payment_intent,
-                        "reversalId": entry_ref.id,
-                        "shortfall": outcome.shortfall,
-                    }
-                },
+                "a reversal took the balance below zero",
+                extra={"json_fields": {"uid": outcome.uid, "paymentIntentId": payment_intent, "balance": outcome.balance}},
             )
     return outcome
 
 
-def reverse_refund(client: Client, charge: dict[str, Any], event_id: str) -> Outcome:
-    """`charge.refunded`: take back the refunded share of the purchase, pro rata and cumulative.
+_ANALYTICS = {ledger.REVERSAL: analytics.CREDITS_REVERSED, ledger.REINSTATEMENT: analytics.CREDITS_REINSTATED}
 
-    Each delivery carries the charge's total refunded so far; the payment remembers the largest
-    total applied, so each partial refund is applied once and an older one arriving late adds nothing.
-    """
+
+def _park(client: Client, event: dict[str, Any], snap: DocumentSnapshot, record: PaymentRecord) -> db.Plan[Outcome]:
+    """Keep the event on the payment's record until its purchase is credited."""
+    event_id = str(event.get("id"))
+    if event_id in record.parked:
+        return db.Plan(Outcome(PARKED))
+    record.parked.append(event_id)
+    batch = client.batch()
+    _stage_record(client, batch, snap.reference, snap, record)
+    message = "no purchase is recorded for this payment (yet); it applies when the purchase is credited"
+    problems.stage_problem(client, batch, event, PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id)
+    return db.Plan(Outcome(PARKED, problem=PURCHASE_NOT_FOUND), batch)
+
+
+def _refund_status(refund: dict[str, Any]) -> str:
+    status = _REFUND_STATUS.get(str(refund.get("status")))
+    if status is None:
+        raise EventProblem("malformed_event", f"the refund has an unknown status {refund.get('status')!r}")
+    return status
+
+
+def on_refund(client: Client, refund: dict[str, Any], event: dict[str, Any], stored: bool, *, unpark: bool = True) -> Outcome:
+    """`refund.created` / `refund.updated` / `refund.failed`: one refund, by id, with its status."""
+    refund_id = _doc_id(refund.get("id"), "refund id")
+    payment_intent = _object_id(refund.get("payment_intent"), "payment intent")
+    change = refund_seen(refund_id, _money(refund.get("amount"), "refund amount"), _refund_status(refund))
+    meta = {"stripeRefundId": refund_id, "stripeChargeId": _id_of(refund.get("charge")), "reason": "refund"}
+    return settle_payment(client, event, payment_intent, change, ref=refund_id, metadata=meta, stored=stored, unpark=unpark)
+
+
+def on_charge_refunded(client: Client, charge: dict[str, Any], event: dict[str, Any], stored: bool) -> Outcome:
+    """`charge.refunded`: the refunds it lists (older API versions) by id, then its cumulative
+    `amount_refunded`, which may announce a refund before the refund's own event."""
     charge_id = _doc_id(charge.get("id"), "charge id")
     payment_intent = _object_id(charge.get("payment_intent"), "payment intent")
-    amount, refunded = charge.get("amount"), charge.get("amount_refunded")
-    if not isinstance(amount, int) or not isinstance(refunded, int) or amount <= 0 or not 0 < refunded <= amount:
-        raise EventProblem("malformed_event", "the charge has no usable amount and amount_refunded")
-
-    def refunded_share(stored: dict[str, Any], credits: int) -> int:
-        before = int(stored.get("refundedAmount") or 0)
-        if refunded <= before:
-            return 0
-        return credits * refunded // amount - credits * before // amount
-
-    return _reverse(
-        client, event_id, payment_intent, ref=f"{charge_id}_{refunded}", claim=refunded_share,
-        state={"refundedAmount": refunded, "chargeAmount": amount},
-        metadata={"stripeChargeId": charge_id, "reason": "refund"},
-    )  # fmt: skip
+    amount, refunded = _money(charge.get("amount"), "charge amount"), _money(charge.get("amount_refunded"), "amount_refunded")
+    if amount <= 0 or refunded > amount:
+        raise EventProblem("malformed_event", "the charge's amount_refunded is not between 0 and its amount")
+    listed = charge.get("refunds")
+    outcomes = []
+    for refund in listed.get("data", []) if isinstance(listed, dict) else []:
+        if isinstance(refund, dict):
+            listed_refund = {**refund, "payment_intent": payment_intent, "charge": charge_id}
+            outcomes.append(on_refund(client, listed_refund, event, stored, unpark=False))
+    meta = {"stripeChargeId": charge_id, "reason": "refund"}
+    change = charge_refunded(refunded, amount)
+    outcomes.append(settle_payment(client, event, payment_intent, change, ref=f"{charge_id}_{refunded}", metadata=meta, stored=stored))
+    return _combined(outcomes)
 
 
-def reverse_dispute(client: Client, dispute: dict[str, Any], event_id: str) -> Outcome:
-    """`charge.dispute.created`: take back whatever the purchase has not given back yet."""
+def on_dispute(client: Client, dispute: dict[str, Any], event: dict[str, Any], stored: bool) -> Outcome:
+    """`charge.dispute.created` takes back what is left; `charge.dispute.closed` gives it back when won."""
     dispute_id = _doc_id(dispute.get("id"), "dispute id")
     payment_intent = _object_id(dispute.get("payment_intent"), "payment intent")
-    charge = dispute.get("charge")
-    return _reverse(
-        client, event_id, payment_intent, ref=dispute_id, claim=lambda _stored, credits: credits, state={},
-        metadata={"stripeDisputeId": dispute_id, "stripeChargeId": charge.get("id") if isinstance(charge, dict) else charge, "reason": "dispute"},
-    )  # fmt: skip
+    if event.get("type") == DISPUTE_CREATED:
+        status = OPEN
+    elif (status_or_none := _DISPUTE_CLOSED.get(str(dispute.get("status")))) is not None:
+        status = status_or_none
+    else:
+        raise EventProblem("malformed_event", f"the closed dispute has status {dispute.get('status')!r}")
+    meta = {"stripeDisputeId": dispute_id, "stripeChargeId": _id_of(dispute.get("charge")), "reason": "dispute"}
+    return settle_payment(client, event, payment_intent, dispute_seen(dispute_id, status), ref=dispute_id, metadata=meta, stored=stored)
 
 
-def _on_session_completed(client: Client, settings: Settings, session: dict[str, Any], event_id: str) -> Outcome:
+def _id_of(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _combined(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for an event that made several changes: the sum of what they moved."""
+    moved = [o for o in outcomes if o.credits]
+    last = (moved or outcomes)[-1]
+    return replace(last, credits=sum(o.credits for o in outcomes))
+
+
+# Dispatch ------------------------------------------------------------------------------------
+
+
+def _on_session_completed(client: Client, settings: Settings, session: dict[str, Any], event: dict[str, Any], stored: bool) -> Outcome:
     status = session.get("payment_status")
     if status == "paid":
-        return credit_checkout_session(client, settings, session, event_id)
+        return credit_checkout_session(client, settings, session, str(event.get("id")))
     if status == "unpaid":
         # A delayed payment method: `checkout.session.async_payment_succeeded` credits it later.
         return Outcome(AWAITING_PAYMENT)
     raise EventProblem("not_paid", f"the completed session has payment_status {status!r}; nothing was credited")
 
 
-_HANDLERS: dict[str, Callable[[Client, Settings, dict[str, Any], str], Outcome]] = {
+Handler = Callable[["Client", Settings, dict[str, Any], dict[str, Any], bool], Outcome]
+_HANDLERS: dict[str, Handler] = {
     SESSION_COMPLETED: _on_session_completed,
-    SESSION_ASYNC_SUCCEEDED: credit_checkout_session,
-    CHARGE_REFUNDED: lambda client, _settings, charge, event_id: reverse_refund(client, charge, event_id),
-    DISPUTE_CREATED: lambda client, _settings, dispute, event_id: reverse_dispute(client, dispute, event_id),
+    SESSION_ASYNC_SUCCEEDED: lambda client, settings, session, event, _stored: credit_checkout_session(
+        client, settings, session, str(event.get("id"))
+    ),
+    CHARGE_REFUNDED: lambda client, _settings, charge, event, stored: on_charge_refunded(client, charge, event, stored),
+    REFUND_CREATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
+    REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
+    REFUND_FAILED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
+    DISPUTE_CREATED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
+    DISPUTE_CLOSED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
 }
 
 
-def handle_event(client: Client, settings: Settings, event: dict[str, Any]) -> Outcome:
-    """Apply one verified Stripe event; the same for a webhook delivery and an operator's replay.
+def handle_event(client: Client, settings: Settings, event: dict[str, Any], *, stored: bool = False) -> Outcome:
+    """Apply one verified Stripe event; the same for a webhook delivery, a parked event and a replay.
 
     Unknown types are ignored. Permanent problems are stored for operators and answered as an
-    outcome; transient failures raise (`Unavailable`), so the delivery is retried.
+    outcome; transient failures raise (`Unavailable`), so the delivery is retried. `stored`: the
+    event comes from `stripe_event_problems`, and is marked resolved when it applies.
     """
-    event_id, event_type = str(event.get("id")), str(event.get("type"))
-    handler = _HANDLERS.get(event_type)
+    handler = _HANDLERS.get(str(event.get("type")))
     if handler is None:
         return Outcome(IGNORED)
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
     try:
-        data = event.get("data")
-        obj = data.get("object") if isinstance(data, dict) else None
+        if event.get("livemode") is not (settings.stripe_mode == "live"):
+            mode = "live" if event.get("livemode") else "test"
+            raise EventProblem("livemode_mismatch", f"a {mode}-mode event reached a {settings.stripe_mode}-mode deployment")
         if not isinstance(obj, dict):
             raise EventProblem("malformed_event", "the event has no data.object")
-        return handler(client, settings, obj, event_id)
+        return handler(client, settings, obj, event, stored)
     except EventProblem as problem:
-        _store_problem(client, event, problem)
-        if problem.reason == PURCHASE_NOT_FOUND:
-            # Most likely the purchase's own delivery is still being retried: answering 200 would
-            # let the buyer keep refunded credits. Stripe retries this for up to three days; the
-            # stored copy lets an operator replay it after that (a replay of an event that has
-            # since applied changes nothing).
-            raise Unavailable(
-                "No purchase is recorded for this payment yet; retry later.", retry_after_s=60, problem=problem.reason
-            ) from None
+        metadata = obj.get("metadata") if isinstance(obj, dict) else None
+        uid = metadata.get("userId") if isinstance(metadata, dict) else None
+        problems.store(client, event, problem.reason, problem.message, uid=uid if isinstance(uid, str) else None)
         return Outcome(PROBLEM, problem=problem.reason)
 
 
-def _store_problem(client: Client, event: dict[str, Any], problem: EventProblem) -> None:
-    """Keep the whole event, as received, where operators look (`stripe_event_problems/{eventId}`)."""
-    from google.cloud.firestore import SERVER_TIMESTAMP, Increment
-
-    event_id = str(event.get("id"))
-    client.collection(PROBLEMS).document(event_id).set(
-        {
-            "eventId": event_id,
-            "type": event.get("type"),
-            "reason": problem.reason,
-            "message": problem.message,
-            # JSON text, not a map: lossless, and free of Firestore's rules for field names.
-            "payload": json.dumps(event, sort_keys=True),
-            "status": "open",
-            "deliveries": Increment(1),
-            "updatedAt": SERVER_TIMESTAMP,
-        },
-        merge=True,
-        **db.rpc(),
-    )
-    log.warning(
-        "stripe event stored for operators",
-        extra={
-            "json_fields": {"stripeEventId": event_id, "eventType": event.get("type"), "reason": problem.reason, "detail": problem.message}
-        },
-    )
-
-
 def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome:
-    """Run a stored problem event again (after its cause was fixed); a success marks it resolved."""
+    """Run a stored event again (after its cause was fixed); when it applies, it is marked resolved."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
-    ref = client.collection(PROBLEMS).document(event_id)
-    snap = ref.get(**db.rpc())
-    if not snap.exists:
+    event = problems.load(client, event_id)
+    if event is None:
         raise NotFound(f"No stored Stripe event {event_id}.")
-    outcome = handle_event(client, settings, json.loads(snap.get("payload")))
-    if outcome.action != PROBLEM:
-        ref.update({"status": "resolved", "resolution": outcome.action, "resolvedAt": SERVER_TIMESTAMP}, **db.rpc())
+    outcome = handle_event(client, settings, event, stored=True)
+    if outcome.action in (CREDITED, DUPLICATE, AWAITING_PAYMENT, IGNORED):
+        # Purchases write no problem state of their own: mark the stored copy here.
+        problems.problem_ref(client, event_id).update(
+            {"status": problems.RESOLVED, "resolution": outcome.action, "resolvedAt": SERVER_TIMESTAMP}, **db.rpc()
+        )
     return outcome

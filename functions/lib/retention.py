@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations
+from functions.lib import analytics, db, generations, problems, settlement
 from functions.lib.config import Settings
-from functions.lib.errors import Contention, NotFound
+from functions.lib.errors import Contention
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentReference, Query, WriteBatch
@@ -51,7 +51,6 @@ MAX_COMMIT_WRITES = 500
 QUERY_PAGE = 100
 DELETE_ATTEMPTS = 10
 DEFAULT_WORKERS = 2
-STALE_CHARGE_REASON = "stale_charge"
 MARKED, KEPT, GONE = "marked", "kept", "gone"
 
 # progress(event, fields): events are expired, project, chunk, refunded, events, stopped, and in a
@@ -71,7 +70,9 @@ class SweepReport:
     commits: int = 0
     max_commit_writes: int = 0
     refunds_settled: int = 0
+    projects_deferred: int = 0
     events_deleted: int = 0
+    problems_deleted: int = 0
     elapsed_ms: int = 0
     dry_run: bool = False
 
@@ -84,11 +85,12 @@ class SweepReport:
             "commits": self.commits,
             "maxCommitWrites": self.max_commit_writes,
             "refundsSettled": self.refunds_settled,
+            "projectsDeferred": self.projects_deferred,
             "elapsedMs": self.elapsed_ms,
         }
 
     def log_fields(self) -> dict[str, Any]:
-        return {**self.body(), "eventsDeleted": self.events_deleted, "dryRun": self.dry_run}
+        return {**self.body(), "eventsDeleted": self.events_deleted, "problemsDeleted": self.problems_deleted, "dryRun": self.dry_run}
 
 
 def _commit_with_deadline(batch: WriteBatch) -> object:
@@ -118,19 +120,13 @@ def marked_projects(client: Client) -> Query:
     )
 
 
-def stale_charges(client: Client, cutoff: datetime) -> Query:
-    """Generations still `charged` that were created before `cutoff` (index: status, createdAt)."""
-    return (
-        client.collection(generations.GENERATIONS)
-        .where(filter=db.where("status", "==", generations.CHARGED))
-        .where(filter=db.where("createdAt", "<", cutoff))
-        .order_by("createdAt")
-        .select(["userId", "createdAt"])
-    )
-
-
 def old_events(client: Client, cutoff: datetime) -> Query:
     return client.collection(analytics.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+
+
+def old_problems(client: Client, cutoff: datetime) -> Query:
+    """Stored Stripe events not touched since `cutoff` (PROBLEM_RETENTION_DAYS)."""
+    return client.collection(problems.PROBLEMS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
 
 
 def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
@@ -182,8 +178,10 @@ class _Pass:
         self.started = clock()
         self.deadline = self.started + settings.sweep_budget_s
         self.project_cutoff = now - timedelta(days=settings.retention_days)
-        self.charge_cutoff = now - timedelta(seconds=settings.stale_charge_after_s)
+        self.now = now
+        self.settings = settings
         self.event_cutoff = now - timedelta(days=settings.analytics_retention_days)
+        self.problem_cutoff = now - timedelta(days=settings.problem_retention_days)
         self.report = SweepReport(dry_run=dry_run)
         self.longest_step = 0.0
         self.stopped = False
@@ -245,28 +243,15 @@ class _Pass:
     # Settlement -----------------------------------------------------------------------------
 
     def settle_stale_charges(self) -> None:
-        for snap in db.pages(stale_charges(self.client, self.charge_cutoff), QUERY_PAGE):
-            if not self.has_time():
-                return
-            uid = (snap.to_dict() or {}).get("userId")
-            if not isinstance(uid, str) or not uid:
-                log.error("stale charge %s has no userId; an operator must settle it", snap.id)
-                continue
-            if self.dry_run:
-                self.tally(refunds_settled=1)
-                self.emit("would_refund", generationId=snap.id, userId=uid)
-                continue
-            try:
-                settled = generations.refund(self.client, snap.id, uid, STALE_CHARGE_REASON)
-            except NotFound:
-                continue
-            except Contention:
-                log.warning("stale charge %s: refund kept conflicting; the next sweep retries", snap.id)
-                self.left_over = True
-                continue
-            if settled.applied:
-                self.tally(refunds_settled=1)
-                self.emit("refunded", generationId=snap.id, userId=uid, amount=settled.amount)
+        def progress(event: str, fields: dict[str, Any]) -> None:
+            self.emit(event, **fields)
+
+        settled = settlement.settle_stale_charges(
+            self.client, self.settings, now=self.now, has_time=self.has_time, dry_run=self.dry_run, progress=progress
+        )
+        self.tally(refunds_settled=settled.refunds_settled)
+        if settled.deferred:
+            self.left_over = True
 
     # Projects ---------------------------------------------------------------------------------
 
@@ -298,12 +283,17 @@ class _Pass:
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
     def sweep_project(self, project_ref: DocumentReference) -> None:
+        """Delete one project; one that keeps conflicting is left for the next pass, not the end of this one."""
         try:
-            if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
-                return
+            self.delete_project(project_ref)
         except Contention:
-            log.warning("project %s: marking kept conflicting with its activity; the next sweep retries", project_ref.id)
+            log.warning("project %s kept conflicting with other writers; the next sweep retries it", project_ref.id)
             self.left_over = True
+            self.tally(projects_deferred=1)
+            self.emit("deferred", projectId=project_ref.id)
+
+    def delete_project(self, project_ref: DocumentReference) -> None:
+        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
             return
         versions_deleted = 0
         chunk: list[DocumentReference] = []
@@ -335,34 +325,33 @@ class _Pass:
         self.step_took(self.clock() - step_started)
         self.emit("project", projectId=project_ref.id, versionsDeleted=versions_deleted, deleted=project_deleted)
 
-    # Analytics --------------------------------------------------------------------------------
+    # Analytics events and stored Stripe events ----------------------------------------------
 
-    def delete_old_events(self) -> None:
-        query = old_events(self.client, self.event_cutoff)
+    def delete_old(self, query: Query, counter: str) -> None:
+        """Delete what `query` finds, 500 per commit; `counter` is the report field that counts them."""
         if self.dry_run:
             if self.has_time():
                 n = _count(query)
-                self.tally(events_deleted=n)
-                self.emit("would_delete_events", events=n)
+                self.tally(**{counter: n})
+                self.emit("would_delete", what=counter, count=n)
             return
         chunk: list[DocumentReference] = []
-        step_started = self.clock()
         for snap in db.pages(query, MAX_COMMIT_WRITES):
             chunk.append(snap.reference)
             if len(chunk) < MAX_COMMIT_WRITES:
                 continue
-            if not self.flush_events(chunk, step_started):
+            if not self.flush(chunk, counter):
                 return
-            chunk, step_started = [], self.clock()
+            chunk = []
         if chunk:
-            self.flush_events(chunk, step_started)
+            self.flush(chunk, counter)
 
-    def flush_events(self, chunk: list[DocumentReference], step_started: float) -> bool:
+    def flush(self, chunk: list[DocumentReference], counter: str) -> bool:
         if not self.has_time():
             return False
-        n = len(self.delete(chunk))
-        self.tally(events_deleted=n)
-        self.emit("events", eventsDeleted=self.report.events_deleted)
+        step_started = self.clock()
+        self.tally(**{counter: len(self.delete(chunk))})
+        self.emit("deleted", what=counter, count=getattr(self.report, counter))
         self.step_took(self.clock() - step_started)
         return True
 
@@ -374,7 +363,9 @@ class _Pass:
         if not self.stopped:
             self.sweep_projects(expired_projects(self.client, self.project_cutoff), announce=True)
         if not self.stopped:
-            self.delete_old_events()
+            self.delete_old(old_events(self.client, self.event_cutoff), "events_deleted")
+        if not self.stopped:
+            self.delete_old(old_problems(self.client, self.problem_cutoff), "problems_deleted")
         self.report.complete = not self.stopped and not self.left_over
         self.report.elapsed_ms = self.elapsed_ms()
         return self.report

@@ -1,0 +1,128 @@
+"""Crashed charges: refund `charged` generations that no live request will finish.
+
+A process killed mid-generation (a function timeout kills without an exception) leaves its
+generation `charged`. Once it is older than STALE_CHARGE_AFTER_S (at least GENERATION_TIMEOUT_S + 30,
+and the deployed generate function times out before that, so a live request never looks stale) it
+is refunded through `generations.refund`, exactly once (`refund_{generationId}`), by whichever comes
+first (docs/ARCHITECTURE.md, "Settlement"):
+- the user's next `credits` request (`settle_user`, before it answers),
+- a replay of its Idempotency-Key (`generations.charge`, which then answers the refunded outcome),
+- the settlement job, at least every 15 minutes, and the nightly sweep (`settle_stale_charges`),
+- an operator (`python -m functions.admin settle`).
+They race safely: the refund commits under a precondition on the generation as read, so only one of
+them writes it; the others see `refunded` and change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import db, generations
+from functions.lib.config import Settings
+from functions.lib.errors import Contention, NotFound
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, Query
+
+log = logging.getLogger("settlement")
+
+REASON = generations.STALE_CHARGE_REASON
+PAGE = 100
+
+# progress(event, fields): events are `refunded` and, in a dry run, `would_refund`.
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def cutoff(settings: Settings, now: datetime | None = None) -> datetime:
+    """Charges created before this are stale."""
+    return (now or datetime.now(UTC)) - timedelta(seconds=settings.stale_charge_after_s)
+
+
+def stale_charges(client: Client, before: datetime, uid: str | None = None) -> Query:
+    """Generations still `charged` that were created before `before`, oldest first; one user's
+    when `uid` is given (indexes: status + createdAt; userId + status + createdAt)."""
+    query = client.collection(generations.GENERATIONS).where(filter=db.where("status", "==", generations.CHARGED))
+    if uid is not None:
+        query = query.where(filter=db.where("userId", "==", uid))
+    return query.where(filter=db.where("createdAt", "<", before)).order_by("createdAt").select(["userId", "createdAt"])
+
+
+@dataclass
+class SettlementReport:
+    """What one settlement pass did (in a dry run: would do)."""
+
+    refunds_settled: int = 0
+    deferred: int = 0  # contended or without a user: left for the next pass
+    complete: bool = True
+    elapsed_ms: int = 0
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "complete": self.complete,
+            "refundsSettled": self.refunds_settled,
+            "chargesDeferred": self.deferred,
+            "elapsedMs": self.elapsed_ms,
+        }
+
+
+def settle_stale_charges(
+    client: Client,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    uid: str | None = None,
+    has_time: Callable[[], bool] = lambda: True,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> SettlementReport:
+    """Refund every stale charge (one user's, with `uid`), oldest first, while `has_time()`.
+
+    A charge whose refund keeps conflicting, or that names no user, is left for the next pass and
+    counted in `deferred`; `complete` is false when anything was left.
+    """
+    started = time.monotonic()
+    report = SettlementReport()
+    for snap in db.pages(stale_charges(client, cutoff(settings, now), uid), PAGE):
+        if not has_time():
+            report.complete = False
+            break
+        owner = (snap.to_dict() or {}).get("userId")
+        if not isinstance(owner, str) or not owner:
+            log.error("stale charge %s has no userId; an operator must settle it", snap.id)
+            report.deferred += 1
+            continue
+        if dry_run:
+            report.refunds_settled += 1
+            _emit(progress, "would_refund", generationId=snap.id, userId=owner)
+            continue
+        try:
+            settled = generations.refund(client, snap.id, owner, REASON)
+        except NotFound:
+            continue
+        except Contention:
+            log.warning("stale charge %s: refund kept conflicting; the next pass retries", snap.id)
+            report.deferred += 1
+            continue
+        if settled.applied:
+            report.refunds_settled += 1
+            _emit(progress, "refunded", generationId=snap.id, userId=owner, amount=settled.amount)
+    report.complete = report.complete and not report.deferred
+    report.elapsed_ms = round((time.monotonic() - started) * 1000)
+    if report.refunds_settled and not dry_run:
+        log.info("stale charges refunded", extra={"json_fields": {"uid": uid, **report.body()}})
+    return report
+
+
+def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
+    """Refund one user's stale charges (before `credits` answers); the number refunded."""
+    return settle_stale_charges(client, settings, now=now, uid=uid).refunds_settled
+
+
+def _emit(progress: Progress | None, event: str, **fields: Any) -> None:
+    if progress is not None:
+        progress(event, fields)

@@ -1,0 +1,383 @@
+"""A payment's whole life after the purchase, through `stripe_webhook` (functions-framework's real
+Flask stack, real signatures) against the Firestore emulator: refunds by id and by charge, in either
+order, failing and redelivered; disputes won and lost; events that arrive before their purchase or
+for a payment this app never sold; live-mode events; a refund while a generation holds credits.
+
+Outcomes: `duplicate` when an event tells nothing new, `unchanged` when it adds to what is known
+about the payment without moving credits (the second announcement of one refund, a lost dispute).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from devstack import stripe_events as se
+from devstack.procs import wait_until
+from tests.conftest import BASE_ENV, assert_ledger_consistent, bearer, reset_caches
+from tests.helpers import balance, entries, generations, make_user
+
+SECRET = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
+STARTER = 100  # credits of the built-in "starter" pack, sold for se.DEFAULT_AMOUNT (1000 cents)
+PAID = se.DEFAULT_AMOUNT
+
+
+def deliver(app: Any, event: dict[str, Any]) -> Any:
+    body, headers = se.delivery(event, SECRET)
+    return app("stripe_webhook").post("/", data=body, headers=headers)
+
+
+def outcome(app: Any, event: dict[str, Any]) -> str:
+    res = deliver(app, event)
+    assert res.status_code == 200, res.json
+    return str(res.json["outcome"])
+
+
+def buy(app: Any, uid: str, *, pack: str = "starter") -> str:
+    """A paid Checkout Session credited to `uid`; returns its payment intent id."""
+    pi = se.new_id("pi")
+    assert outcome(app, se.checkout_completed(se.new_id("cs_test"), uid, pack, pi)) == "credited"
+    return pi
+
+
+def refund_created(refund_id: str, pi: str, amount: int = PAID, status: str = "succeeded") -> dict[str, Any]:
+    return se.refund_event("refund.created", refund_id, "ch_" + pi, pi, amount, status)
+
+
+def refund_failed(refund_id: str, pi: str, amount: int = PAID) -> dict[str, Any]:
+    return se.refund_event("refund.failed", refund_id, "ch_" + pi, pi, amount, "failed")
+
+
+def charge_refunded(pi: str, amount_refunded: int) -> dict[str, Any]:
+    return se.charge_refunded("ch_" + pi, pi, PAID, amount_refunded)
+
+
+def ledger_ids(db: Any, uid: str) -> list[str]:
+    return sorted(e["id"] for e in entries(db, uid) if e["type"] in ("reversal", "reinstatement"))
+
+
+def problem(db: Any, event_id: str) -> dict[str, Any]:
+    snap = db.collection("stripe_event_problems").document(event_id).get()
+    assert snap.exists, f"no stored event {event_id}"
+    return dict(snap.to_dict())
+
+
+# --- refunds ------------------------------------------------------------------------------------
+
+
+def test_a_refund_by_id_takes_the_pack_back_once_however_often_it_is_announced(app: Any, db: Any) -> None:
+    pi = buy(app, "ann")
+    created = refund_created("re_ann", pi)
+
+    results = [
+        outcome(app, created),
+        outcome(app, created),  # Stripe redelivers the same event
+        outcome(app, se.refund_event("refund.updated", "re_ann", "ch_" + pi, pi, PAID, "succeeded")),
+        outcome(app, charge_refunded(pi, PAID)),
+    ]
+
+    assert results == ["reversed", "duplicate", "duplicate", "unchanged"]
+    [reversal] = entries(db, "ann", "reversal")
+    assert reversal["id"] == "reversal_re_ann" and reversal["amount"] == -STARTER and reversal["balanceAfter"] == 0
+    assert reversal["metadata"]["stripeRefundId"] == "re_ann" and reversal["metadata"]["stripePaymentIntentId"] == pi
+    assert balance(db, "ann") == 0
+    assert_ledger_consistent(db)
+
+
+@pytest.mark.parametrize("charge_first", [True, False])
+def test_charge_refunded_and_refund_created_for_one_refund_take_it_back_once_in_either_order(app: Any, db: Any, charge_first: bool) -> None:
+    pi = buy(app, "bo")
+    events = [charge_refunded(pi, PAID), refund_created("re_bo", pi)]
+
+    first, second = (outcome(app, e) for e in (events if charge_first else events[::-1]))
+
+    assert (first, second) == ("reversed", "unchanged")
+    assert ledger_ids(db, "bo") == (["reversal_ch_" + pi + "_1000"] if charge_first else ["reversal_re_bo"])
+    assert balance(db, "bo") == 0
+    assert_ledger_consistent(db)
+
+
+def test_both_announcements_of_one_refund_delivered_concurrently_take_it_back_once(app: Any, db: Any) -> None:
+    pi = buy(app, "cy")
+    make_user(db, "cy", credits=400)  # credits from elsewhere, which the refund must leave alone
+    deliveries = [se.delivery(e, SECRET) for e in (charge_refunded(pi, PAID), refund_created("re_cy", pi))] * 3
+    flask_app = app("stripe_webhook").application
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda d: flask_app.test_client().post("/", data=d[0], headers=d[1]), deliveries))
+
+    assert [r.status_code for r in results] == [200] * 6
+    assert [r.json["outcome"] for r in results].count("reversed") == 1
+    assert sum(e["amount"] for e in entries(db, "cy", "reversal")) == -STARTER and balance(db, "cy") == 400
+    assert_ledger_consistent(db)
+
+
+def test_partial_refunds_by_id_are_pro_rata_and_never_exceed_the_pack(app: Any, db: Any) -> None:
+    pi = buy(app, "dee")
+    make_user(db, "dee", credits=1)
+
+    thirds = [outcome(app, refund_created(f"re_dee{i}", pi, 333)) for i in range(3)]
+    rest = outcome(app, refund_created("re_dee3", pi, 1))  # 999 + 1: the whole payment
+
+    assert thirds == ["reversed"] * 3 and rest == "reversed"
+    assert [e["amount"] for e in sorted(entries(db, "dee", "reversal"), key=lambda e: e["id"])] == [-33, -33, -33, -1]
+    assert balance(db, "dee") == 1
+    assert_ledger_consistent(db)
+
+
+def test_a_cumulative_charge_refunded_counts_each_partial_refund_once(app: Any, db: Any) -> None:
+    pi = buy(app, "eve")
+
+    results = [outcome(app, charge_refunded(pi, n)) for n in (300, 300, 700, 300, 1000)]
+
+    assert results == ["reversed", "duplicate", "reversed", "duplicate", "reversed"]
+    assert sorted(e["amount"] for e in entries(db, "eve", "reversal")) == [-40, -30, -30]
+    assert balance(db, "eve") == 0
+    assert_ledger_consistent(db)
+
+
+def test_a_refund_that_fails_gives_its_credits_back_once_and_a_new_refund_takes_its_own_share(app: Any, db: Any) -> None:
+    pi = buy(app, "fay")
+
+    steps = [
+        outcome(app, refund_created("re_fay1", pi, 500, "pending")),
+        outcome(app, charge_refunded(pi, 500)),
+        outcome(app, refund_failed("re_fay1", pi, 500)),
+        outcome(app, refund_failed("re_fay1", pi, 500)),  # redelivered
+        outcome(app, se.refund_event("refund.updated", "re_fay1", "ch_" + pi, pi, 500, "pending")),  # stale, late
+        outcome(app, refund_created("re_fay2", pi, 200)),
+        outcome(app, charge_refunded(pi, 200)),
+    ]
+
+    assert steps == ["reversed", "unchanged", "reinstated", "duplicate", "duplicate", "reversed", "duplicate"]
+    assert ledger_ids(db, "fay") == ["reinstatement_re_fay1", "reversal_re_fay1", "reversal_re_fay2"]
+    assert [e["amount"] for e in sorted(entries(db, "fay", "reinstatement"), key=lambda e: e["id"])] == [50]
+    assert balance(db, "fay") == STARTER - 20
+    assert_ledger_consistent(db)
+
+
+def test_a_canceled_refund_announced_only_by_charge_refunded_is_given_back(app: Any, db: Any) -> None:
+    pi = buy(app, "gil")
+
+    taken = outcome(app, charge_refunded(pi, PAID))
+    canceled = outcome(app, se.refund_event("refund.updated", "re_gil", "ch_" + pi, pi, PAID, "canceled"))
+
+    assert (taken, canceled) == ("reversed", "reinstated")
+    assert ledger_ids(db, "gil") == ["reinstatement_re_gil", "reversal_ch_" + pi + "_1000"]
+    assert balance(db, "gil") == STARTER
+    assert_ledger_consistent(db)
+
+
+# --- disputes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "final"), [("won", STARTER - 40), ("lost", 0), ("warning_closed", STARTER - 40)])
+def test_a_dispute_takes_back_what_is_left_and_only_a_won_one_gives_it_back(app: Any, db: Any, status: str, final: int) -> None:
+    pi = buy(app, "hal")
+    outcome(app, refund_created("re_hal", pi, 400))
+    closed = se.dispute_closed("dp_hal", "ch_" + pi, pi, status)
+
+    opened = outcome(app, se.dispute_created("dp_hal", "ch_" + pi, pi))
+    during = balance(db, "hal")
+    results = [outcome(app, closed), outcome(app, closed), outcome(app, se.dispute_created("dp_hal", "ch_" + pi, pi))]
+
+    assert opened == "reversed" and during == 0
+    assert results == (["reinstated", "duplicate", "duplicate"] if status != "lost" else ["unchanged", "duplicate", "duplicate"])
+    assert [e["amount"] for e in entries(db, "hal", "reversal") if e["id"] == "reversal_dp_hal"] == [-60]
+    assert balance(db, "hal") == final
+    assert_ledger_consistent(db)
+
+
+def test_a_refund_after_a_lost_dispute_takes_nothing_more(app: Any, db: Any) -> None:
+    pi = buy(app, "ida")
+
+    steps = [outcome(app, se.dispute_closed("dp_ida", "ch_" + pi, pi, "lost")), outcome(app, refund_created("re_ida", pi))]
+
+    assert steps == ["reversed", "unchanged"]
+    assert sum(e["amount"] for e in entries(db, "ida", "reversal")) == -STARTER and balance(db, "ida") == 0
+    assert_ledger_consistent(db)
+
+
+# --- balances below zero ------------------------------------------------------------------------
+
+
+def test_a_refund_takes_back_its_whole_share_even_when_the_credits_were_spent(app: Any, db: Any) -> None:
+    pi = buy(app, "jan")
+    make_user(db, "jan")
+    assert app("generate").post("/", json={"prompt": "a fox"}, headers=bearer("jan")).status_code == 200
+
+    assert outcome(app, refund_created("re_jan", pi)) == "reversed"
+    short = app("generate").post("/", json={"prompt": "another fox"}, headers=bearer("jan"))
+
+    assert balance(db, "jan") == -50
+    assert short.status_code == 402
+    assert short.json == {**short.json, "error": "insufficient_credits", "balance": -50, "required": 50, "shortfall": 100}
+    assert len(entries(db, "jan", "charge")) == 1
+    buy(app, "jan")
+    assert balance(db, "jan") == 50
+    assert_ledger_consistent(db)
+
+
+def test_a_full_refund_while_a_generation_holds_credits_leaves_exactly_nothing(app: Any, db: Any, gemini: Any) -> None:
+    pi = buy(app, "kai")
+    make_user(db, "kai")
+    gemini.mode, gemini.gate = "error500", threading.Event()
+    answer: list[Any] = []
+    generate = app("generate").application.test_client()
+    caller = threading.Thread(target=lambda: answer.append(generate.post("/", json={"prompt": "slow"}, headers=bearer("kai"))))
+
+    caller.start()
+    wait_until(lambda: len(gemini.received) == 1, what="the model call", timeout=30)
+    refunded = outcome(app, refund_created("re_kai", pi))
+    during = balance(db, "kai")
+    gemini.gate.set()
+    caller.join(timeout=60)
+
+    assert refunded == "reversed" and during == -50
+    [res] = answer
+    assert res.status_code == 502 and res.json["refunded"] == 50 and res.json["balance"] == 0
+    assert balance(db, "kai") == 0
+    assert_ledger_consistent(db)
+
+
+# --- events before their purchase, foreign payments ----------------------------------------------
+
+
+@pytest.mark.parametrize("early_kind", ["refund", "dispute"])
+def test_an_event_before_its_purchase_is_parked_then_applied_once_when_the_purchase_lands(app: Any, db: Any, early_kind: str) -> None:
+    pi = se.new_id("pi")
+    early = refund_created("re_lee", pi) if early_kind == "refund" else se.dispute_created("dp_lee", "ch_" + pi, pi)
+    purchase = se.checkout_completed(se.new_id("cs_test"), "lee", "starter", pi)
+
+    parked = deliver(app, early)
+    again = deliver(app, early)
+    stored = problem(db, early["id"])
+    credited = outcome(app, purchase)
+    redelivered = outcome(app, purchase)
+
+    assert parked.status_code == 200 and parked.json == {"received": True, "outcome": "parked", "problem": "purchase_not_found"}
+    assert again.status_code == 200 and again.json["outcome"] == "parked"
+    assert stored["status"] == "open" and stored["paymentIntentId"] == pi
+    assert (credited, redelivered) == ("credited", "duplicate")
+    assert balance(db, "lee") == 0 and len(entries(db, "lee", "reversal")) == 1
+    resolved = problem(db, early["id"])
+    assert resolved["status"] == "resolved" and resolved["resolution"] == "reversed"
+    assert outcome(app, early) == "duplicate"
+    assert_ledger_consistent(db)
+
+
+def test_a_refund_racing_its_purchase_applies_exactly_once(app: Any, db: Any) -> None:
+    flask_app = app("stripe_webhook").application
+
+    def race(uid: str, pi: str) -> list[Any]:
+        start = threading.Barrier(2)
+        refund = se.delivery(refund_created(f"re_{uid}", pi), SECRET)
+        purchase = se.delivery(se.checkout_completed(se.new_id("cs_test"), uid, "starter", pi), SECRET)
+
+        def send(d: tuple[bytes, dict[str, str]]) -> Any:
+            start.wait(timeout=10)
+            return flask_app.test_client().post("/", data=d[0], headers=d[1])
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(send, [refund, purchase]))
+
+    for round in range(4):
+        uid = f"mo{round}"
+        results = race(uid, se.new_id("pi"))
+
+        assert [r.status_code for r in results] == [200, 200]
+        assert balance(db, uid) == 0 and len(entries(db, uid, "reversal")) == 1, f"round {round}"
+    assert_ledger_consistent(db)
+
+
+@pytest.mark.parametrize(
+    "event", [refund_created("re_foreign", "pi_foreign"), se.dispute_created("dp_foreign", "ch_foreign", "pi_foreign")]
+)
+def test_an_event_for_a_payment_this_app_never_sold_is_acknowledged_and_changes_nothing(app: Any, db: Any, event: dict[str, Any]) -> None:
+    make_user(db, "ned", credits=70)
+
+    res = deliver(app, event)
+
+    assert res.status_code == 200 and res.json["outcome"] == "parked"
+    assert [e["type"] for e in entries(db, "ned")] == ["grant"] and balance(db, "ned") == 70
+    assert [u.id for u in db.collection("users").stream()] == ["ned"]
+    assert_ledger_consistent(db)
+
+
+# --- live mode, personal data, retention ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["test", "live"])
+def test_an_event_of_the_other_mode_credits_nothing_and_is_stored(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setenv("STRIPE_MODE", mode)
+    reset_caches()
+    session = se.checkout_session(se.new_id("cs"), "ola", "starter", payment_intent=se.new_id("pi"))
+    event = se.event("checkout.session.completed", {**session, "livemode": mode == "test"}, livemode=mode == "test")
+
+    res = deliver(app, event)
+
+    assert res.status_code == 200 and res.json["problem"] == "livemode_mismatch"
+    assert balance(db, "ola") == 0 and entries(db, "ola") == []
+    assert problem(db, event["id"])["reason"] == "livemode_mismatch"
+
+
+def test_a_stored_event_keeps_what_a_replay_needs_and_no_personal_data(app: Any, db: Any) -> None:
+    from functions.lib import payments
+    from functions.lib.config import get_settings
+
+    pi = se.new_id("pi")
+    charge = se.charge_refunded("ch_" + pi, pi, PAID, PAID)
+
+    deliver(app, charge)
+    stored = problem(db, charge["id"])
+    buy_event = se.checkout_completed(se.new_id("cs_test"), "pia", "starter", pi)
+    deliver(app, buy_event)
+
+    assert not {"buyer@example.com", "Test Buyer", "94103", "billing_details", "4242"} & set(_strings(json.loads(stored["payload"])))
+    assert json.loads(stored["payload"])["data"]["object"]["amount_refunded"] == PAID
+    assert balance(db, "pia") == 0  # the stored copy was enough to apply it
+    assert payments.replay_problem(db, get_settings(), charge["id"]).action == "duplicate"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [*value.keys(), *(s for v in value.values() for s in _strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [str(value)]
+
+
+def test_the_sweep_deletes_stored_events_after_their_retention(app: Any, db: Any, settings: Any) -> None:
+    from functions.lib import retention
+
+    old, recent = refund_created("re_old", "pi_gone"), refund_created("re_new", "pi_gone2")
+    deliver(app, old)
+    deliver(app, recent)
+    cutoff_day = datetime.now(UTC) + timedelta(days=settings.problem_retention_days)
+
+    report = retention.sweep(db, settings, now=cutoff_day + timedelta(seconds=5))
+
+    assert report.problems_deleted == 2 and report.complete
+    assert list(db.collection("stripe_event_problems").stream()) == []
+    assert retention.sweep(db, settings).problems_deleted == 0
+
+
+def test_refund_gives_credits_only_to_the_generations_own_user(db: Any, settings: Any) -> None:
+    from functions.lib import generations as gens
+    from functions.lib.errors import NotFound
+
+    make_user(db, "quy", credits=100)
+    make_user(db, "rex")
+    charge = gens.charge(db, settings, gens.GenerationRequest("quy", "a cat"))
+    assert isinstance(charge, gens.Charge)
+
+    with pytest.raises(NotFound):
+        gens.refund(db, charge.generation_id, "rex", "wrong user")
+
+    assert balance(db, "rex") == 0 and balance(db, "quy") == 50
+    assert [g["status"] for g in generations(db, "quy")] == ["charged"]
