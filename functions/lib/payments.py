@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, ledger, problems
+from functions.lib import analytics, db, ids, ledger, problems
 from functions.lib.config import Settings
 from functions.lib.errors import NotFound
 
@@ -208,8 +208,8 @@ def dispute_seen(dispute_id: str, status: str) -> Change:
 
 
 def _doc_id(value: Any, what: str, *, reason: str = "malformed_event") -> str:
-    """`value` if it can name a Firestore document (part), else an EventProblem."""
-    if not isinstance(value, str) or not value or len(value) > 500 or "/" in value or value in (".", "..") or value.startswith("__"):
+    """`value` if it can name a Firestore document (the one rule, `ids.is_doc_id`), else an EventProblem."""
+    if not ids.is_doc_id(value):
         raise EventProblem(reason, f"the event has no usable {what}")
     return value
 
