@@ -45,6 +45,11 @@ class _Double:
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
         raise NotImplementedError
 
+    def respond(self, req: Received) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body bytes; a JSON API by default (`answer`), overridden for pages."""
+        status, body = self.answer(req)
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
     def start(self) -> _Double:
         double = self
 
@@ -59,11 +64,11 @@ class _Double:
                     double.gate.wait(timeout=60)
                 if double.delay_s:
                     time.sleep(double.delay_s)
-                status, body = double.answer(req)
-                payload = json.dumps(body).encode()
+                status, headers, payload = double.respond(req)
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

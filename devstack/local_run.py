@@ -1,10 +1,13 @@
 """The whole stack on this machine, and a scripted journey through it, as a client app would do it.
 
-    scripts/run-local            # start, run the journey, stop
-    scripts/run-local --serve    # start, run the journey, keep serving until Ctrl-C
+    scripts/run-local                         # start, run the journey, stop
+    scripts/run-local --serve                 # start, run the journey, keep serving until Ctrl-C
+    scripts/run-local --serve --no-journey    # start and serve (the web client, the functions)
 
 Starts the Firestore emulator (gcloud), the Auth emulator (firebase-tools), and every function
-under the real `functions-framework` CLI on 127.0.0.1, with the offline model provider. No cloud
+under the real `functions-framework` CLI on 127.0.0.1, with the offline model provider, and serves
+the web client (web/public) on its own port, whose origin is in ALLOWED_ORIGINS. The Stripe double
+hosts a local checkout page whose "Pay" delivers the signed event to stripe_webhook. No cloud
 account and no keys. Everything started here is stopped on exit.
 """
 
@@ -27,6 +30,8 @@ from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.serve import ServedFunction
 from devstack.stripe_double import StripeDouble
+from devstack.web import WebClient, client_config
+from functions.lib.config import DEFAULT_CREDIT_PACKS
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
@@ -51,9 +56,11 @@ class Stack:
         self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir)
         self._stops.append(self.auth.stop)
         step(f"  Auth on {self.auth.host}")
-        self.stripe = StripeDouble().start()
+        self.stripe = StripeDouble(hosted=True, webhook_secret=WEBHOOK_SECRET).start()
         self._stops.append(self.stripe.stop)
         step(f"  Stripe API double on {self.stripe.url} (checkout talks to it instead of api.stripe.com)")
+        self.web = WebClient()
+        self._stops.append(self.web.stop)
         self.env = {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "FIRESTORE_EMULATOR_HOST": firestore.host,
@@ -63,7 +70,7 @@ class Stack:
             "STRIPE_SECRET_KEY": "sk_test_local_stack",
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "STRIPE_API_BASE": self.stripe.url,
-            "ALLOWED_ORIGINS": "http://localhost:5173",
+            "ALLOWED_ORIGINS": self.web.origin,
         }
         os.environ.update(self.env)
         step("serving the functions with functions-framework")
@@ -73,6 +80,11 @@ class Stack:
             fn.wait_ready()
             self.functions[fn.target] = fn
             step(f"  {fn.target:<16} {fn.url}")
+        self.stripe.webhook_url = self.functions["stripe_webhook"].url + "/"
+        packs = {pack: int(str(spec["credits"])) for pack, spec in DEFAULT_CREDIT_PACKS.items()}
+        urls = {target: fn.url + "/" for target, fn in self.functions.items() if target != "retention_sweep"}
+        self.web.config = client_config(PROJECT, self.auth.host, urls, packs)
+        step(f"  web client       {self.web.url}")
 
     def stop(self) -> None:
         for stop in reversed(self._stops):
@@ -113,7 +125,7 @@ def expect(ok: bool, what: str) -> None:
 
 def buy_credits(stack: Stack, uid: str, token: str) -> None:
     """Checkout, then Stripe's signed webhook delivery of the paid session (delivered twice)."""
-    origin = stack.env["ALLOWED_ORIGINS"]
+    origin = stack.web.origin
     request = {"packId": "creator", "successUrl": f"{origin}/paid", "cancelUrl": f"{origin}/cancelled"}
     status, session = stack.call("checkout", "POST", token, request)
     show("checkout: the 'creator' pack (500 credits)", status, session)
@@ -183,17 +195,20 @@ def journey(stack: Stack) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", action="store_true", help="keep the stack running after the journey, until Ctrl-C")
+    parser.add_argument("--no-journey", action="store_true", help="skip the scripted journey (with --serve: just serve)")
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="credits-local-"))
     step(f"logs: {log_dir}")
     stack = Stack(log_dir)
     try:
         stack.start()
-        journey(stack)
+        if not args.no_journey:
+            journey(stack)
         if args.serve:
             step("\nserving; try:")
             for target, fn in stack.functions.items():
                 step(f"  {target:<16} {fn.url}")
+            step(f"web client: {stack.web.url}  (open it in a browser; sign up with any email)")
             step("Ctrl-C stops everything.")
             while True:
                 time.sleep(3600)

@@ -7,24 +7,39 @@ key and parameters replay the first answer; the same key with other parameters i
 
 Modes: `ok`; `error` (500 `api_error`, which the client retries); `invalid` (400
 `invalid_request_error`, e.g. a price that does not exist).
+
+With `hosted=True` (the local run and the browser test) a session's `url` is a minimal hosted
+checkout page on the double itself, `GET /c/pay/<session id>`; its "Pay" button posts back, and the
+double then delivers the signed `checkout.session.completed` to `webhook_url` with
+`webhook_secret`, as Stripe would, and redirects the buyer to the session's success URL. Local
+only: nothing here is deployed.
 """
 
 from __future__ import annotations
 
+import html
 import secrets
 import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack import stripe_events
 from devstack.doubles import Received, _Double
 from devstack.stripe_events import DEFAULT_AMOUNT, checkout_session
 
 SESSIONS_PATH = "/v1/checkout/sessions"
+PAY_PATH = "/c/pay/"
 
 
 @dataclass
 class StripeDouble(_Double):
     prices: dict[str, int] = field(default_factory=dict)  # price id -> unit amount in cents
+    hosted: bool = False
+    webhook_url: str | None = None
+    webhook_secret: str = ""
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  # created sessions by id
     _replays: dict[str, tuple[bytes, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -61,6 +76,39 @@ class StripeDouble(_Double):
                 self._replays[key] = (req.body, reply)
         return reply
 
+    def respond(self, req: Received) -> tuple[int, dict[str, str], bytes]:
+        if not (self.hosted and req.path.startswith(PAY_PATH)):
+            return super().respond(req)
+        session = self.sessions.get(req.path[len(PAY_PATH) :].split("?")[0])
+        if session is None:
+            return _page(404, "No such checkout session", "<p>This checkout link is not valid.</p>")
+        if req.method == "GET":
+            return _page(200, "Complete your purchase", _pay_form(session))
+        if req.method != "POST":
+            return _page(405, "Method not allowed", "")
+        if session["status"] == "open":
+            failed = self._deliver_completed(session)
+            if failed:
+                return _page(502, "Webhook failed", f"<p>stripe_webhook answered {html.escape(failed)}.</p>")
+        target = session["success_url"].replace("{CHECKOUT_SESSION_ID}", session["id"])
+        return 303, {"Location": target, "Content-Type": "text/plain"}, b""
+
+    def _deliver_completed(self, session: dict[str, Any]) -> str | None:
+        """Mark the session paid and POST its signed `checkout.session.completed`; the failure, if any."""
+        if not self.webhook_url:
+            return "nothing: the double has no webhook_url"
+        paid = {**session, "status": "complete", "payment_status": "paid", "payment_intent": stripe_events.new_id("pi")}
+        body, headers = stripe_events.delivery(stripe_events.event("checkout.session.completed", paid), self.webhook_secret)
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.webhook_url, data=body, headers=headers), timeout=30):
+                pass
+        except urllib.error.HTTPError as exc:
+            return f"{exc.code} {exc.read()[:300].decode(errors='replace')}"
+        except OSError as exc:
+            return f"nothing ({exc})"
+        self.sessions[session["id"]] = paid
+        return None
+
     def _session(self, form: dict[str, str]) -> dict[str, Any]:
         session_id = "cs_test_" + secrets.token_hex(24)
         quantity = int(form.get("line_items[0][quantity]", "1"))
@@ -73,13 +121,31 @@ class StripeDouble(_Double):
             amount_total=self.prices.get(form.get("line_items[0][price]", ""), DEFAULT_AMOUNT) * quantity,
             success_url=form.get("success_url", ""),
             cancel_url=form.get("cancel_url", ""),
-            url=f"https://checkout.stripe.com/c/pay/{session_id}",
+            url=(self.url if self.hosted else "https://checkout.stripe.com") + PAY_PATH + session_id,
         )
         session["client_reference_id"] = form.get("client_reference_id")
         session["metadata"] = {k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata[")}
         session["mode"] = form.get("mode")
+        self.sessions[session_id] = session
         return session
 
 
 def _error(type: str, message: str, **extra: str) -> dict[str, Any]:
     return {"error": {"type": type, "message": message, **extra}}
+
+
+def _pay_form(session: dict[str, Any]) -> str:
+    pack = html.escape(str(session["metadata"].get("packageId", "?")))
+    amount = f"{session['amount_total'] / 100:.2f} {session['currency'].upper()}"
+    return f"""<p class="muted">Local Stripe double: no card, no money. "Pay" sends Stripe's signed event to stripe_webhook.</p>
+<p>Credit pack <strong id="pack">{pack}</strong></p><p class="amount">{amount}</p>
+<form method="post"><button id="pay" type="submit">Pay {amount}</button></form>
+<p><a id="cancel" href="{html.escape(session["cancel_url"])}">Cancel and go back</a></p>"""
+
+
+def _page(status: int, title: str, body: str) -> tuple[int, dict[str, str], bytes]:
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{title} · Stripe test checkout</title>
+<style>body{{font:15px system-ui,sans-serif;max-width:420px;margin:48px auto;color:#1d2330}}.muted{{color:#667085}}
+.amount{{font-size:28px;font-weight:600}}button{{font:inherit;width:100%;padding:10px;border:0;border-radius:6px;background:#635bff;color:#fff}}</style>
+</head><body><h1>{title}</h1>{body}</body></html>"""
+    return status, {"Content-Type": "text/html; charset=utf-8"}, page.encode()

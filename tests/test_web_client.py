@@ -1,0 +1,268 @@
+"""The reference web client (web/): what it may call, what it tells the user, and the whole journey
+in a real headless Chromium (Debian's, driven by Playwright) against the local stack of
+`scripts/run-local`: sign up, 403 then accept, 402 then buy through the Stripe double's checkout
+page, generate (a 409 retried with the same Idempotency-Key), iterate, a failed generation refunded,
+the ledger table equal to `credits`, sign out and in again.
+
+On failure a screenshot is saved under .local/browser/. `UPDATE_WEB_SCREENSHOT=1 scripts/test
+tests/test_web_client.py` also writes the README's docs/web-client.png from the journey's end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from devstack.local_run import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "web" / "src"
+SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+ARTIFACTS = ROOT / ".local" / "browser"
+README_SHOT = ROOT / "docs" / "web-client.png"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "correct-horse-battery"
+
+
+def calls_in_source() -> set[tuple[str, str]]:
+    """Every `request("<function>", "<METHOD>"` in the page's source: the only way it calls the backend."""
+    calls = set()
+    for path in SRC.glob("*.js"):
+        calls |= {(fn, method) for fn, method in re.findall(r'request\("(\w+)", "([A-Z]+)"', path.read_text())}
+    return calls
+
+
+def readme_error_codes() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Errors", 1)[1]
+    rows = [line for line in table.splitlines() if re.match(r"\|\s*\d{3}\s*\|", line)]
+    return {code for row in rows for code in re.findall(r"`(\w+)`", row.split("|")[2])}
+
+
+def client_error_codes() -> set[str]:
+    return set(re.findall(r"^  (\w+): \{$", (SRC / "errors.js").read_text(), re.MULTILINE))
+
+
+@pytest.mark.no_emulator
+def test_the_page_calls_only_documented_paths_and_methods() -> None:
+    calls = calls_in_source()
+
+    assert {fn for fn, _ in calls} >= {"generate", "consent", "credits", "checkout"}
+    undocumented = {(fn, m) for fn, m in calls if m.lower() not in SPEC["paths"].get(f"/{fn}", {})}
+    assert not undocumented, f"web/src calls what openapi.yaml does not document: {undocumented}"
+
+
+@pytest.mark.no_emulator
+def test_every_error_code_gets_a_sentence_and_a_next_step() -> None:
+    readme_codes = readme_error_codes()
+    spec_codes = set(SPEC["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+
+    assert {"insufficient_credits", "consent_required", "in_progress", "busy"} <= readme_codes
+    missing = (readme_codes | spec_codes) - client_error_codes()
+    assert not missing, f"add a sentence and a next step for {sorted(missing)} to web/src/errors.js"
+
+
+# ---- the browser journey
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local stack of `scripts/run-local --serve`, web client included; os.environ restored after."""
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))]:
+        del os.environ[key]
+    local = Stack(tmp_path_factory.mktemp("web-stack"))
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed: run scripts/setup"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / f"{name}-failure.png"
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot of the failure: {shot}")
+        raise
+
+
+class Traffic:
+    """What the page sent to the functions: (function, method, status, Idempotency-Key), in order."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.by_origin = {fn.url: target for target, fn in stack.functions.items()}
+        self.allowed_origins = {*self.by_origin, stack.web.origin, stack.stripe.url, f"http://{stack.auth.host}"}
+        self.calls: list[tuple[str, str, int, str | None]] = []
+        self.elsewhere: list[str] = []
+
+    def on_response(self, response: Any) -> None:
+        parts = urlsplit(response.url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if origin not in self.allowed_origins and parts.scheme in ("http", "https"):
+            self.elsewhere.append(response.url)
+        target = self.by_origin.get(origin)
+        if target is not None and response.request.method != "OPTIONS":
+            key = response.request.headers.get("idempotency-key")
+            self.calls.append((target, response.request.method, response.status, key))
+
+    def statuses(self, target: str) -> list[int]:
+        return [status for fn, _, status, _ in self.calls if fn == target]
+
+
+def notice(page: Any, kind: str) -> str:
+    page.wait_for_selector(f"#notice[data-kind='{kind}']")
+    return str(page.inner_text("#notice"))
+
+
+def sign_in(page: Any, email: str, button: str) -> None:
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.click(button)
+    page.wait_for_selector("body[data-ready='signed-in']")
+
+
+def wait_for_balance(page: Any, balance: int) -> None:
+    page.wait_for_function("b => document.getElementById('balance').textContent === String(b)", arg=balance)
+
+
+def ledger_rows(page: Any) -> list[tuple[str, int, int, str]]:
+    rows = page.eval_on_selector_all(
+        "#ledger-body tr",
+        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent))",
+    )
+    return [(type_, int(amount), int(after), ref) for _, type_, amount, after, ref in rows]
+
+
+def answer_409_once(page: Any, url: str, origin: str, keys: list[str]) -> None:
+    """The first generate after this answers 409 in_progress with Retry-After: 1; later ones go through."""
+
+    def handle(route: Any) -> None:
+        if route.request.method == "POST" and not keys:
+            keys.append(route.request.headers.get("idempotency-key"))
+            headers = {"Retry-After": "1", "Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Retry-After"}
+            body = {"error": "in_progress", "message": "This request is still being processed."}
+            route.fulfill(status=409, headers=headers, content_type="application/json", body=json.dumps(body))
+        else:
+            route.fallback()
+
+    page.route(url, handle)
+
+
+def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
+    started = time.monotonic()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    traffic = Traffic(stack)
+    page.on("response", traffic.on_response)
+    email = f"browser{time.time_ns()}@example.com"
+    generate_url = stack.functions["generate"].url + "/"
+
+    with screenshot_on_failure(page, "journey"):
+        page.goto(stack.web.url)
+        page.wait_for_selector("body[data-ready='signed-out']")
+        sign_in(page, email, "#sign-up")
+        wait_for_balance(page, 0)
+
+        page.fill("#prompt", "a lighthouse at dusk")
+        page.click("#generate")
+        assert "accepted the current terms" in notice(page, "error")
+        assert page.get_attribute("#notice-action", "data-action") == "terms"
+        page.click("#notice-action")
+        assert "You accepted the terms" in notice(page, "ok")
+
+        page.click("#generate")
+        assert "You need 50 credits but have 0." in notice(page, "error")
+        assert page.get_attribute("#notice-action", "data-action") == "buy"
+        page.click("#notice-action")
+        page.click("button[data-pack='creator']")
+        page.wait_for_selector("#pay")  # the Stripe double's hosted checkout page
+        page.click("#pay")
+        assert "Payment received: 500 credits were added." in notice(page, "ok")
+        wait_for_balance(page, 500)
+        assert page.input_value("#prompt") == "a lighthouse at dusk"
+
+        refused_keys: list[str] = []
+        answer_409_once(page, generate_url, stack.web.origin, refused_keys)
+        page.click("#generate")
+        page.wait_for_selector(".project .version")
+        wait_for_balance(page, 450)
+        page.fill(".iterate-prompt", "now with storm clouds")
+        page.click(".iterate")
+        page.wait_for_selector(".project .version >> nth=1")
+        wait_for_balance(page, 425)
+        page.fill(".iterate-prompt", "make it fail #fail")
+        page.click(".iterate")
+        failed = notice(page, "error")
+        assert "Your 25 credits were refunded; your balance is 425." in failed
+        wait_for_balance(page, 425)
+        assert page.locator(".project .version").count() == 2
+        page.wait_for_selector("#ledger-body tr >> nth=4")
+        rows = ledger_rows(page)
+
+        _, token = stack.auth.sign_in(email, PASSWORD)
+        status, credits = stack.call("credits", "GET", token)
+        assert status == 200 and credits["balance"] == 425
+        assert rows == [(t["type"], t["amount"], t["balanceAfter"], t["id"]) for t in credits["transactions"]]
+        assert [r[0] for r in rows] == ["refund", "charge", "charge", "charge", "purchase"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-client.png"))
+        if os.environ.get("UPDATE_WEB_SCREENSHOT") == "1":
+            README_SHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(README_SHOT))
+
+        page.click("#sign-out")
+        page.wait_for_selector("body[data-ready='signed-out']")
+        sign_in(page, email, "#sign-in")
+        wait_for_balance(page, 425)
+        assert page.locator(".project .version").count() == 2
+
+    context.close()
+    generates = [(status, key) for fn, _, status, key in traffic.calls if fn == "generate"]
+    assert [status for status, _ in generates] == [403, 402, 409, 200, 200, 502]
+    keys = [key for _, key in generates]
+    assert refused_keys == [keys[2]] and keys[2] == keys[3], "the 409 retry reuses its click's Idempotency-Key"
+    assert len(set(keys)) == 5 and None not in keys, "one Idempotency-Key per click"
+    assert traffic.statuses("checkout") == [200]
+    undocumented = {(fn, m) for fn, m, _, _ in traffic.calls if m.lower() not in SPEC["paths"][f"/{fn}"]}
+    assert not undocumented and not traffic.elsewhere
+    print(f"browser journey: {time.monotonic() - started:.1f} s")

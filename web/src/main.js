@@ -1,0 +1,294 @@
+// The reference client: Firebase Auth (email and password) and the credits functions, no framework.
+// config.json (served beside this page) names the Firebase project, the Auth emulator when local,
+// each function's URL and the credit packs on sale.
+
+import { initializeApp } from "firebase/app";
+import {
+  connectAuthEmulator,
+  createUserWithEmailAndPassword,
+  getAuth,
+  onAuthStateChanged,
+  signInWithEmailAndPassword,
+  signOut,
+} from "firebase/auth";
+
+import { ApiError, createApi, newIdempotencyKey } from "./api.js";
+import { describe } from "./errors.js";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+};
+
+let auth;
+let api;
+let projects = [];
+const DRAFT_KEY = "credits-client.draft";
+
+// ---- notices: one line of what happened and, for errors, the next step with a button for it
+
+const ACTIONS = {
+  buy: ["Buy credits", () => focusPanel("buy-panel")],
+  terms: ["Accept the terms", () => acceptTerms()],
+  signin: ["Sign in again", () => signOut(auth)],
+  "new-project": ["Start a new project", () => focusPanel("generate-panel")],
+  reload: ["Reload", () => location.reload()],
+};
+
+function notify(kind, text, next = "", action = undefined) {
+  const box = $("notice");
+  box.hidden = false;
+  box.className = `notice ${kind}`;
+  box.dataset.kind = kind;
+  $("notice-text").textContent = text;
+  $("notice-next").textContent = next;
+  const button = $("notice-action");
+  button.hidden = !action;
+  if (action) {
+    const [label, run] = ACTIONS[action];
+    button.textContent = label;
+    button.dataset.action = action;
+    button.onclick = () => run();
+  }
+}
+
+function notifyError(err) {
+  if (!(err instanceof ApiError) && !String(err?.code || "").startsWith("auth/")) console.error(err);
+  const { text, next, action } = describe(err);
+  notify("error", text, next, action);
+  if (err instanceof ApiError && err.code === "consent_required") $("terms-panel").hidden = false;
+}
+
+function focusPanel(id) {
+  const panel = $(id);
+  panel.classList.add("highlight");
+  panel.scrollIntoView({ behavior: "smooth", block: "center" });
+  panel.querySelector("button, textarea, input")?.focus();
+  setTimeout(() => panel.classList.remove("highlight"), 2000);
+}
+
+/** Run one user action with its buttons disabled, so one click sends one request (one Idempotency-Key). */
+async function busy(buttons, work) {
+  buttons.forEach((b) => (b.disabled = true));
+  document.body.classList.add("working");
+  try {
+    await work();
+  } catch (err) {
+    notifyError(err);
+  } finally {
+    buttons.forEach((b) => (b.disabled = false));
+    document.body.classList.remove("working");
+  }
+}
+
+// ---- account state
+
+function showBalance(balance) {
+  $("balance").textContent = String(balance);
+}
+
+async function refreshCredits() {
+  const { balance, transactions } = await api.credits();
+  showBalance(balance);
+  const rows = transactions.map((t) =>
+    el(
+      "tr",
+      { className: t.amount < 0 ? "debit" : "credit" },
+      el("td", {}, t.createdAt ? new Date(t.createdAt).toLocaleString() : "…"),
+      el("td", { className: "type" }, t.type),
+      el("td", { className: "amount" }, (t.amount > 0 ? "+" : "") + t.amount),
+      el("td", { className: "after" }, String(t.balanceAfter)),
+      el("td", { className: "ref" }, t.id),
+    ),
+  );
+  $("ledger-body").replaceChildren(...rows);
+  $("ledger-empty").hidden = rows.length > 0;
+}
+
+async function refreshTerms() {
+  const terms = await api.consent();
+  $("terms-version").textContent = terms.version;
+  $("terms-panel").hidden = terms.accepted;
+  $("terms-state").textContent = terms.accepted ? `Terms ${terms.version} accepted.` : "";
+  return terms;
+}
+
+async function acceptTerms() {
+  await busy([$("accept-terms"), $("notice-action")], async () => {
+    const { version } = await api.consent();
+    await api.acceptTerms(version);
+    await refreshTerms();
+    notify("ok", `You accepted the terms (version ${version}).`, "You can generate once you have credits.");
+  });
+}
+
+// ---- buying credits: Stripe Checkout, then back here
+
+function renderPacks(packs) {
+  const buttons = Object.entries(packs).map(([packId, pack]) => {
+    const button = el("button", { className: "pack", type: "button" }, el("strong", {}, packId), el("span", {}, `${pack.credits} credits`));
+    button.dataset.pack = packId;
+    button.onclick = () => buy(packId, button);
+    return button;
+  });
+  $("packs").replaceChildren(...buttons);
+}
+
+async function buy(packId, button) {
+  await busy([button], async () => {
+    const here = location.origin + location.pathname;
+    const { url } = await api.checkout(packId, `${here}?checkout=success`, `${here}?checkout=cancelled`, newIdempotencyKey());
+    sessionStorage.setItem(DRAFT_KEY, $("prompt").value); // the prompt survives the trip to Stripe
+    location.assign(url);
+  });
+}
+
+async function afterCheckout() {
+  const outcome = new URLSearchParams(location.search).get("checkout");
+  if (!outcome) return;
+  history.replaceState(null, "", location.pathname);
+  if (outcome === "cancelled") {
+    notify("info", "Checkout was cancelled; nothing was charged.");
+    return;
+  }
+  // Stripe calls the webhook on its own schedule: wait briefly for the purchase to show in the ledger.
+  for (let i = 0; i < 10; i++) {
+    const { transactions } = await api.credits();
+    const purchase = transactions.find((t) => t.type === "purchase");
+    if (purchase) {
+      notify("ok", `Payment received: ${purchase.amount} credits were added.`, "You can generate now.");
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  notify("info", "Payment received; your credits will appear in a moment.", "Reload the page to check your balance.");
+}
+
+// ---- generating: a new project, then iterations on it
+
+function storageKey() {
+  return `credits-client.projects.${auth.currentUser.uid}`;
+}
+
+function saveProjects() {
+  localStorage.setItem(storageKey(), JSON.stringify(projects));
+}
+
+function renderProjects() {
+  const cards = projects.map((project) => {
+    const versions = project.versions.map((v, i) =>
+      el(
+        "li",
+        { className: "version" },
+        el("span", { className: "label" }, `v${i + 1} · ${v.creditsCharged} credits`),
+        el("q", {}, v.prompt),
+        el("pre", {}, v.output),
+      ),
+    );
+    const input = el("input", { type: "text", placeholder: "Change something…", className: "iterate-prompt" });
+    const button = el("button", { type: "button", className: "iterate" }, "Iterate (25 credits)");
+    button.onclick = () => generate(input.value, project.projectId, button);
+    const card = el(
+      "article",
+      { className: "project" },
+      el("h3", {}, `Project ${project.projectId.slice(0, 12)}`),
+      el("ol", {}, ...versions),
+      el("div", { className: "row" }, input, button),
+    );
+    card.dataset.project = project.projectId;
+    return card;
+  });
+  $("projects").replaceChildren(...cards);
+}
+
+async function generate(prompt, projectId, button) {
+  if (!prompt.trim()) {
+    notify("error", "The prompt is empty.", "Describe what to generate.");
+    return;
+  }
+  const key = newIdempotencyKey(); // one per click; the retries of this click reuse it
+  await busy([button], async () => {
+    try {
+      const result = await api.generate(prompt, projectId, key);
+      let project = projects.find((p) => p.projectId === result.projectId);
+      if (!project) {
+        project = { projectId: result.projectId, versions: [] };
+        projects.unshift(project);
+      }
+      project.versions.push({ versionId: result.versionId, prompt, output: result.output, creditsCharged: result.creditsCharged });
+      saveProjects();
+      renderProjects();
+      showBalance(result.balance);
+      notify("ok", `Generated: ${result.creditsCharged} credits charged; your balance is ${result.balance}.`);
+    } catch (err) {
+      if (err instanceof ApiError && err.code === "generation_failed") showBalance(err.body.balance);
+      throw err;
+    } finally {
+      await refreshCredits().catch(() => {});
+    }
+  });
+}
+
+// ---- signing in
+
+async function signInOrUp(create) {
+  const email = $("email").value.trim();
+  const password = $("password").value;
+  await busy([$("sign-in"), $("sign-up")], async () => {
+    await (create ? createUserWithEmailAndPassword : signInWithEmailAndPassword)(auth, email, password);
+  });
+}
+
+async function onSignedIn(user) {
+  $("auth-panel").hidden = true;
+  $("app").hidden = false;
+  $("who").hidden = false;
+  $("user-email").textContent = user.email;
+  projects = JSON.parse(localStorage.getItem(storageKey()) || "[]");
+  $("prompt").value ||= sessionStorage.getItem(DRAFT_KEY) || "";
+  sessionStorage.removeItem(DRAFT_KEY);
+  renderProjects();
+  await Promise.all([refreshTerms(), refreshCredits()]);
+  await afterCheckout();
+}
+
+function onSignedOut() {
+  $("auth-panel").hidden = false;
+  $("app").hidden = true;
+  $("who").hidden = true;
+  projects = [];
+}
+
+async function start() {
+  const config = await (await fetch("config.json")).json();
+  const app = initializeApp(config.firebase);
+  auth = getAuth(app);
+  if (config.authEmulator) connectAuthEmulator(auth, config.authEmulator, { disableWarnings: true });
+  api = createApi({
+    urls: config.functions,
+    getToken: (refresh) => auth.currentUser.getIdToken(refresh),
+    onWait: (body, seconds) => notify("info", `Still working on it (${body.error}); retrying in ${seconds} s…`),
+  });
+  renderPacks(config.packs);
+
+  $("auth-form").onsubmit = (e) => e.preventDefault();
+  $("sign-up").onclick = () => signInOrUp(true);
+  $("sign-in").onclick = () => signInOrUp(false);
+  $("sign-out").onclick = () => signOut(auth);
+  $("accept-terms").onclick = () => acceptTerms();
+  $("generate").onclick = () => generate($("prompt").value, null, $("generate"));
+
+  onAuthStateChanged(auth, (user) => {
+    $("notice").hidden = true;
+    (user ? onSignedIn(user) : Promise.resolve(onSignedOut())).catch(notifyError).finally(() => {
+      document.body.dataset.ready = user ? "signed-in" : "signed-out";
+    });
+  });
+}
+
+start().catch((err) => {
+  console.error(err);
+  notify("error", "The page could not start.", "Reload the page; if it keeps happening, contact support.", "reload");
+});
