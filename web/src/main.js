@@ -96,7 +96,7 @@ async function refreshCredits() {
     el(
       "tr",
       { className: t.amount < 0 ? "debit" : "credit" },
-      el("td", {}, t.createdAt ? new Date(t.createdAt).toLocaleString() : "…"),
+      el("td", {}, t.createdAt ? new Date(t.createdAt).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "…"),
       el("td", { className: "type" }, t.type),
       el("td", { className: "amount" }, (t.amount > 0 ? "+" : "") + t.amount),
       el("td", { className: "after" }, String(t.balanceAfter)),
