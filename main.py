@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from firebase_functions import https_fn, options
+from firebase_functions import https_fn, options, tasks_fn
 
 from functions.lib.config import deploy_region, refuse_unsafe_environment
-from functions.lib.deployment import runs_as
+from functions.lib.deployment import PURGE_FUNCTION, runs_as
 
 if TYPE_CHECKING:
     import flask
@@ -85,3 +85,23 @@ def retention_sweep(request: flask.Request) -> flask.Response:
 
 # `account` (HTTPS GET/DELETE: export or erase the caller) is declared here, with
 # memory=MB.MB_512, timeout_sec=300, **runs_as("account"), when its handler lands.
+
+
+# The sweep's fan-out: one task per expired project. Private (Cloud Tasks calls it with the sweep's
+# OIDC token). Its name is its queue's id, which takes letters, digits and hyphens only. A failed
+# or unfinished task is retried with backoff and resumes the marked project. At most 6 tasks run at
+# once (one per instance), which bounds the purge's share of Firestore's write rate (README, capacity).
+@tasks_fn.on_task_dispatched(
+    retry_config=options.RetryConfig(max_attempts=10, min_backoff_seconds=30, max_backoff_seconds=600, max_doublings=4),
+    rate_limits=options.RateLimits(max_concurrent_dispatches=6, max_dispatches_per_second=5),
+    memory=MB.MB_512,
+    timeout_sec=540,
+    max_instances=6,
+    concurrency=1,
+    **runs_as(PURGE_FUNCTION),
+)
+def purgeProject(request: https_fn.CallableRequest[object]) -> dict[str, object]:
+    """Cloud Tasks: delete one expired project and its versions, under the sweep's rules."""
+    from functions.purge_project import handle
+
+    return handle(request.data)

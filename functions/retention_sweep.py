@@ -1,7 +1,8 @@
 """`retention_sweep` handler: any POST (Cloud Scheduler's nightly call) runs one sweep pass.
 
-No Firebase token: the function is deployed private (`--no-allow-unauthenticated`) and Cloud Run
-lets in only the scheduler's service account, whose OIDC token it verifies before we run.
+No Firebase token: the function is declared private (`invoker="private"`) and Cloud Run lets in
+only the scheduler's service account, whose OIDC token it verifies before we run. When a task
+queue is reachable and the night is large, the pass fans out to `purgeProject` (lib/retention.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from functions.http import Call, endpoint
 from functions.lib import db
 from functions.lib.config import get_settings
 from functions.lib.retention import sweep
+from functions.lib.tasks import purge_queue
 
 
 @endpoint("retention_sweep", methods=("POST",), cors=False)
 def handle(call: Call) -> dict[str, Any]:
-    """POST -> {complete, projectsDeleted, versionsDeleted, commits, maxCommitWrites, refundsSettled, elapsedMs}."""
-    return sweep(db.get_client(), get_settings()).body()
+    """POST -> {complete, projectsDeleted, versionsDeleted, commits, maxCommitWrites, refundsSettled, elapsedMs, projectsEnqueued?}."""
+    settings = get_settings()
+    queue = purge_queue(settings)
+    return sweep(db.get_client(), settings, enqueue=queue.enqueue if queue else None).body()

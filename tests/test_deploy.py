@@ -16,7 +16,7 @@ from functions.lib import deployment
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
-FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep")
+FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject")
 
 
 def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:
@@ -79,6 +79,8 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     assert not [r for r in roles if "sweep-scheduler" in r]
     assert all("--role=roles/datastore.user" in r or "--role=roles/firebaseauth.viewer" in r or "cloudtasks" in r for r in roles)
     invokers = [line for line in lines if "add-invoker-policy-binding" in line]
+    assert any("add-invoker-policy-binding purgeProject" in i and "fn-retention-sweep@" in i for i in invokers)
+    assert any("service-accounts add-iam-policy-binding fn-retention-sweep@" in line and "serviceAccountUser" in line for line in lines)
     assert [i for i in invokers if "sweep-scheduler" in i] == [
         "+ gcloud functions add-invoker-policy-binding retention_sweep --region=us-central1 "
         "--member=serviceAccount:sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com --project=acme-credits-prod --quiet"

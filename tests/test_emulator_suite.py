@@ -1,6 +1,7 @@
 """The Firebase Emulator Suite serves this repo's functions, as a Firebase developer would run them:
-`firebase emulators:start --only functions,auth` on a copy of the functions source, Firestore from
-the gcloud emulator through FIRESTORE_EMULATOR_HOST, a real Auth emulator account."""
+`firebase emulators:start --only functions,auth,tasks` on a copy of the functions source, Firestore
+from the gcloud emulator through FIRESTORE_EMULATOR_HOST, a real Auth emulator account, and the
+sweep's fan-out dispatched by the Cloud Tasks emulator to the `purgeProject` task queue function."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ import pytest
 from devstack import stripe_events
 from devstack.emulator_suite import EmulatorSuite
 from devstack.firestore import FirestoreEmulator
-from tests.conftest import PROJECT, TERMS
+from devstack.procs import wait_until
+from functions.lib.tasks import purge_queue
+from tests.conftest import PROJECT, TERMS, reset_caches
 from tests.helpers import balance, entries, generations
+from tests.test_retention import project_exists, seed_project
 
 WEBHOOK_SECRET = "whsec_emulator_suite"
 
@@ -36,10 +40,16 @@ def call(url: str, *, method: str = "POST", body: bytes | None = None, headers: 
 
 @pytest.fixture(scope="module")
 def suite(emulator: FirestoreEmulator) -> Iterator[EmulatorSuite]:
-    env = {"GENERATOR": "offline", "TERMS_VERSION": TERMS, "ALLOWED_ORIGINS": "http://localhost:5173"}
+    # SWEEP_INLINE_PROJECTS=1: a night of more than one expired project fans out.
+    env = {"GENERATOR": "offline", "TERMS_VERSION": TERMS, "ALLOWED_ORIGINS": "http://localhost:5173", "SWEEP_INLINE_PROJECTS": "1"}
     secrets = {"STRIPE_SECRET_KEY": "sk_test_emulator_suite", "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "GEMINI_API_KEY": "unused-offline"}
     suite = EmulatorSuite(
-        PROJECT, firestore_host=emulator.host, env=env, secrets=secrets, log_dir=Path(tempfile.mkdtemp(prefix="emulator-suite-"))
+        PROJECT,
+        firestore_host=emulator.host,
+        env=env,
+        secrets=secrets,
+        log_dir=Path(tempfile.mkdtemp(prefix="emulator-suite-")),
+        tasks=True,
     )
     yield suite
     suite.stop()
@@ -68,3 +78,33 @@ def test_generate_through_the_emulator_suite_needs_consent_then_charges(suite: E
     assert [g["status"] for g in generations(db, uid)] == ["succeeded"]
     status, body = call(suite.url("credits"), method="GET", headers=auth)
     assert status == 200 and body["balance"] == 50
+
+
+def test_a_large_night_fans_out_through_the_cloud_tasks_emulator(suite: EmulatorSuite, db: Any) -> None:
+    projects = [f"night-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    for project_id in projects:
+        seed_project(db, project_id, 600)
+
+    status, body = call(suite.url("retention_sweep"), body=b"{}", headers={"Content-Type": "application/json"})
+
+    assert status == 200, (body, suite.child.log.read_text()[-4000:])
+    assert body["complete"] is True and body["projectsEnqueued"] == 3 and body["projectsDeleted"] == 0
+    # Each task deletes its project (600 versions: two commits) through the purgeProject function.
+    wait_until(lambda: not any(project_exists(db, p) for p in projects), what="purge tasks", timeout=120, log=suite.child.log)
+    assert not any(list(db.collection(f"projects/{p}/versions").list_documents()) for p in projects)
+
+
+def test_a_repeat_enqueue_of_the_same_project_and_night_is_refused_by_the_queue(
+    suite: EmulatorSuite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert suite.tasks_host
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", suite.tasks_host)
+    reset_caches()
+    from functions.lib.config import get_settings
+
+    queue = purge_queue(get_settings())
+    assert queue is not None
+    project_id = f"dup-{uuid.uuid4().hex[:6]}"
+
+    assert queue.enqueue(project_id) is True
+    assert queue.enqueue(project_id) is False

@@ -27,7 +27,8 @@ def manifest() -> dict[str, Any]:
 def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: dict[str, Any]) -> None:
     endpoints = manifest["endpoints"]
 
-    assert PUBLIC_HTTP | {"retention_sweep"} <= set(endpoints)
+    assert set(endpoints) >= PUBLIC_HTTP | {"retention_sweep", "purgeProject"}
+    assert set(endpoints) <= set(deployment.FUNCTIONS)
     for name in PUBLIC_HTTP:
         assert endpoints[name]["httpsTrigger"] == {"invoker": ["public"]}, name
     assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": ["private"]}
@@ -48,6 +49,19 @@ def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest
     accounts = {name: e["serviceAccountEmail"] for name, e in endpoints.items()}
     assert accounts == {name: f"{deployment.FUNCTIONS[name].account}@" for name in endpoints}
     assert len(set(accounts.values())) == len(accounts)
+
+
+def test_the_purge_task_function_has_a_letters_only_queue_with_retries_and_rate_limits(manifest: dict[str, Any]) -> None:
+    purge = manifest["endpoints"]["purgeProject"]
+
+    assert "httpsTrigger" not in purge
+    queue = purge["taskQueueTrigger"]
+    assert queue["retryConfig"] == {"maxAttempts": 10, "minBackoffSeconds": 30, "maxBackoffSeconds": 600, "maxDoublings": 4}
+    assert queue["rateLimits"] == {"maxConcurrentDispatches": 6, "maxDispatchesPerSecond": 5}
+    assert purge["entryPoint"].isalpha()  # a queue id takes no underscore
+    assert purge["concurrency"] == 1 and purge["maxInstances"] == queue["rateLimits"]["maxConcurrentDispatches"]
+    assert purge["timeoutSeconds"] > settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"}).sweep_budget_s
+    assert "cloudtasks.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
 
 
 def test_options_match_the_documented_limits(manifest: dict[str, Any]) -> None:

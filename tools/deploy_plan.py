@@ -4,7 +4,8 @@ steps deploy.sh runs before it, from the one table in `functions/lib/deployment.
     python -m tools.deploy_plan PROJECT REGION            # the plan, for people
     python -m tools.deploy_plan PROJECT REGION --iam      # IAM steps, one per line, for deploy.sh
 
-IAM step lines (space-separated): `account ID`, `role ID ROLE`, `secret ID SECRET`, `invoker ID FUNCTION`.
+IAM step lines (space-separated): `account ID`, `role ID ROLE`, `secret ID SECRET`, `invoker ID FUNCTION`,
+`actas ID ACCOUNT` (ID may mint tokens as ACCOUNT).
 Calls no cloud API: discovery runs firebase-functions' admin server locally, as the CLI does.
 """
 
@@ -62,6 +63,8 @@ def iam_lines(manifest: dict[str, Any]) -> list[str]:
         secrets = [s["key"] for s in declared[name].get("secretEnvironmentVariables") or []] if name in declared else []
         lines.extend(f"secret {spec.account} {secret}" for secret in secrets)
         lines.extend(f"invoker {spec.account} {function}" for function in spec.invokes if function in declared)
+        if spec.acts_as_itself:
+            lines.append(f"actas {spec.account} {spec.account}")
     return lines
 
 

@@ -39,6 +39,11 @@ def _app() -> Any:
     return firebase_admin.initialize_app(options=options, name="credits-backbone")
 
 
+def firebase_app() -> Any:
+    """This process's firebase-admin app (token checks, and the task queue of the sweep's fan-out)."""
+    return _app()
+
+
 def bearer_token(authorization: str | None) -> str:
     """The token from an `Authorization: Bearer <token>` header, or Unauthenticated."""
     if not authorization:

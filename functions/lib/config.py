@@ -51,6 +51,12 @@ class Settings:
     stripe_mode: str = "test"
     problem_retention_days: int = 30
     analytics_retention_days: int = 400
+    # The sweep's fan-out: a pass that finds more expired projects than this enqueues one purge task
+    # per project when a task queue is reachable (deployed, or the Cloud Tasks emulator).
+    sweep_inline_projects: int = 50
+    task_queue: bool = False
+    cloud_tasks_emulator_host: str | None = None
+    region: str = "us-central1"
     initial_cost: int = 50
     iteration_cost: int = 25
 
@@ -149,6 +155,11 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         allowed_origins=origins,
         stripe_mode=stripe_mode,
         problem_retention_days=_int(env, "PROBLEM_RETENTION_DAYS", 30, minimum=1),
+        sweep_inline_projects=_int(env, "SWEEP_INLINE_PROJECTS", 50),
+        task_queue=bool(env.get("CLOUD_TASKS_EMULATOR_HOST"))
+        or (bool(env.get(DEPLOYED_MARKER)) and env.get("FUNCTIONS_EMULATOR") != "true"),
+        cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
+        region=deploy_region(env),
     )
 
 

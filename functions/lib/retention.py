@@ -23,6 +23,14 @@ Every delete carries an `exists` precondition: a commit racing another sweep fai
 deleting a document "twice", and is retried with the documents still there, so each run counts
 exactly what it deleted.
 
+Fan-out: when a pass finds more expired projects than SWEEP_INLINE_PROJECTS and a task queue is
+reachable (`enqueue` is given), it only marks each project and enqueues one task for it; the task
+(`purge_project`, served by the `purgeProject` task queue function) deletes that one project by the
+same steps 2-3, with the same `deletingAt` check, so the work spreads over as many instances as
+the queue dispatches at once and a failed task is retried by Cloud Tasks. Without a queue the pass
+deletes inline. A repeat enqueue of the same project on the same night is harmless: the task name
+derives from the project and the night, and the queue refuses a second task of that name.
+
 The time budget (SWEEP_BUDGET_S) is checked before every step against the longest step seen so
 far, so a run stops cleanly before it; `complete` is false when it stopped with work left.
 """
@@ -58,6 +66,8 @@ MARKED, KEPT, GONE = "marked", "kept", "gone"
 Progress = Callable[[str, dict[str, Any]], None]
 # commit(batch): how a deletion batch is committed; tests pass one that counts its writes.
 Commit = Callable[["WriteBatch"], object]
+# enqueue(projectId): put one purge task on the queue; False when that task was already enqueued.
+Enqueue = Callable[[str], bool]
 
 
 @dataclass
@@ -75,9 +85,12 @@ class SweepReport:
     problems_deleted: int = 0
     elapsed_ms: int = 0
     dry_run: bool = False
+    fanned_out: bool = False
+    projects_enqueued: int = 0
 
     def body(self) -> dict[str, Any]:
-        """The answer of `retention_sweep`, key for key as DESIGN.md has it."""
+        """The answer of `retention_sweep`, key for key as DESIGN.md has it (+ `projectsEnqueued` after a fan-out)."""
+        fan_out = {"projectsEnqueued": self.projects_enqueued} if self.fanned_out else {}
         return {
             "complete": self.complete,
             "projectsDeleted": self.projects_deleted,
@@ -87,6 +100,7 @@ class SweepReport:
             "refundsSettled": self.refunds_settled,
             "projectsDeferred": self.projects_deferred,
             "elapsedMs": self.elapsed_ms,
+            **fan_out,
         }
 
     def log_fields(self) -> dict[str, Any]:
@@ -168,6 +182,8 @@ class _Pass:
         progress: Progress | None,
         commit: Commit,
         workers: int,
+        enqueue: Enqueue | None = None,
+        inline_projects: int = 0,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -175,6 +191,8 @@ class _Pass:
         self.progress = progress
         self.commit = commit
         self.workers = max(1, workers)
+        self.enqueue = enqueue
+        self.inline_projects = inline_projects
         self.started = clock()
         self.deadline = self.started + settings.sweep_budget_s
         self.project_cutoff = now - timedelta(days=settings.retention_days)
@@ -255,8 +273,9 @@ class _Pass:
 
     # Projects ---------------------------------------------------------------------------------
 
-    def sweep_projects(self, query: Query, *, announce: bool) -> None:
-        """Delete every project `query` finds, `workers` projects at a time."""
+    def sweep_projects(self, query: Query, *, announce: bool, fan_out: bool = False) -> None:
+        """Delete (or with `fan_out`, enqueue) every project `query` finds, `workers` projects at a time."""
+        step = self.enqueue_project if fan_out else self.delete_project
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
             running: set[Future[None]] = set()
             for snap in db.pages(query, QUERY_PAGE):
@@ -273,7 +292,7 @@ class _Pass:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         future.result()
-                running.add(pool.submit(self.sweep_project, snap.reference))
+                running.add(pool.submit(self.sweep_project, snap.reference, step))
             for future in running:
                 future.result()
 
@@ -282,15 +301,32 @@ class _Pass:
         self.tally(projects_deleted=1, versions_deleted=versions)
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
-    def sweep_project(self, project_ref: DocumentReference) -> None:
-        """Delete one project; one that keeps conflicting is left for the next pass, not the end of this one."""
+    def sweep_project(self, project_ref: DocumentReference, step: Callable[[DocumentReference], None] | None = None) -> None:
+        """Delete one project (or `step` it); one that keeps conflicting is left for the next pass, not the end of this one."""
         try:
-            self.delete_project(project_ref)
+            (step or self.delete_project)(project_ref)
         except Contention:
             log.warning("project %s kept conflicting with other writers; the next sweep retries it", project_ref.id)
             self.left_over = True
             self.tally(projects_deferred=1)
             self.emit("deferred", projectId=project_ref.id)
+
+    def fans_out(self) -> bool:
+        """Whether this pass hands projects to the queue: one is there and the night is large."""
+        return (
+            self.enqueue is not None
+            and not self.dry_run
+            and _count(expired_projects(self.client, self.project_cutoff)) > self.inline_projects
+        )
+
+    def enqueue_project(self, project_ref: DocumentReference) -> None:
+        """Mark the project (a purge task deletes only marked projects), then enqueue its task."""
+        assert self.enqueue is not None
+        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+            return
+        if self.enqueue(project_ref.id):
+            self.tally(projects_enqueued=1)
+            self.emit("enqueued", projectId=project_ref.id)
 
     def delete_project(self, project_ref: DocumentReference) -> None:
         if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
@@ -357,11 +393,13 @@ class _Pass:
 
     def run(self) -> SweepReport:
         self.settle_stale_charges()
+        fan_out = not self.stopped and self.fans_out()
+        self.report.fanned_out = fan_out
         # Marked projects first: a pass that stopped part-way left them half deleted.
         if not self.stopped:
-            self.sweep_projects(marked_projects(self.client), announce=False)
+            self.sweep_projects(marked_projects(self.client), announce=False, fan_out=fan_out)
         if not self.stopped:
-            self.sweep_projects(expired_projects(self.client, self.project_cutoff), announce=True)
+            self.sweep_projects(expired_projects(self.client, self.project_cutoff), announce=True, fan_out=fan_out)
         if not self.stopped:
             self.delete_old(old_events(self.client, self.event_cutoff), "events_deleted")
         if not self.stopped:
@@ -381,17 +419,47 @@ def sweep(
     progress: Progress | None = None,
     commit: Commit = _commit_with_deadline,
     workers: int = DEFAULT_WORKERS,
+    enqueue: Enqueue | None = None,
 ) -> SweepReport:
     """One retention pass: refund stale charges, delete expired projects and old analytics events.
 
     `now` sets the cutoffs (default: the current time); `clock` measures the SWEEP_BUDGET_S budget
     (0 stops before any step). `dry_run` writes nothing and reports what it would do. `progress`
     hears each step; `commit` commits each deletion batch; `workers` projects are deleted at once.
+    `enqueue`, when a task queue is reachable, takes over the projects of a night larger than
+    SWEEP_INLINE_PROJECTS (module docstring, "Fan-out").
     Safe to run concurrently with itself: nothing is refunded or counted twice.
     """
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    run = _Pass(client, settings, now or datetime.now(UTC), clock, dry_run, progress, commit, workers)
+    run = _Pass(
+        client, settings, now or datetime.now(UTC), clock, dry_run, progress, commit, workers, enqueue, settings.sweep_inline_projects
+    )
     report = run.run()
     log.info("retention sweep %s", "complete" if report.complete else "stopped with work left", extra={"json_fields": report.log_fields()})
     return report
+
+
+def purge_project(
+    client: Client,
+    settings: Settings,
+    project_id: str,
+    *,
+    now: datetime | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    commit: Commit = _commit_with_deadline,
+) -> SweepReport:
+    """Delete one expired project with its versions: the task of the sweep's fan-out.
+
+    The same rules as an inline sweep: the project is deleted only while it is marked (or still
+    expired, and then marked first), in commits of at most 500 writes with the project document
+    last, within SWEEP_BUDGET_S. `complete` is false when the budget or contention stopped it
+    part-way; running it again resumes. A project that is gone or was active again is left alone.
+    """
+    run = _Pass(client, settings, now or datetime.now(UTC), clock, False, None, commit, 1)
+    run.sweep_project(client.collection(generations.PROJECTS).document(project_id))
+    run.report.complete = not run.stopped and not run.left_over
+    run.report.elapsed_ms = run.elapsed_ms()
+    state = "complete" if run.report.complete else "stopped with work left"
+    log.info("purge of project %s %s", project_id, state, extra={"json_fields": run.report.log_fields()})
+    return run.report
