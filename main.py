@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from firebase_functions import https_fn, options, tasks_fn
+from firebase_functions import https_fn, options, scheduler_fn, tasks_fn
 
 from functions.lib.config import deploy_region, refuse_unsafe_environment
 from functions.lib.deployment import PURGE_FUNCTION, runs_as
@@ -85,6 +85,25 @@ def retention_sweep(request: flask.Request) -> flask.Response:
 
 # `account` (HTTPS GET/DELETE: export or erase the caller) is declared here, with
 # memory=MB.MB_512, timeout_sec=300, **runs_as("account"), when its handler lands.
+
+
+# The settlement job: Firebase creates its Cloud Scheduler job on deploy (private; the scheduler
+# calls it as the function's own account). Every 10 minutes, so a crashed charge waits at most
+# STALE_CHARGE_AFTER_S + 10 minutes when its user does not come back first.
+@scheduler_fn.on_schedule(
+    schedule="every 10 minutes",
+    timezone=options.Timezone("Etc/UTC"),
+    memory=MB.MB_256,
+    timeout_sec=300,
+    max_instances=1,
+    concurrency=1,
+    **runs_as("settle_charges"),
+)
+def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
+    """Every 10 minutes: refund generations left `charged` by a killed process, exactly once each."""
+    from functions.settle_charges import run
+
+    run()
 
 
 # The sweep's fan-out: one task per expired project. Private (Cloud Tasks calls it with the sweep's

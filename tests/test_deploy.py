@@ -16,7 +16,7 @@ from functions.lib import deployment
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
-FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject")
+FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject", "settle_charges")
 
 
 def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:

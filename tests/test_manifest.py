@@ -27,7 +27,7 @@ def manifest() -> dict[str, Any]:
 def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: dict[str, Any]) -> None:
     endpoints = manifest["endpoints"]
 
-    assert set(endpoints) >= PUBLIC_HTTP | {"retention_sweep", "purgeProject"}
+    assert set(endpoints) >= PUBLIC_HTTP | {"retention_sweep", "purgeProject", "settle_charges"}
     assert set(endpoints) <= set(deployment.FUNCTIONS)
     for name in PUBLIC_HTTP:
         assert endpoints[name]["httpsTrigger"] == {"invoker": ["public"]}, name
@@ -62,6 +62,15 @@ def test_the_purge_task_function_has_a_letters_only_queue_with_retries_and_rate_
     assert purge["concurrency"] == 1 and purge["maxInstances"] == queue["rateLimits"]["maxConcurrentDispatches"]
     assert purge["timeoutSeconds"] > settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"}).sweep_budget_s
     assert "cloudtasks.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
+
+
+def test_the_settlement_job_runs_on_a_schedule_of_at_most_15_minutes(manifest: dict[str, Any]) -> None:
+    job = manifest["endpoints"]["settle_charges"]
+
+    assert job["scheduleTrigger"]["schedule"] == "every 10 minutes" and job["scheduleTrigger"]["timeZone"] == "Etc/UTC"
+    assert job["scheduleTrigger"]["retryConfig"] == {}  # the next run, 10 minutes on, is the retry
+    assert job["maxInstances"] == 1 and job["serviceAccountEmail"] == "fn-settle-charges@" and not job["secretEnvironmentVariables"]
+    assert "cloudscheduler.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
 
 
 def test_options_match_the_documented_limits(manifest: dict[str, Any]) -> None:

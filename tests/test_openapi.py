@@ -25,7 +25,9 @@ def entry_points() -> set[str]:
     return {
         name
         for name, fn in vars(main).items()
-        if inspect.isfunction(fn) and fn.__module__ == "main" and list(inspect.signature(fn).parameters) == ["request"]
+        if inspect.isfunction(fn)
+        and fn.__module__ == "main"
+        and getattr(getattr(fn, "__firebase_endpoint__", None), "httpsTrigger", None) is not None
     }
 
 
