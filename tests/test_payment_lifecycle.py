@@ -381,3 +381,24 @@ def test_refund_gives_credits_only_to_the_generations_own_user(db: Any, settings
 
     assert balance(db, "rex") == 0 and balance(db, "quy") == 50
     assert [g["status"] for g in generations(db, "quy")] == ["charged"]
+
+
+def test_refunds_and_reinstatements_land_while_the_balance_stays_below_zero(app: Any, db: Any, settings: Any) -> None:
+    from functions.lib import generations as gens
+    from functions.lib import settlement
+
+    pi = buy(app, "sal")
+    make_user(db, "sal")
+    for _ in range(2):  # two generations whose processes die: 100 credits held
+        assert isinstance(gens.charge(db, settings, gens.GenerationRequest("sal", "a crash")), gens.Charge)
+    taken = outcome(app, refund_created("re_sal1", pi))
+    after_refund = balance(db, "sal")
+
+    settled = settlement.settle_stale_charges(db, settings, now=datetime.now(UTC) + timedelta(seconds=settings.stale_charge_after_s + 1))
+    given_back = outcome(app, refund_failed("re_sal1", pi))
+
+    assert taken == "reversed" and after_refund == -100
+    assert settled.refunds_settled == 2 and given_back == "reinstated"
+    assert [e["balanceAfter"] for e in sorted(entries(db, "sal", "refund"), key=lambda e: e["balanceAfter"])] == [-50, 0]
+    assert balance(db, "sal") == STARTER
+    assert_ledger_consistent(db)

@@ -66,14 +66,15 @@ def stage_entry(
     """Stage a ledger entry and the balance it causes in `batch`; return the new balance.
 
     The user document is created when missing (first purchase), otherwise updated under a
-    precondition on its update time as read. Raises InsufficientCredits when the balance would
-    go below zero, except for the types in MAY_GO_NEGATIVE.
+    precondition on its update time as read. Raises InsufficientCredits when a debit would take the
+    balance below zero, except for the types in MAY_GO_NEGATIVE; a credit always lands, even when the
+    balance stays below zero after it.
     """
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     before = balance_of(user)
     after = before + amount
-    if after < 0 and type not in MAY_GO_NEGATIVE:
+    if amount < 0 and after < 0 and type not in MAY_GO_NEGATIVE:
         raise InsufficientCredits(balance=before, required=-amount, shortfall=-after)
     batch.create(
         client.collection(LEDGER).document(entry_id(type, ref)),
