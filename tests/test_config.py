@@ -28,6 +28,9 @@ def test_defaults() -> None:
         ({**BASE, "GENERATOR": "gpt"}, "GENERATOR"),
         ({**BASE, "CREDIT_PACKS": "{oops"}, "CREDIT_PACKS"),
         ({**BASE, "CREDIT_PACKS": '{"x": {"credits": -1, "price": "p"}}'}, "CREDIT_PACKS"),
+        ({**BASE, "STRIPE_MODE": "production"}, "STRIPE_MODE"),
+        ({**BASE, "STALE_CHARGE_AFTER_S": "59"}, "STALE_CHARGE_AFTER_S"),  # below the default 30 s timeout + 30
+        ({**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "129"}, "STALE_CHARGE_AFTER_S"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -35,6 +38,17 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
         settings_from(env)
 
     assert err.value.variable == variable and variable in str(err.value)
+
+
+def test_a_charge_is_stale_only_after_the_generation_timeout_plus_30_s() -> None:
+    assert settings_from({**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "130"}).stale_charge_after_s == 130
+    assert settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5"}).stale_charge_after_s == 600
+    with pytest.raises(ConfigError, match=r"at least 33 \(GENERATION_TIMEOUT_S \+ 30\)"):
+        settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5", "STALE_CHARGE_AFTER_S": "32"})
+
+
+def test_stripe_mode() -> None:
+    assert settings_from(BASE).stripe_mode == "test" and settings_from({**BASE, "STRIPE_MODE": "live"}).stripe_mode == "live"
 
 
 def test_credit_packs_override() -> None:

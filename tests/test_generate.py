@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from devstack.procs import wait_until
 from tests.conftest import assert_ledger_consistent, bearer
 from tests.helpers import balance, entries, generations, make_user
 
@@ -244,15 +246,14 @@ def test_failed_idempotency_key_replays_the_same_502(app: Any, db: Any, gemini: 
 
 def test_idempotency_key_while_first_request_runs_is_409(app: Any, db: Any, gemini: Any) -> None:
     make_user(db, "jo", credits=100)
-    gemini.delay_s = 1.0
+    gemini.gate = threading.Event()  # the model answers only once the second request has been answered
     key = {"Idempotency-Key": "k-slow"}
 
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, app, "jo", {"prompt": "x"}, key)
-        import time
-
-        time.sleep(0.5)
+        wait_until(lambda: len(gemini.received) == 1, what="the first request's model call", timeout=30)
         second = post(app, "jo", {"prompt": "x"}, key)
+        gemini.gate.set()
         first_res = first.result()
 
     assert first_res.status_code == 200

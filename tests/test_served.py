@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from tests.helpers import make_user
 
 
 def _wait_exit(fn: ServedFunction, timeout: float = 30) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and fn.child.proc.poll() is None:
-        time.sleep(0.1)
-    return fn.child.proc.poll()
+    try:
+        return fn.child.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @pytest.mark.no_emulator

@@ -1,6 +1,6 @@
 """Generations: charge, generate, save the version, or refund exactly once.
 
-The money path of `generate` (DESIGN.md, step by step):
+The money path of `generate` (docs/ARCHITECTURE.md, "Money"):
 1. `charge`: one optimistic commit reads the user (consent and balance), the project (iterations)
    and the generation id, then writes the charge entry, the new balance and `generations/{id}`
    with status `charged`. The generation id derives from (user, Idempotency-Key), so a key can

@@ -1,4 +1,4 @@
-"""Retention: the nightly sweep that settles stale charges and deletes expired data (DESIGN.md).
+"""Retention: the nightly sweep that settles stale charges and deletes expired data (docs/ARCHITECTURE.md, "Retention").
 
 Policy: a generation still `charged` STALE_CHARGE_AFTER_S after its `createdAt` was left by a
 killed process and is refunded through `generations.refund` (exactly once, `refund_{id}`); a
@@ -89,7 +89,8 @@ class SweepReport:
     projects_enqueued: int = 0
 
     def body(self) -> dict[str, Any]:
-        """The answer of `retention_sweep`, key for key as DESIGN.md has it (+ `projectsEnqueued` after a fan-out)."""
+        """The answer of `retention_sweep`: the contract's keys, plus `projectsDeferred` and, after a
+        fan-out, `projectsEnqueued`."""
         fan_out = {"projectsEnqueued": self.projects_enqueued} if self.fanned_out else {}
         return {
             "complete": self.complete,
