@@ -105,3 +105,22 @@ def test_cli_runs_as_a_module(db: Any) -> None:
 
     assert res.returncode == 0, res.stderr
     assert "audit: 0 users, 0 ledger entries" in res.stdout
+
+
+def test_the_audit_reads_one_moment_so_live_traffic_shows_no_false_difference(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from functions.lib import audit, ledger
+
+    monkeypatch.setattr(audit, "PAGE", 2)  # several pages, so traffic lands between two reads
+    for uid in ("a", "b", "c", "d"):
+        ledger.grant(db, uid, f"seed-{uid}", 10, "seed")
+
+    def traffic(report: audit.AuditReport) -> None:
+        # After the first user the ledger scan has read c's entry, the balance scan not yet c's balance.
+        if report.users == 1:
+            ledger.grant(db, "c", "zz-late", 5, "granted while the audit runs")
+
+    report = audit.audit(db, traffic, every=1)
+
+    assert report.clean, report.differences
+    assert (report.users, report.entries) == (4, 4)
+    assert balance(db, "c") == 15 and audit.audit(db).entries == 5

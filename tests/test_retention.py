@@ -386,3 +386,23 @@ def test_one_structured_log_line_per_pass(db: Any, settings: Any, caplog: pytest
     assert record.getMessage() == "retention sweep complete"
     assert record.json_fields == {**report.body(), "eventsDeleted": 0, "problemsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
     assert record.json_fields["projectsDeleted"] == 1 and record.json_fields["versionsDeleted"] == 2  # type: ignore[attr-defined]
+
+
+def test_a_project_that_keeps_conflicting_is_left_for_the_next_pass_and_the_rest_is_swept(db: Any, settings: Any) -> None:
+    from google.api_core import exceptions as gexc
+
+    seed_project(db, "busy", 3)
+    seed_project(db, "calm", 2)
+
+    def another_writer_always_wins_on_busy(batch: Any) -> object:
+        if any("projects/busy" in write.delete for write in batch._write_pbs):
+            raise gexc.FailedPrecondition("the document changed since it was read")
+        return batch.commit()
+
+    first = retention.sweep(db, settings, commit=another_writer_always_wins_on_busy)
+    second = retention.sweep(db, settings)
+
+    assert (first.complete, first.projects_deleted, first.projects_deferred) == (False, 1, 1)
+    assert first.body()["projectsDeferred"] == 1
+    assert (second.complete, second.projects_deleted, second.projects_deferred) == (True, 1, 0)
+    assert not project_exists(db, "busy") and not project_exists(db, "calm")
