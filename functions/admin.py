@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from functions.lib.config import refuse_unsafe_environment
 from functions.lib.errors import AppError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 3, 4
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        refuse_unsafe_environment()
         return int(args.run(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -62,11 +62,38 @@ def test_missing_secret_names_itself() -> None:
         settings_from(BASE).require("STRIPE_WEBHOOK_SECRET")
 
 
-def test_deployed_process_refuses_emulator_switches() -> None:
-    with pytest.raises(ConfigError, match="FIREBASE_AUTH_EMULATOR_HOST"):
-        refuse_unsafe_environment({"K_SERVICE": "generate", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
-    refuse_unsafe_environment({"K_SERVICE": "generate"})
-    refuse_unsafe_environment({"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
+@pytest.mark.parametrize("variable", ["FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"])
+@pytest.mark.parametrize("project", [{"GOOGLE_CLOUD_PROJECT": "credits-prod"}, {"GCLOUD_PROJECT": "credits-prod"}, {}])
+@pytest.mark.parametrize("deployed", [{}, {"K_SERVICE": "generate"}])
+def test_emulator_switches_with_a_real_project_refuse_to_start_anywhere(
+    variable: str, project: dict[str, str], deployed: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        refuse_unsafe_environment({**project, **deployed, variable: "127.0.0.1:9099"})
+
+    assert err.value.variable == variable and variable in str(err.value) and "demo-" in str(err.value)
+
+
+def test_emulator_switches_work_for_demo_projects_including_the_functions_emulator() -> None:
+    switches = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}
+    refuse_unsafe_environment({"GOOGLE_CLOUD_PROJECT": "demo-x", **switches})
+    # What `firebase emulators:start` gives each function: K_SERVICE as on Cloud Run, GCLOUD_PROJECT.
+    functions_emulator = {"K_SERVICE": "checkout", "FUNCTION_TARGET": "checkout", "FUNCTIONS_EMULATOR": "true", "GCLOUD_PROJECT": "demo-x"}
+    refuse_unsafe_environment(
+        {**functions_emulator, **switches, "STRIPE_SECRET_KEY": "sk_test", "STRIPE_API_BASE": "http://127.0.0.1:12111"}
+    )
+
+
+@pytest.mark.parametrize("variable", ["STRIPE_API_BASE", "GEMINI_BASE_URL"])
+def test_deployed_process_refuses_double_base_urls(variable: str) -> None:
+    deployed = {"K_SERVICE": "credits", "FUNCTION_TARGET": "credits", "GOOGLE_CLOUD_PROJECT": "credits-prod"}
+    with pytest.raises(ConfigError) as err:
+        refuse_unsafe_environment({**deployed, variable: "http://127.0.0.1:9"})
+
+    assert err.value.variable == variable and "refusing to start" in str(err.value)
+    refuse_unsafe_environment(deployed)
+    # Not deployed (no K_SERVICE): a developer may point a real-project run at a local double.
+    refuse_unsafe_environment({"GOOGLE_CLOUD_PROJECT": "credits-prod", variable: "http://127.0.0.1:9"})
 
 
 @pytest.mark.parametrize(
@@ -77,3 +104,15 @@ def test_deployed_function_refuses_to_start_without_its_secret(target: str, vari
     with pytest.raises(ConfigError, match=variable):
         refuse_unsafe_environment({"K_SERVICE": target, "FUNCTION_TARGET": target})
     refuse_unsafe_environment({"K_SERVICE": target, "FUNCTION_TARGET": target, variable: "set"})
+
+
+def test_operator_cli_refuses_an_emulator_switch_with_a_real_project(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functions import admin
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "credits-prod")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")
+
+    assert admin.main(["audit"]) == admin.EXIT_CONFIG
+    assert "FIRESTORE_EMULATOR_HOST" in capsys.readouterr().err

@@ -24,18 +24,31 @@ def _wait_exit(fn: ServedFunction, timeout: float = 30) -> int | None:
         return None
 
 
+REAL_PROJECT = "credits-prod"
+DEPLOYED = {"GOOGLE_CLOUD_PROJECT": REAL_PROJECT}
+
+
 @pytest.mark.no_emulator
 @pytest.mark.parametrize(
     ("target", "env", "named"),
     [
-        ("generate", {"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099", "GENERATOR": "offline"}, "FIREBASE_AUTH_EMULATOR_HOST"),
-        ("credits", {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080"}, "FIRESTORE_EMULATOR_HOST"),
-        ("generate", {"GENERATOR": "gemini"}, "GEMINI_API_KEY"),
+        # An emulator switch with a real project: refused whether or not the process looks deployed.
+        ("generate", {**DEPLOYED, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099", "GENERATOR": "offline"}, "FIREBASE_AUTH_EMULATOR_HOST"),
+        ("credits", {**DEPLOYED, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "K_SERVICE": "credits"}, "FIRESTORE_EMULATOR_HOST"),
+        # Deployed (K_SERVICE, real project): a double's base URL would receive the live key.
+        ("checkout", {**DEPLOYED, "K_SERVICE": "checkout", "STRIPE_API_BASE": "http://127.0.0.1:9"}, "STRIPE_API_BASE"),
+        (
+            "generate",
+            {**DEPLOYED, "K_SERVICE": "generate", "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": "http://127.0.0.1:9"},
+            "GEMINI_BASE_URL",
+        ),
+        ("generate", {"K_SERVICE": "generate", "GOOGLE_CLOUD_PROJECT": "demo-x", "GENERATOR": "gemini"}, "GEMINI_API_KEY"),
     ],
 )
-def test_deployed_process_with_unsafe_config_refuses_to_start(target: str, env: dict[str, str], named: str) -> None:
-    base = {k: v for k, v in os.environ.items() if k not in ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GEMINI_API_KEY")}
-    full = {**base, "K_SERVICE": target, "FUNCTION_TARGET": target, "GOOGLE_CLOUD_PROJECT": "demo-x", **env}
+def test_process_with_unsafe_config_refuses_to_start_naming_the_variable(target: str, env: dict[str, str], named: str) -> None:
+    unsafe = ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GEMINI_API_KEY", "STRIPE_API_BASE", "GEMINI_BASE_URL", "K_SERVICE")
+    base = {k: v for k, v in os.environ.items() if k not in unsafe}
+    full = {**base, "FUNCTION_TARGET": target, **env}
     fn = ServedFunction(target, env=full, log_dir=Path(tempfile.mkdtemp()), wait=False, inherit=False)
     try:
         code = _wait_exit(fn)

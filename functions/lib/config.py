@@ -17,9 +17,16 @@ DEFAULT_CREDIT_PACKS: dict[str, dict[str, object]] = {
     "creator": {"credits": 500, "price": "price_creator_500"},
     "studio": {"credits": 1500, "price": "price_studio_1500"},
 }
+# Standard switches that point firebase-admin and the Firestore client at local emulators. With
+# FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens: anyone is anyone.
 EMULATOR_VARIABLES = ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")
-# Cloud Run (and so Cloud Functions 2nd gen) sets K_SERVICE; functions-framework run locally does not.
+# Base-URL overrides for local doubles: a deployed process would send its live key to that host.
+DOUBLE_VARIABLES = ("STRIPE_API_BASE", "GEMINI_BASE_URL")
+# Cloud Run (and so Cloud Functions 2nd gen) sets K_SERVICE; so does the Firebase Functions
+# emulator (with a demo- project), plain functions-framework does not.
 DEPLOYED_MARKER = "K_SERVICE"
+# Firebase's convention for projects that exist only in emulators: no real data, no real credentials.
+DEMO_PREFIX = "demo-"
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     generator = env.get("GENERATOR", "gemini").strip() or "gemini"
     if generator not in ("gemini", "offline"):
         raise ConfigError("GENERATOR", f"GENERATOR must be 'gemini' or 'offline', got {generator!r}")
-    project = env.get("GOOGLE_CLOUD_PROJECT", "").strip() or env.get("GCLOUD_PROJECT", "").strip()
+    project = project_of(env)
     if not project:
         raise ConfigError("GOOGLE_CLOUD_PROJECT")
     stripe_mode = env.get("STRIPE_MODE", "").strip() or "test"
@@ -179,22 +186,39 @@ def deploy_region(env: Mapping[str, str] = os.environ) -> str:
 
 def _functions_emulator(env: Mapping[str, str]) -> bool:
     """The Firebase Functions emulator also sets K_SERVICE; it is local only with a demo- project."""
-    project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or ""
-    return env.get("FUNCTIONS_EMULATOR") == "true" and project.startswith("demo-")
+    return env.get("FUNCTIONS_EMULATOR") == "true" and project_of(env).startswith(DEMO_PREFIX)
+
+
+def project_of(env: Mapping[str, str]) -> str:
+    """The project id: GOOGLE_CLOUD_PROJECT, or GCLOUD_PROJECT as the Firebase emulators set it."""
+    return env.get("GOOGLE_CLOUD_PROJECT", "").strip() or env.get("GCLOUD_PROJECT", "").strip()
 
 
 def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
-    """Fail closed: a deployed function must never trust emulator switches or run without secrets.
+    """Fail closed before serving: raise ConfigError naming the first variable that makes this
+    process unsafe.
 
-    With FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens, so a deployed
-    process that sees it would let anyone in. Raising here stops the process before it serves.
+    - An emulator switch is honoured only for a `demo-` project, wherever the process runs (a VM,
+      GKE or a laptop with real credentials sets no K_SERVICE): with a real project it refuses.
+    - A deployed process (K_SERVICE and a project that is not `demo-`) refuses the base-URL
+      overrides of local doubles, and refuses to start without the secrets its function needs.
+      The Firebase Functions emulator also sets K_SERVICE (with FUNCTIONS_EMULATOR=true and a
+      `demo-` project): it is not deployed, and may use the emulators and the doubles.
     """
+    project = project_of(env)
+    is_demo = project.startswith(DEMO_PREFIX)
+    switches = [name for name in EMULATOR_VARIABLES if env.get(name)]
+    if switches and not is_demo:
+        raise ConfigError(
+            switches[0],
+            f"refusing to start: {', '.join(switches)} set for project {project or '(none)'!r}; emulators are only for demo- projects",
+        )
     if not env.get(DEPLOYED_MARKER) or _functions_emulator(env):
         return
-    where = f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)})"
-    present = [name for name in EMULATOR_VARIABLES if env.get(name)]
-    if present:
-        raise ConfigError(present[0], f"refusing to start: {', '.join(present)} set {where}")
+    where = f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)}, project {project or '(none)'!r})"
+    overrides = [name for name in DOUBLE_VARIABLES if env.get(name)]
+    if overrides and not is_demo:
+        raise ConfigError(overrides[0], f"refusing to start: {', '.join(overrides)} set {where}")
     target = env.get("FUNCTION_TARGET", "")
     required = [s for s in required_secrets(target) if s != "GEMINI_API_KEY" or env.get("GENERATOR", "gemini") == "gemini"]
     missing = [name for name in required if not env.get(name)]
