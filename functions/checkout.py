@@ -55,7 +55,7 @@ def parse(settings: Settings, call: Call) -> CheckoutRequest:
 @endpoint("checkout", methods=("POST",))
 def handle(call: Call) -> dict[str, Any]:
     """POST {packId, successUrl, cancelUrl} -> 200 {url, sessionId}."""
-    uid = auth.authenticate(call.headers.get("Authorization"))
+    uid = auth.authenticate(call.headers.get("Authorization"), check_revoked=True)
     logs.bind(uid=uid)
     settings = get_settings()
     req = parse(settings, call)

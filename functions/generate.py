@@ -29,7 +29,7 @@ def parse(uid: str, call: Call) -> GenerationRequest:
 @endpoint("generate", methods=("POST",))
 def handle(call: Call) -> Reply:
     """POST {prompt, projectId?} -> 200 {projectId, versionId, output, creditsCharged, balance}."""
-    uid = auth.authenticate(call.headers.get("Authorization"))
+    uid = auth.authenticate(call.headers.get("Authorization"), check_revoked=True)
     logs.bind(uid=uid)
     request = parse(uid, call)
     done = generate(db.get_client(), get_settings(), get_provider(), request)

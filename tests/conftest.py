@@ -1,4 +1,6 @@
-"""Test harness: one real Firestore emulator per session, cleared before every test.
+"""Test harness: one real Firestore emulator and one real Firebase Auth emulator per session,
+both cleared before every test. `token(uid)` creates that uid's Auth account (generate and
+checkout look the account up: disabled, deleted or revoked) and returns an emulator ID token.
 
 Environment changes go through `monkeypatch` (restored after each test); cached settings,
 clients and providers are dropped around every test so each sees its own environment.
@@ -6,6 +8,7 @@ clients and providers are dropped around every test so each sees its own environ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,8 +17,10 @@ from typing import Any
 
 import pytest
 
+from devstack.auth import AuthEmulator
 from devstack.doubles import GeminiDouble
 from devstack.firestore import FirestoreEmulator
+from devstack.stripe_double import StripeDouble
 from devstack.tokens import emulator_id_token
 
 PROJECT = "demo-credits-test"
@@ -23,7 +28,8 @@ TERMS = "2026-11-01"
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ENV = {
     "GOOGLE_CLOUD_PROJECT": PROJECT,
-    # Tokens are checked offline by firebase-admin in emulator mode; nothing listens here.
+    # Processes started without the Auth emulator (no_emulator tests) check tokens offline only:
+    # firebase-admin in emulator mode; nothing listens here. `emulator` points it at the real one.
     "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9",
     "GENERATOR": "offline",
     "TERMS_VERSION": TERMS,
@@ -34,6 +40,29 @@ BASE_ENV = {
 }
 
 
+class Accounts:
+    """The session's Auth emulator, and the uids given an account since it was last cleared."""
+
+    def __init__(self) -> None:
+        self.emulator: AuthEmulator | None = None
+        self.created: set[str] = set()
+
+    def ensure(self, uid: str) -> None:
+        if self.emulator is None or uid in self.created:
+            return
+        self.emulator.wait_ready()
+        self.emulator.create_account(uid)
+        self.created.add(uid)
+
+    def clear(self) -> None:
+        if self.emulator is not None and self.created:
+            self.emulator.clear()
+        self.created = set()
+
+
+ACCOUNTS = Accounts()
+
+
 def reset_caches() -> None:
     from functions.lib import auth, config, db, models
 
@@ -41,17 +70,29 @@ def reset_caches() -> None:
     db.get_client.cache_clear()
     models.get_provider.cache_clear()
     auth._app.cache_clear()
+    auth.account_states.clear()
+    # firebase-admin keeps named apps (and their Auth client, bound to the emulator host) globally.
+    import firebase_admin
+
+    with contextlib.suppress(ValueError):
+        firebase_admin.delete_app(firebase_admin.get_app("credits-backbone"))
 
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[FirestoreEmulator]:
     log_dir = Path(tempfile.mkdtemp(prefix="credits-test-"))
+    # The Auth emulator's CLI boots while the Firestore emulator starts; the first token waits for it.
+    auth_emu = AuthEmulator(PROJECT, log_dir=log_dir, wait=False)
     emu = FirestoreEmulator(PROJECT, log_dir=log_dir)
+    ACCOUNTS.emulator = auth_emu
     saved = {k: os.environ.get(k) for k in [*BASE_ENV, "FIRESTORE_EMULATOR_HOST"]}
     os.environ.update(BASE_ENV)
     os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+    os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = auth_emu.host
     yield emu
+    ACCOUNTS.emulator = None
     emu.stop()
+    auth_emu.stop()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -63,6 +104,7 @@ def emulator() -> Iterator[FirestoreEmulator]:
 def _fresh(request: pytest.FixtureRequest) -> Iterator[None]:
     if "no_emulator" not in request.keywords:
         request.getfixturevalue("emulator").clear()
+        ACCOUNTS.clear()
     reset_caches()
     yield
     reset_caches()
@@ -82,8 +124,11 @@ def settings(emulator: FirestoreEmulator) -> Any:
     return get_settings()
 
 
-def token(uid: str) -> str:
-    return emulator_id_token(uid, PROJECT)
+def token(uid: str, *, account: bool = True, issued_at: int | None = None) -> str:
+    """An emulator ID token for `uid` (issued now, or at `issued_at`); with `account`, its Firebase Auth account exists too."""
+    if account:
+        ACCOUNTS.ensure(uid)
+    return emulator_id_token(uid, PROJECT, issued_at=issued_at)
 
 
 def bearer(uid: str) -> dict[str, str]:
@@ -103,6 +148,25 @@ def app() -> Any:
         return clients[target]
 
     return client
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[StripeDouble]:
+    double = StripeDouble(prices={"price_starter_100": 500, "price_creator_500": 2000})
+    double.start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture
+def stripe_api(stripe_server: StripeDouble, monkeypatch: pytest.MonkeyPatch) -> StripeDouble:
+    """The Stripe double, fresh for this test (mode ok, nothing received, no idempotency keys seen)."""
+    stripe_server.mode = "ok"
+    stripe_server.received.clear()
+    stripe_server.forget_idempotency_keys()
+    monkeypatch.setenv("STRIPE_API_BASE", stripe_server.url)
+    reset_caches()
+    return stripe_server
 
 
 @pytest.fixture

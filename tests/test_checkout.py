@@ -3,7 +3,6 @@ local HTTP double of the Stripe API (devstack.stripe_double)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,25 +12,6 @@ from tests.conftest import BASE_ENV, assert_ledger_consistent, bearer, reset_cac
 
 SUCCESS = "https://app.example.com/credits?session={CHECKOUT_SESSION_ID}"
 CANCEL = "http://localhost:5173/credits"
-
-
-@pytest.fixture(scope="module")
-def stripe_server() -> Iterator[StripeDouble]:
-    double = StripeDouble(prices={"price_starter_100": 500, "price_creator_500": 2000})
-    double.start()
-    yield double
-    double.stop()
-
-
-@pytest.fixture
-def stripe_api(stripe_server: StripeDouble, monkeypatch: pytest.MonkeyPatch) -> StripeDouble:
-    """The Stripe double, fresh for this test (mode ok, nothing received, no idempotency keys seen)."""
-    stripe_server.mode = "ok"
-    stripe_server.received.clear()
-    stripe_server.forget_idempotency_keys()
-    monkeypatch.setenv("STRIPE_API_BASE", stripe_server.url)
-    reset_caches()
-    return stripe_server
 
 
 def checkout(app: Any, uid: str | None, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:

@@ -1,13 +1,25 @@
 """Firebase ID-token verification through firebase-admin.
 
+`authenticate(header)` checks the token alone (signature, expiry, project) and costs no round
+trip once Google's certificates are cached. The money-moving functions call
+`authenticate(header, check_revoked=True)`: it also rejects a disabled or deleted account and a
+token issued before the account's sessions were revoked, which needs the account's state from
+Firebase Auth. That state is cached per instance for AUTH_STATE_CACHE_S seconds (`AccountStates`):
+a revocation or a disabling reaches a warm instance at most that long after it was made.
+
 With FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts the emulator's unsigned tokens and
-checks no expiry; `config.refuse_unsafe_environment` keeps that switch out of deployed functions.
+checks no expiry; `config.refuse_unsafe_environment` allows that switch for demo- projects only.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from functions.lib import ids
@@ -15,6 +27,9 @@ from functions.lib.config import get_settings
 from functions.lib.errors import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
+ACCOUNT_LOOKUP_TIMEOUT_S = 10.0
+# Accounts whose state one instance remembers; the least recently used go first.
+MAX_CACHED_ACCOUNTS = 10_000
 
 
 @functools.cache
@@ -22,7 +37,8 @@ def _app() -> Any:
     import firebase_admin
 
     settings = get_settings()
-    options = {"projectId": settings.project}
+    # A short HTTP timeout: an account lookup that hangs must become a 503, not hold the request.
+    options = {"projectId": settings.project, "httpTimeout": ACCOUNT_LOOKUP_TIMEOUT_S}
     try:
         return firebase_admin.get_app("credits-backbone")
     except ValueError:
@@ -55,8 +71,8 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-def verify_id_token(token: str) -> str:
-    """The uid of a valid Firebase ID token; Unauthenticated for any invalid token."""
+def verify_id_token(token: str) -> dict[str, Any]:
+    """The claims of a valid Firebase ID token whose uid can name a document; Unauthenticated otherwise."""
     from firebase_admin import auth
 
     try:
@@ -70,9 +86,90 @@ def verify_id_token(token: str) -> str:
     if not ids.is_doc_id(uid):
         # A custom token can carry any uid; one with '/' would address another document.
         raise Unauthenticated("The ID token carries no usable user id.")
+    return {**claims, "uid": uid}
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """What revocation needs of a Firebase Auth account (`exists` False once it is deleted)."""
+
+    exists: bool
+    disabled: bool = False
+    valid_after_ms: int = 0  # tokens issued before this instant were revoked (revoke_refresh_tokens)
+
+
+def lookup_account(uid: str) -> AccountState:
+    """The account's state from Firebase Auth (one accounts:lookup call); Unavailable if it cannot answer."""
+    import firebase_admin.exceptions
+    from firebase_admin import auth
+
+    try:
+        user = auth.get_user(uid, app=_app())
+    except auth.UserNotFoundError:
+        return AccountState(exists=False)
+    except (firebase_admin.exceptions.FirebaseError, OSError) as exc:
+        log.warning("could not look up the Firebase Auth account: %s", type(exc).__name__)
+        raise Unavailable("Could not check the account right now; retry shortly.") from exc
+    return AccountState(exists=True, disabled=bool(user.disabled), valid_after_ms=int(user.tokens_valid_after_timestamp or 0))
+
+
+class AccountStates:
+    """A per-instance cache of account states, each kept `ttl_s` seconds (0: look up every time).
+
+    Thread-safe; functions serve several requests at once. Two requests for one uncached account
+    may both look it up, which is harmless.
+    """
+
+    def __init__(self, lookup: Callable[[str], AccountState], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.lookup = lookup
+        self.clock = clock
+        self._states: OrderedDict[str, tuple[float, AccountState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, uid: str, ttl_s: float) -> AccountState:
+        now = self.clock()
+        if ttl_s > 0:
+            with self._lock:
+                cached = self._states.get(uid)
+                if cached and now - cached[0] < ttl_s:
+                    self._states.move_to_end(uid)
+                    return cached[1]
+        state = self.lookup(uid)
+        if ttl_s > 0:
+            with self._lock:
+                self._states[uid] = (now, state)
+                self._states.move_to_end(uid)
+                while len(self._states) > MAX_CACHED_ACCOUNTS:
+                    self._states.popitem(last=False)
+        return state
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+
+
+account_states = AccountStates(lookup_account)
+
+
+def require_active(uid: str, issued_at_s: Any, state: AccountState) -> None:
+    """Unauthenticated unless the account exists, is enabled, and the token postdates any revocation."""
+    if not state.exists:
+        raise Unauthenticated("This account no longer exists.")
+    if state.disabled:
+        raise Unauthenticated("This account is disabled.")
+    # Firebase compares whole seconds: a token issued in the second of a revocation stays valid.
+    if not isinstance(issued_at_s, int | float) or issued_at_s * 1000 < state.valid_after_ms:
+        raise Unauthenticated("This session was revoked; sign in again.")
+
+
+def authenticate(authorization: str | None, *, check_revoked: bool = False) -> str:
+    """The caller's uid from the Authorization header.
+
+    With `check_revoked` (generate, checkout, account DELETE: anything that moves money or
+    erases), a disabled or deleted account and a token issued before a revocation are 401 too.
+    """
+    claims = verify_id_token(bearer_token(authorization))
+    uid: str = claims["uid"]
+    if check_revoked:
+        require_active(uid, claims.get("iat"), account_states.get(uid, get_settings().auth_state_cache_s))
     return uid
-
-
-def authenticate(authorization: str | None) -> str:
-    """The caller's uid from the Authorization header."""
-    return verify_id_token(bearer_token(authorization))

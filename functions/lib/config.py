@@ -64,6 +64,9 @@ class Settings:
     task_queue: bool = False
     cloud_tasks_emulator_host: str | None = None
     region: str = "us-central1"
+    auth_state_cache_s: float = 30.0
+    checkout_limit: int = 10
+    checkout_window_s: int = 3600
     initial_cost: int = 50
     iteration_cost: int = 25
 
@@ -159,6 +162,9 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
         sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
         analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
+        auth_state_cache_s=_float(env, "AUTH_STATE_CACHE_S", 30.0),
+        checkout_limit=_int(env, "CHECKOUT_LIMIT", 10, minimum=1),
+        checkout_window_s=_int(env, "CHECKOUT_WINDOW_S", 3600, minimum=1),
         allowed_origins=origins,
         stripe_mode=stripe_mode,
         problem_retention_days=_int(env, "PROBLEM_RETENTION_DAYS", 30, minimum=1),
