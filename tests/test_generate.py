@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,11 +70,15 @@ def test_missing_or_malformed_token_is_401(app: Any, db: Any, headers: dict[str,
     assert res.json["error"] == "unauthenticated" and res.json["message"]
 
 
-def test_unsigned_token_is_401_without_the_emulator_switch(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unsigned_token_is_401_without_the_emulator_switch(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from tests.conftest import reset_caches
 
     make_user(db, "mallory", credits=100)
     monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST")
+    # Application Default Credentials as a developer's laptop has them (never used: the token fails first).
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     reset_caches()
 
     res = post(app, "mallory", {"prompt": "free credits?"})
