@@ -202,7 +202,7 @@ def main() -> None:
         probe(*args.probe)
         return
 
-    with section("Cold start per entry point vs floor_txn"), Stack() as stack:
+    with section("Cold start per entry point vs floor_txn"), Stack(auth=True) as stack:
         stripe = StripeDouble(prices={"price_starter_100": 500}).start()
         stack.add_stop(stripe.stop)
         env = {"STRIPE_API_BASE": stripe.url}

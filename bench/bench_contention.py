@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
 
-    with section("Same-user contention vs distinct users"), Stack() as stack:
+    with section("Same-user contention vs distinct users"), Stack(auth=True) as stack:
         # gunicorn serves THREADS requests at a time (default 4 per core: 8 here); more threads than the
         # largest K keep all K in flight at once, as K instances of the function would be.
         fn = stack.serve("generate", env={"THREADS": str(max(16, *ks))})

@@ -9,6 +9,12 @@ contention is `bench_contention`. Round trips are counted in-process, through th
 stack (`functions_framework.create_app(...).test_client()`), by wrapping the Firestore client's
 RPC methods on its instance.
 
+`generate` checks that the caller's account is neither disabled nor revoked (a Firebase Auth
+account lookup, here against the Auth emulator), cached per instance for AUTH_STATE_CACHE_S
+(default 30 s): `generate` runs with the default, so after the warm-up its lookups are cache
+hits; `generate_lookup_each` is the same function with AUTH_STATE_CACHE_S=0, one lookup per
+request. Their difference is what the check costs when the cache misses.
+
 Targets (issue 6): generate p50 <= 1.2x the floor's; round trips <= the floor's + one commit.
 """
 
@@ -117,20 +123,22 @@ def main() -> None:
     args = parser.parse_args()
 
     with section("generate vs floor_txn (instant model)"):
-        with Stack() as stack:
+        with Stack(auth=True) as stack:
             gen_fn = stack.serve("generate", wait=False)
+            lookup_fn = stack.serve("generate", env={"AUTH_STATE_CACHE_S": "0"}, wait=False)
             floor_fn = stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False)
-            gen_fn.wait_ready()
-            floor_fn.wait_ready()
+            for fn in (gen_fn, lookup_fn, floor_fn):
+                fn.wait_ready()
             total = args.warmup + args.rounds * (args.sequential + args.concurrent)
             uids = [f"gen-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
             docs = [f"floor-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
             progress(f"seeding {len(uids)} users")
             for uid in uids:
-                seed_user(uid, 50 * (total + 10))
+                seed_user(uid, 2 * 50 * (total + 10))
 
             targets = {
                 "generate": (gen_fn, partial(generate_job, uids)),
+                "generate_lookup_each": (lookup_fn, partial(generate_job, uids)),
                 "floor_txn": (floor_fn, partial(floor_job, docs)),
             }
             seq: dict[str, Run] = {name: Run() for name in targets}
@@ -205,6 +213,13 @@ def main() -> None:
                     ["floor_txn", f"{floor_rt:g}", describe(floor_counts, rt_requests)],
                 ],
             )
+        )
+        lookup_ms = median(seq["generate_lookup_each"].latencies) - median(seq["generate"].latencies)
+        lookup_ms_conc = median(conc["generate_lookup_each"].latencies) - median(conc["generate"].latencies)
+        print(
+            f"\nAccount check (disabled / revoked), lookup on every request minus cached, p50: sequential {ms(lookup_ms)} ms "
+            f"({ratio(lookup_ms, median(base_seq.latencies))} of the floor's p50), {args.clients} clients {ms(lookup_ms_conc)} ms "
+            f"({ratio(lookup_ms_conc, median(base_conc.latencies))})."
         )
         p50 = median(seq["generate"].latencies) / median(base_seq.latencies)
         p50_conc = median(conc["generate"].latencies) / median(base_conc.latencies)

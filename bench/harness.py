@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.serve import ServedFunction
 from devstack.tokens import emulator_id_token
@@ -51,18 +52,27 @@ def command() -> str:
 
 
 class Stack:
-    """One Firestore emulator and any number of served functions, all stopped on exit."""
+    """One Firestore emulator, one Firebase Auth emulator and any number of served functions, all stopped on exit.
 
-    def __init__(self) -> None:
+    Tokens are the emulator's unsigned ones (`token`); generate and checkout look each account up
+    in the Auth emulator (disabled, revoked), so benchmarks that call them pass `auth=True` and
+    `seed_user` creates the account there. Without it nothing listens at the Auth host.
+    """
+
+    def __init__(self, *, auth: bool = False) -> None:
         self.log_dir = Path(tempfile.mkdtemp(prefix="credits-bench-"))
         self._stops: list[Callable[[], None]] = []
+        self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir, wait=False) if auth else None
+        if self.auth:
+            self._stops.append(self.auth.stop)
         self.firestore = FirestoreEmulator(PROJECT, log_dir=self.log_dir)
         self._stops.append(self.firestore.stop)
+        if self.auth:
+            self.auth.wait_ready()
         self.env = {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "FIRESTORE_EMULATOR_HOST": self.firestore.host,
-            # Tokens are checked offline by firebase-admin in emulator mode; nothing listens here.
-            "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9",
+            "FIREBASE_AUTH_EMULATOR_HOST": self.auth.host if self.auth else "127.0.0.1:9",
             "GENERATOR": "offline",
             "TERMS_VERSION": TERMS,
             "STRIPE_SECRET_KEY": "sk_test_bench",
@@ -113,9 +123,14 @@ def token(uid: str) -> str:
 
 
 def seed_user(uid: str, credits: int) -> None:
-    """A user who accepted the current terms and holds `credits`, written through the real domain code."""
-    from functions.lib import consent, db, ledger
+    """A user with a Firebase Auth account who accepted the current terms and holds `credits`, written through the real domain code."""
+    from firebase_admin import auth
 
+    from functions.lib import consent, db, ledger
+    from functions.lib.auth import _app
+
+    with contextlib.suppress(auth.UidAlreadyExistsError):
+        auth.create_user(uid=uid, app=_app())
     client = db.get_client()
     consent.accept(client, uid, TERMS, TERMS)
     if credits:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from functions.http import Call, endpoint
-from functions.lib import auth, logs, stripe_api
+from functions.lib import auth, db, limits, logs, stripe_api
 from functions.lib.config import CreditPack, Settings, get_settings
 from functions.lib.errors import ConfigError, InvalidRequest
 
@@ -59,6 +60,9 @@ def handle(call: Call) -> dict[str, Any]:
     logs.bind(uid=uid)
     settings = get_settings()
     req = parse(settings, call)
+    limits.take_checkout_slot(
+        db.get_client(), uid, limit=settings.checkout_limit, window_s=settings.checkout_window_s, now=datetime.now(UTC)
+    )
     session = stripe_api.create_checkout_session(
         settings, uid=uid, pack=req.pack, success_url=req.success_url, cancel_url=req.cancel_url,
         idempotency_key=stripe_api.checkout_idempotency_key(uid, req.idempotency_key),

@@ -72,6 +72,13 @@ class IdempotencyKeyReused(AppError):
     status, code, message = 422, "idempotency_key_reused", "This Idempotency-Key was used with a different request body."
 
 
+class RateLimited(AppError):
+    status, code, message = 429, "rate_limited", "Too many requests; retry after the number of seconds in Retry-After."
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, retryAfterSeconds=retry_after_s, **details)
+
+
 class GenerationFailed(AppError):
     status, code, message = 502, "generation_failed", "The generation failed; your credits were refunded."
 
