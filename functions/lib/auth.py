@@ -143,6 +143,11 @@ class AccountStates:
                     self._states.popitem(last=False)
         return state
 
+    def forget(self, uid: str) -> None:
+        """Drop one account's cached state (after deleting or disabling it from this instance)."""
+        with self._lock:
+            self._states.pop(uid, None)
+
     def clear(self) -> None:
         with self._lock:
             self._states.clear()
