@@ -128,3 +128,6 @@ def test_cached_account_state_lets_a_revocation_through_only_after_its_ttl(db: A
 
     assert not within_ttl.disabled and after_ttl.disabled
     assert states.get("cache", 0).disabled
+    admin.update_user("cache", disabled=False, app=admin_app)
+    states.forget("cache")
+    assert not states.get("cache", 30).disabled
