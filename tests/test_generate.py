@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -211,6 +212,18 @@ def test_gemini_success_goes_through_the_real_client(app: Any, db: Any, gemini: 
     [req] = gemini.received
     assert req.path.endswith("/models/gemini-test:generateContent")
     assert req.headers.get("x-goog-api-key") == "test-key"
+
+
+def test_a_generation_logs_no_per_request_info_noise_from_google_genai(
+    app: Any, db: Any, gemini: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_user(db, "gus", credits=50)
+
+    with caplog.at_level(logging.INFO, logger="google_genai"):
+        res = post(app, "gus", {"prompt": "hello"})
+
+    assert res.status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("google_genai") and r.levelno >= logging.INFO] == []
 
 
 def test_idempotency_key_replay_charges_once_and_answers_the_same(app: Any, db: Any) -> None:

@@ -68,11 +68,19 @@ class GeminiProvider:
         )
         return genai.Client(api_key=self._api_key, http_options=options)
 
+    @functools.cached_property
+    def _config(self) -> Any:
+        from google.genai import types
+
+        # No tools are passed, so automatic function calling has nothing to do; left on, google-genai
+        # logs "AFC is enabled with max remote calls: 10" at INFO on every generation.
+        return types.GenerateContentConfig(automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+
     def generate(self, prompt: str) -> str:
         from google.genai import errors
 
         try:
-            response = self._client.models.generate_content(model=self.model, contents=prompt)
+            response = self._client.models.generate_content(model=self.model, contents=prompt, config=self._config)
         except errors.APIError as exc:
             reason = "rate_limited" if exc.code == 429 else "model_unavailable" if (exc.code or 0) >= 500 else "model_rejected"
             log.warning("gemini answered %s", exc.code)
