@@ -136,5 +136,5 @@ WEBHOOK_URL="$(capture "https://stripe-webhook-HASH-${REGION}.a.run.app" gcloud 
 echo
 echo "Stripe webhook URL (Dashboard > Developers > Webhooks; events: checkout.session.completed,"
 echo "checkout.session.async_payment_succeeded, charge.refunded, refund.created, refund.updated, refund.failed,"
-echo "charge.dispute.created, charge.dispute.closed):"
+echo "charge.refund.updated, charge.dispute.created, charge.dispute.closed; API version 2024-10-28 or later):"
 echo "  $WEBHOOK_URL"

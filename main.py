@@ -10,9 +10,10 @@ importing it does no I/O. Who each function runs as and which secrets it reads c
 table, `functions/lib/deployment.py`, which deploy.sh reads too. CORS stays in `functions/http.py`
 (no `cors=` option here), so preflights and error answers carry the same headers everywhere.
 
-Timeouts: generate's 120 s stays below STALE_CHARGE_AFTER_S (600 s by default, and settings refuse
-less than GENERATION_TIMEOUT_S + 30), so a live generation is never settled as a crashed one, and
-above GENERATION_TIMEOUT_S (30 s) + 30 s of Firestore work and refund.
+Timeouts: generate's 120 s (`generate_timeout_s`: less when STALE_CHARGE_AFTER_S is set below 121 s)
+stays below STALE_CHARGE_AFTER_S (600 s by default; settings refuse less than GENERATION_TIMEOUT_S +
+30), so a live generation is never settled as a crashed one, and above GENERATION_TIMEOUT_S (30 s)
+plus the Firestore work and refund.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from firebase_functions import https_fn, options, scheduler_fn, tasks_fn
 
-from functions.lib.config import deploy_region, refuse_unsafe_environment
+from functions.lib.config import deploy_region, generate_timeout_s, refuse_unsafe_environment
 from functions.lib.deployment import PURGE_FUNCTION, runs_as
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ options.set_global_options(region=deploy_region(), cpu=1)
 PUBLIC, PRIVATE = "public", "private"
 
 
-@https_fn.on_request(memory=MB.MB_512, timeout_sec=120, max_instances=100, concurrency=20, invoker=PUBLIC, **runs_as("generate"))
+@https_fn.on_request(
+    memory=MB.MB_512, timeout_sec=generate_timeout_s(), max_instances=100, concurrency=20, invoker=PUBLIC, **runs_as("generate")
+)
 def generate(request: flask.Request) -> flask.Response:
     """HTTPS POST: charge, generate, save a version; refund on failure."""
     from functions.generate import handle

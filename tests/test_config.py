@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions.lib.config import refuse_unsafe_environment, settings_from
+from functions.lib.config import generate_timeout_s, refuse_unsafe_environment, settings_from
 from functions.lib.errors import ConfigError
 
 pytestmark = pytest.mark.no_emulator
@@ -45,6 +45,11 @@ def test_a_charge_is_stale_only_after_the_generation_timeout_plus_30_s() -> None
     assert settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5"}).stale_charge_after_s == 600
     with pytest.raises(ConfigError, match=r"at least 33 \(GENERATION_TIMEOUT_S \+ 30\)"):
         settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5", "STALE_CHARGE_AFTER_S": "32"})
+
+
+def test_the_generate_function_times_out_before_its_charge_can_look_stale() -> None:
+    assert generate_timeout_s({}) == 120
+    assert generate_timeout_s({"STALE_CHARGE_AFTER_S": "60"}) == 59
 
 
 def test_stripe_mode() -> None:

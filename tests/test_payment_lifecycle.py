@@ -402,3 +402,72 @@ def test_refunds_and_reinstatements_land_while_the_balance_stays_below_zero(app:
     assert [e["balanceAfter"] for e in sorted(entries(db, "sal", "refund"), key=lambda e: e["balanceAfter"])] == [-50, 0]
     assert balance(db, "sal") == STARTER
     assert_ledger_consistent(db)
+
+
+# --- older API versions, odd closings, a record that disagrees ------------------------------------
+
+
+def test_older_api_versions_charge_refund_updated_gives_a_failed_refund_back(app: Any, db: Any) -> None:
+    pi = buy(app, "tom")
+
+    taken = outcome(app, charge_refunded(pi, 500))
+    failed = outcome(app, se.refund_event("charge.refund.updated", "re_tom", "ch_" + pi, pi, 500, "failed"))
+
+    assert (taken, failed) == ("reversed", "reinstated")
+    assert balance(db, "tom") == STARTER
+    assert_ledger_consistent(db)
+
+
+def test_a_charge_refunded_that_lists_its_refunds_applies_each_by_id(app: Any, db: Any) -> None:
+    pi = buy(app, "uli")
+    charge = se.charge("ch_" + pi, pi, PAID, 300)
+    charge["refunds"] = {
+        "object": "list",
+        "data": [se.refund("re_uli1", "ch_" + pi, pi, 300, "succeeded"), se.refund("re_uli2", "ch_" + pi, pi, 200, "failed")],
+    }
+    listed = se.event("charge.refunded", charge)
+
+    first, again = outcome(app, listed), outcome(app, listed)
+    late = outcome(app, refund_created("re_uli1", pi, 300))
+
+    assert (first, again, late) == ("reversed", "duplicate", "duplicate")
+    assert ledger_ids(db, "uli") == ["reversal_re_uli1"] and balance(db, "uli") == STARTER - 30
+    assert_ledger_consistent(db)
+
+
+def test_a_dispute_closed_as_prevented_gives_its_credits_back(app: Any, db: Any) -> None:
+    pi = buy(app, "val")
+
+    steps = [
+        outcome(app, se.dispute_created("dp_val", "ch_" + pi, pi)),
+        outcome(app, se.dispute_closed("dp_val", "ch_" + pi, pi, "prevented")),
+    ]
+
+    assert steps == ["reversed", "reinstated"] and balance(db, "val") == STARTER
+
+
+def test_every_parked_announcement_is_taken_off_the_record_once_applied(app: Any, db: Any) -> None:
+    pi = se.new_id("pi")
+    early = [refund_created("re_wes", pi), se.refund_event("refund.updated", "re_wes", "ch_" + pi, pi, PAID, "succeeded")]
+    for event in early:
+        assert outcome(app, event) == "parked"
+
+    assert outcome(app, se.checkout_completed(se.new_id("cs_test"), "wes", "starter", pi)) == "credited"
+
+    record = db.collection("payments").document(pi).get().to_dict()
+    assert record["parked"] == [] and record["reversedCredits"] == STARTER
+    assert [problem(db, e["id"])["status"] for e in early] == ["resolved", "resolved"]
+    assert balance(db, "wes") == 0
+
+
+def test_a_ledger_entry_the_record_does_not_account_for_is_stored_for_an_operator_not_retried(app: Any, db: Any) -> None:
+    from functions.lib import ledger
+
+    pi = buy(app, "xia")
+    ledger.post(db, "xia", type=ledger.REVERSAL, ref="re_xia", amount=-1, metadata={"reason": "hand edit"})
+
+    res = deliver(app, refund_created("re_xia", pi))
+
+    assert res.status_code == 200 and res.json["problem"] == "ledger_id_taken"
+    assert balance(db, "xia") == STARTER - 1
+    assert db.collection("payments").document(pi).get().get("reversedCredits") == 0

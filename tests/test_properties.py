@@ -331,6 +331,16 @@ class Credits(RuleBasedStateMachine):
 
     @precondition(lambda self: hasattr(self, "db"))
     @invariant()
+    def once_every_refund_is_announced_the_model_is_stripes_truth(self) -> None:
+        """The model's rule converges: told every refund by id and every failure, without disputes,
+        a payment has given back exactly the refunded share of what Stripe really refunded."""
+        for p in self.payments:
+            told_all = p.told_refunds == {rid: rid in p.failed for rid, _ in p.issued}
+            if told_all and not p.disputes:
+                assert p.taken_back() == PACKS[p.pack] * p.truly_refunded() // AMOUNT
+
+    @precondition(lambda self: hasattr(self, "db"))
+    @invariant()
     def no_purchase_gives_back_more_than_it_gave(self) -> None:
         for p in self.payments:
             snap = self.db.collection("payments").document(p.pi).get()

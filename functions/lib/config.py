@@ -182,6 +182,16 @@ def get_settings() -> Settings:
     return settings_from(os.environ)
 
 
+GENERATE_TIMEOUT_CAP_S = 120
+
+
+def generate_timeout_s(env: Mapping[str, str] = os.environ) -> int:
+    """The deployed generate function's timeout: 120 s, or less when STALE_CHARGE_AFTER_S is set lower,
+    so a request still running is never settled as a crashed one (read when the functions are declared)."""
+    stale = _int(env, "STALE_CHARGE_AFTER_S", 600, minimum=1)
+    return min(GENERATE_TIMEOUT_CAP_S, stale - 1)
+
+
 def deploy_region(env: Mapping[str, str] = os.environ) -> str:
     """FUNCTIONS_REGION: where every function is declared (read when the Firebase CLI discovers them)."""
     region = env.get("FUNCTIONS_REGION", "").strip() or "us-central1"

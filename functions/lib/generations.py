@@ -208,20 +208,27 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         return db.Plan(charged(datetime.min), batch, then=charged)
 
     try:
-        return db.commit_optimistically(plan)
-    except _Stale:
-        settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
-        if settled.status == SUCCEEDED:  # its completion landed after all: answer from what is stored
-            return db.commit_optimistically(plan)
-        raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON) from None
-    except Contention:
-        raise
-    except Unavailable:
-        # The charge may have been applied with its answer lost: one more look (or try) tells.
         try:
-            return db.commit_optimistically(plan, attempts=1)
+            return db.commit_optimistically(plan)
+        except Contention:
+            raise
         except Unavailable:
-            raise Unavailable("Could not confirm the charge; if credits were taken they will be refunded automatically.") from None
+            # The charge may have been applied with its answer lost: one more look (or try) tells.
+            try:
+                return db.commit_optimistically(plan, attempts=1)
+            except Unavailable:
+                raise Unavailable("Could not confirm the charge; if credits were taken they will be refunded automatically.") from None
+    except _Stale:
+        return _settle_stale_replay(client, req, generation_id, plan)
+
+
+def _settle_stale_replay(client: Client, req: GenerationRequest, generation_id: str, plan: Any) -> Completed:
+    """A replayed key whose process died: refund it now and answer that, not 409 until a job does."""
+    settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
+    if settled.status == SUCCEEDED:  # its completion landed after all: answer from what is stored
+        result: Completed = db.commit_optimistically(plan)
+        return result
+    raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON)
 
 
 def complete(client: Client, ch: Charge, output: str) -> Completed:

@@ -58,6 +58,8 @@ SESSION_COMPLETED = "checkout.session.completed"
 SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
 CHARGE_REFUNDED = "charge.refunded"
 REFUND_CREATED, REFUND_UPDATED, REFUND_FAILED = "refund.created", "refund.updated", "refund.failed"
+# API versions before 2024-10-28 announce a refund's failure or cancellation only with this one.
+CHARGE_REFUND_UPDATED = "charge.refund.updated"
 DISPUTE_CREATED, DISPUTE_CLOSED = "charge.dispute.created", "charge.dispute.closed"
 
 # What a delivery did (`Outcome.action`).
@@ -72,7 +74,8 @@ _REFUND_STATUS = {"pending": ACTIVE, "requires_action": ACTIVE, "succeeded": ACT
 # A dispute's credits are taken back while it is open or lost, and given back when it is won (an
 # inquiry that closes without a chargeback, `warning_closed`, took no money either).
 OPEN, WON, LOST = "open", "won", "lost"
-_DISPUTE_CLOSED = {"won": WON, "warning_closed": WON, "lost": LOST}
+# `prevented` (Visa RDR): the dispute was resolved with a refund, whose own events take back its share.
+_DISPUTE_CLOSED = {"won": WON, "warning_closed": WON, "prevented": WON, "lost": LOST}
 
 
 @dataclass(frozen=True)
@@ -346,32 +349,23 @@ def settle_payment(
         record = PaymentRecord.of(snap)
         if not record.purchased:
             return _park(client, event, snap, record)
-        assert record.uid is not None
-        user = client.collection(ledger.USERS).document(record.uid).get(**db.rpc())
-        changed = replace(record, refunds=dict(record.refunds), disputes=dict(record.disputes))
-        if not change(changed):
-            batch = client.batch() if stored else None
-            if batch is not None:
-                problems.stage_resolved(client, batch, event_id, DUPLICATE)
-            return db.Plan(Outcome(DUPLICATE, record.uid, 0, ledger.balance_of(user)), batch)
-        delta = changed.target() - record.reversed_credits
+        changed = replace(record, refunds=dict(record.refunds), disputes=dict(record.disputes), parked=list(record.parked))
+        moved = change(changed)
+        if unpark and event_id in changed.parked:  # also when it changes nothing: it is applied now
+            changed.parked.remove(event_id)
+        delta = changed.target() - record.reversed_credits if moved else 0
         changed.reversed_credits += delta
-        if unpark:
-            changed.parked = [p for p in record.parked if p != event_id]
         batch = client.batch()
-        _stage_record(client, batch, record_ref, snap, changed)
-        outcome = Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user))
-        if delta:
-            kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
-            entry_meta = {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id, "purchaseId": record.purchase_id}
-            balance = ledger.stage_entry(client, batch, user, type=kind, ref=ref, amount=-delta, metadata=entry_meta)
-            entry_id = ledger.entry_id(kind, ref)
-            props = {"entryId": entry_id, "paymentIntentId": payment_intent, "credits": -delta, **metadata}
-            analytics.stage_event(client, batch, _ANALYTICS[kind], record.uid, props, event_id=entry_id)
-            outcome = Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
+        if changed != record:
+            _stage_record(client, batch, record_ref, snap, changed)
+        outcome = _move_credits(
+            client, batch, record, delta, ref, {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id}
+        )
+        if not moved:
+            outcome = replace(outcome, action=DUPLICATE)
         if stored:
             problems.stage_resolved(client, batch, event_id, outcome.action)
-        return db.Plan(outcome, batch)
+        return db.Plan(outcome, batch if changed != record or stored else None)
 
     outcome = db.commit_optimistically(plan)
     if outcome.credits:
@@ -386,6 +380,26 @@ def settle_payment(
 
 
 _ANALYTICS = {ledger.REVERSAL: analytics.CREDITS_REVERSED, ledger.REINSTATEMENT: analytics.CREDITS_REINSTATED}
+
+
+def _move_credits(client: Client, batch: WriteBatch, record: PaymentRecord, delta: int, ref: str, metadata: dict[str, Any]) -> Outcome:
+    """Stage the ledger entry that takes back (`delta` > 0) or gives back credits; read the balance."""
+    assert record.uid is not None
+    user_ref = client.collection(ledger.USERS).document(record.uid)
+    if not delta:
+        return Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user_ref.get(**db.rpc())))
+    kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
+    entry_id = ledger.entry_id(kind, ref)
+    user, existing = db.get_all(client, [user_ref, client.collection(ledger.LEDGER).document(entry_id)])
+    if existing.exists:
+        # Each record change writes its own id, so this means the record and the ledger disagree (a
+        # hand edit?): store the event for an operator instead of retrying a commit that must fail.
+        raise EventProblem("ledger_id_taken", f"{entry_id} exists although the payment's record does not account for it")
+    entry_meta = {**metadata, "purchaseId": record.purchase_id}
+    balance = ledger.stage_entry(client, batch, user, type=kind, ref=ref, amount=-delta, metadata=entry_meta)
+    props = {"entryId": entry_id, "credits": -delta, **metadata}
+    analytics.stage_event(client, batch, _ANALYTICS[kind], record.uid, props, event_id=entry_id)
+    return Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
 
 
 def _park(client: Client, event: dict[str, Any], snap: DocumentSnapshot, record: PaymentRecord) -> db.Plan[Outcome]:
@@ -485,6 +499,7 @@ _HANDLERS: dict[str, Handler] = {
     REFUND_CREATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
     REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
     REFUND_FAILED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
+    CHARGE_REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
     DISPUTE_CREATED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
     DISPUTE_CLOSED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
 }

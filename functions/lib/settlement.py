@@ -7,7 +7,7 @@ is refunded through `generations.refund`, exactly once (`refund_{generationId}`)
 first (docs/ARCHITECTURE.md, "Settlement"):
 - the user's next `credits` request (`settle_user`, before it answers),
 - a replay of its Idempotency-Key (`generations.charge`, which then answers the refunded outcome),
-- the settlement job, at least every 15 minutes, and the nightly sweep (`settle_stale_charges`),
+- the settlement job (every 10 minutes) and the nightly sweep (`settle_stale_charges`),
 - an operator (`python -m functions.admin settle`).
 They race safely: the refund commits under a precondition on the generation as read, so only one of
 them writes it; the others see `refunded` and change nothing.
