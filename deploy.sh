@@ -54,6 +54,8 @@ if [ -f "$ENV_FILE" ]; then
   for var in ALLOWED_ORIGINS TERMS_VERSION; do
     [ -n "$(config_value "$var" "$ENV_FILE")" ] || fail "$var is not set in $ENV_FILE"
   done
+  # The sweep enqueues its purge tasks in the functions' own region, which it reads from here.
+  [ "$(config_value FUNCTIONS_REGION "$ENV_FILE")" = "$REGION" ] || fail "FUNCTIONS_REGION=$REGION is not set in $ENV_FILE (the region deployed to)"
   for reserved in GOOGLE_CLOUD_PROJECT GCLOUD_PROJECT K_SERVICE FIREBASE_AUTH_EMULATOR_HOST FIRESTORE_EMULATOR_HOST \
                   STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
     ! grep -q "^$reserved=" "$ENV_FILE" || fail "$ENV_FILE sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only or set by the platform)"
@@ -67,6 +69,7 @@ else
   for var in "${CONFIG_VARS[@]}"; do
     [ -z "${!var:-}" ] || printf '%s=%s\n' "$var" "${!var}" >> "$GENERATED"
   done
+  printf 'FUNCTIONS_REGION=%s\n' "$REGION" >> "$GENERATED"
 fi
 
 export FUNCTIONS_REGION="$REGION"

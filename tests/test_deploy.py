@@ -87,7 +87,7 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     ]
     assert "-m functions.admin schedule --project acme-credits-prod" in res.stdout
     assert "--service-account sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com" in res.stdout
-    assert "ALLOWED_ORIGINS=https://app.example.com,https://www.example.com" in res.stdout
+    assert "ALLOWED_ORIGINS=https://app.example.com,https://www.example.com" in res.stdout and "FUNCTIONS_REGION=us-central1" in res.stdout
     assert "Stripe webhook URL" in res.stdout
 
 
@@ -95,12 +95,17 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
     env_file = ROOT / ".env.acme-env-file-test"
     env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\n")
     try:
+        no_region = deploy(tmp_path / "first", "acme-env-file-test", "--dry-run", env={})
+        env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\nFUNCTIONS_REGION=us-central1\n")
         ok = deploy(tmp_path, "acme-env-file-test", "--dry-run", env={})
-        env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nSTRIPE_SECRET_KEY=sk_live_oops\n")
+        env_file.write_text(
+            "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nFUNCTIONS_REGION=us-central1\nSTRIPE_SECRET_KEY=sk_live_oops\n"
+        )
         leaked = deploy(tmp_path / "second", "acme-env-file-test", "--dry-run", env={})
     finally:
         env_file.unlink()
 
+    assert no_region.returncode != 0 and "FUNCTIONS_REGION=us-central1 is not set" in no_region.stderr
     assert ok.returncode == 0, ok.stderr
     assert "config for every function, from .env.acme-env-file-test" in ok.stdout and "https://env-file.example.com" in ok.stdout
     assert leaked.returncode != 0 and "sets STRIPE_SECRET_KEY" in leaked.stderr
