@@ -7,7 +7,12 @@ way as `functions/lib/db.py` (first call, anonymous credentials on the emulator,
 - `floor_txn`: one Firestore transaction with one read and two writes (what a charge needs at least).
 - `floor_create`: one `create()` of a document named in the body; an existing one answers 200
   "duplicate" (what a deduplicating webhook needs at least).
+- `floor_reserve_settle`: the least `generate` can do: one read of the user; one commit of a ledger
+  entry, the balance and a generation record; an instant model; one commit of the version and the
+  generation's status (3 round trips, 5 writes).
 - `bare`: no Firestore at all, for import-time and process-start comparisons.
+The firebase-functions floor (`floor_txn` declared with `https_fn.on_request`) is in
+`bench/floor_firebase.py`, so its import cost stays out of these.
 
 This file does not import `functions/`: nothing of the real code may leak into the baseline.
 """
@@ -75,3 +80,24 @@ def floor_create(request: flask.Request) -> dict[str, Any] | tuple[dict[str, Any
 def bare(request: flask.Request) -> dict[str, Any]:
     """Any request: a JSON answer, no I/O."""
     return {"ok": True}
+
+
+def floor_reserve_settle(request: flask.Request) -> dict[str, Any]:
+    """POST {prompt} ?doc=ID: reserve 50 credits, "generate" instantly, settle: 3 round trips, 5 writes."""
+    client = _client()
+    user_ref = client.collection("floor_users").document(request.args.get("doc") or uuid.uuid4().hex)
+    prompt = str((request.get_json(silent=True) or {}).get("prompt", ""))
+    generation_id = uuid.uuid4().hex
+    generation_ref = client.collection("floor_generations").document(generation_id)
+    credits = int((user_ref.get().to_dict() or {}).get("credits", 0))
+    reserve = client.batch()
+    reserve.create(client.collection("floor_entries").document(f"charge_{generation_id}"), {"amount": -50, "user": user_ref.id})
+    reserve.set(user_ref, {"credits": credits - 50})
+    reserve.create(generation_ref, {"status": "charged", "user": user_ref.id})
+    reserve.commit()
+    output = f"instant: {prompt[:40]}"
+    settle = client.batch()
+    settle.create(client.collection("floor_versions").document(generation_id), {"output": output})
+    settle.update(generation_ref, {"status": "succeeded"})
+    settle.commit()
+    return {"generationId": generation_id, "output": output, "balance": credits - 50}

@@ -36,7 +36,18 @@ PROJECT = "demo-credits-bench"
 TERMS = "2026-11-01"
 WEBHOOK_SECRET = "whsec_bench_local"
 # Every entry point DESIGN.md names; a benchmark measures those that main.py defines today.
-ENTRY_POINTS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep")
+ENTRY_POINTS = (
+    "generate",
+    "consent",
+    "credits",
+    "checkout",
+    "stripe_webhook",
+    "retention_sweep",
+    "account",
+    "settle_charges",
+    "purgeProject",
+)
+FIREBASE_FLOOR_SOURCE = ROOT / "bench" / "floor_firebase.py"
 
 
 def entry_points() -> list[str]:
@@ -135,6 +146,29 @@ def seed_user(uid: str, credits: int) -> None:
     consent.accept(client, uid, TERMS, TERMS)
     if credits:
         ledger.grant(client, uid, f"bench-{uid}", credits, "benchmark seed")
+
+
+def seed_project(project_id: str, versions: int, *, age_days: int = 120, marked: bool = False) -> None:
+    """An expired project (last activity `age_days` ago) with `versions` versions, written in commits of 500
+    (versions are not money, so they are written directly, as the sweep's tests do)."""
+    from datetime import UTC, datetime, timedelta
+
+    from functions.lib import db
+
+    client = db.get_client()
+    updated = datetime.now(UTC) - timedelta(days=age_days)
+    project = client.collection("projects").document(project_id)
+    batch, pending = client.batch(), 0
+    for n in range(versions):
+        doc = {"number": n + 1, "prompt": f"prompt {n}", "output": "output " * 20, "generationId": f"g{n}", "createdAt": updated}
+        batch.set(project.collection("versions").document(f"v{n:05d}"), doc)
+        pending += 1
+        if pending == 500:
+            batch.commit()
+            batch, pending = client.batch(), 0
+    batch.set(project, {"ownerId": "bench", "createdAt": updated, "updatedAt": updated, "versionCount": versions,
+                        "deletingAt": updated if marked else None})  # fmt: skip
+    batch.commit()
 
 
 @dataclass
