@@ -127,7 +127,7 @@ def main() -> None:
         )
         speedup = base / median(walls[2])
         print(
-            f"\nEvery project deleted, every commit <= 500 writes: {verdict(all(w <= 500 for w in max_writes.values()))}. "
+            f"\nTarget: every project deleted in commits of <= 500 writes: {verdict(all(w <= 500 for w in max_writes.values()))}. "
             f"2 dispatches {speedup:.2f}x the rate of 1, 4 dispatches {base / median(walls[4]):.2f}x, on 2 cores shared with "
             "the emulator (the emulator's CPU bounds it here; Firestore's write limits bound it in production)."
         )
