@@ -4,7 +4,7 @@ an `add_<name>(subparsers)` that sets `run=` and appending it there.
     python -m functions.admin sweep [--dry-run] [--workers N]
     python -m functions.admin settle [--dry-run]
     python -m functions.admin schedule --project P --region R --url URL --service-account SA [--schedule CRON]
-    python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID
+    python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID [--allow-unknown-user]
     python -m functions.admin ledger USER [--limit N]
     python -m functions.admin audit
     python -m functions.admin replay STRIPE_EVENT_ID
@@ -16,7 +16,8 @@ per project and refund, progress every few seconds on long runs, then the functi
 Exit status: 0 done, 3 stopped by the time budget with work left (run it again), 1 failed, 2 bad
 configuration, 4 the audit found differences.
 
-`grant` is idempotent by its id (a second run with the same id grants nothing and says so).
+`grant` is idempotent by its id (a second run with the same id grants nothing and says so), and
+refuses a uid that has no Firebase Auth account unless given `--allow-unknown-user`.
 `audit` streams every user and ledger entry, prints progress, and lists every difference.
 `replay` runs a Stripe event stored in `stripe_event_problems` (a permanent problem an operator
 has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own code path.
@@ -204,8 +205,18 @@ def add_schedule(subparsers: Any) -> None:
 
 
 def run_grant(args: argparse.Namespace) -> int:
-    from functions.lib import db, ledger
+    from functions.lib import auth, db, ids, ledger
 
+    if not ids.is_doc_id(args.user):
+        print(f"grant failed: {args.user!r} cannot be a uid (see functions/lib/ids.py)", file=sys.stderr)
+        return EXIT_FAILED
+    # A mistyped uid would otherwise create a phantom user holding the credits.
+    if not args.allow_unknown_user and not auth.lookup_account(args.user).exists:
+        print(
+            f"grant failed: no Firebase Auth account has uid {args.user!r}; check it, or pass --allow-unknown-user to grant anyway",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     posted = ledger.grant(db.get_client(), args.user, args.id, args.amount, args.reason)
     if posted.applied:
         print(f"granted {posted.amount} credits to {args.user} ({posted.entry_id}); balance {posted.balance}")
@@ -220,6 +231,9 @@ def add_grant(subparsers: Any) -> None:
     cmd.add_argument("amount", type=int, help="credits to add (positive)")
     cmd.add_argument("--reason", required=True, help="why, stored on the ledger entry")
     cmd.add_argument("--id", required=True, help="grant id: the same id never grants twice (e.g. a ticket number)")
+    cmd.add_argument(
+        "--allow-unknown-user", action="store_true", help="grant even if no Firebase Auth account has this uid (refused by default)"
+    )
     cmd.set_defaults(run=run_grant)
 
 

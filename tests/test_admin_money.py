@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devstack import stripe_events
-from tests.conftest import assert_ledger_consistent, reset_caches
+from tests.conftest import assert_ledger_consistent, reset_caches, token
 from tests.helpers import balance, entries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,7 @@ def admin(*argv: str) -> int:
 
 
 def test_grant_twice_with_one_id_grants_once(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    token("uma")
     first = admin("grant", "uma", "40", "--reason", "ticket 7 apology", "--id", "ticket-7")
     second = admin("grant", "uma", "40", "--reason", "ticket 7 apology", "--id", "ticket-7")
 
@@ -33,12 +34,29 @@ def test_grant_twice_with_one_id_grants_once(db: Any, capsys: pytest.CaptureFixt
     assert balance(db, "uma") == 40 and [e["id"] for e in entries(db, "uma")] == ["grant_ticket-7"]
 
 
+def test_grant_refuses_a_uid_without_an_auth_account_unless_told(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    refused = admin("grant", "umaa", "40", "--reason", "typo", "--id", "ticket-8")
+    err = capsys.readouterr().err
+    phantom = db.document("users/umaa").get().exists
+    allowed = admin("grant", "umaa", "40", "--reason", "migrated user", "--id", "ticket-8", "--allow-unknown-user")
+
+    assert refused == 1 and "no Firebase Auth account has uid 'umaa'" in err and "--allow-unknown-user" in err and not phantom
+    assert allowed == 0 and balance(db, "umaa") == 40
+
+
+def test_grant_refuses_a_uid_that_cannot_name_a_document(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert admin("grant", "a/b", "40", "--reason", "x", "--id", "g", "--allow-unknown-user") == 1
+    assert "cannot be a uid" in capsys.readouterr().err and list(db.collection("users").stream()) == []
+
+
 def test_grant_refuses_a_non_positive_amount(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    token("uma")
     assert admin("grant", "uma", "0", "--reason", "x", "--id", "g") == 1
     assert "positive" in capsys.readouterr().err and entries(db, "uma") == []
 
 
 def test_ledger_prints_balance_and_entries(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    token("vic")
     admin("grant", "vic", "30", "--reason", "seed", "--id", "a")
     admin("grant", "vic", "12", "--reason", "seed", "--id", "b")
     capsys.readouterr()
