@@ -1,7 +1,7 @@
 """The whole stack on this machine, and a scripted journey through it, as a client app would do it.
 
     scripts/run-local                         # start, run the journey, stop
-    scripts/run-local --serve                 # start, run the journey, keep serving until Ctrl-C
+    scripts/run-local --serve                 # start, run the journey, keep serving until Ctrl-C or SIGTERM
     scripts/run-local --serve --no-journey    # start and serve (the web client, the functions)
 
 Starts the Firestore emulator (gcloud), the Auth emulator (firebase-tools), and every function
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -75,8 +76,8 @@ class Stack:
         os.environ.update(self.env)
         step("serving the functions with functions-framework")
         starting = [ServedFunction(t, env=self.env, log_dir=self.log_dir, wait=False) for t in TARGETS]
+        self._stops.extend(fn.stop for fn in starting)
         for fn in starting:
-            self._stops.append(fn.stop)
             fn.wait_ready()
             self.functions[fn.target] = fn
             step(f"  {fn.target:<16} {fn.url}")
@@ -192,11 +193,18 @@ def journey(stack: Stack) -> None:
     step(f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", action="store_true", help="keep the stack running after the journey, until Ctrl-C")
     parser.add_argument("--no-journey", action="store_true", help="skip the scripted journey (with --serve: just serve)")
     args = parser.parse_args(argv)
+    # `kill` (SIGTERM) stops everything as Ctrl-C does: without this Python dies at once, and the
+    # emulators and functions, each in its own process group, keep running and holding their ports.
+    signal.signal(signal.SIGTERM, _interrupt)
     log_dir = Path(tempfile.mkdtemp(prefix="credits-local-"))
     step(f"logs: {log_dir}")
     stack = Stack(log_dir)
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             for target, fn in stack.functions.items():
                 step(f"  {target:<16} {fn.url}")
             step(f"web client: {stack.web.url}  (open it in a browser; sign up with any email)")
-            step("Ctrl-C stops everything.")
+            step("Ctrl-C (or SIGTERM) stops everything.")
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

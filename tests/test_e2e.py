@@ -4,6 +4,9 @@ function under the functions-framework CLI, the Stripe double), driven as a clie
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +28,56 @@ def test_local_run_journey_passes_and_stops_everything() -> None:
     assert '"outcome": "duplicate"' in out and "webhook: a forged signature" in out
     assert "journey complete: balance 425 = sum of 5 ledger entries" in out
     assert "stopping everything this run started" in out
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children in their own process groups included), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.no_emulator
+def test_sigterm_stops_every_process_the_served_stack_started_and_frees_their_ports() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.local_run", "--serve", "--no-journey"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:  # blocks until the stack prints that it serves (or exits)
+            seen.append(line)
+            if "stops everything" in line:
+                break
+        ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(seen))}
+        started = _descendants(proc.pid)
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rest = proc.stdout.read()
+
+    assert "stops everything" in seen[-1], "".join(seen)[-3000:]
+    assert len(ports) >= 8 and len(started) >= 8, (ports, started)
+    assert code == 0 and "stopping everything this run started" in rest
+    assert _descendants(proc.pid) == set() and not [pid for pid in started if Path(f"/proc/{pid}").exists()]
+    assert [p for p in ports if not _port_free(p)] == []
