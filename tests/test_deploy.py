@@ -137,8 +137,6 @@ def test_missing_gcloud_fails_naming_it(tmp_path: Path) -> None:
     assert res.returncode != 0 and "gcloud is not installed" in res.stderr
 
 
-def test_deploy_uploads_only_the_functions(tmp_path: Path) -> None:
-    ignored = (ROOT / ".gcloudignore").read_text().split()
-    for private in (".venv/", "tools/", "tests/", "devstack/", "bench/"):
-        assert private in ignored
+def test_deploy_script_is_executable() -> None:
+    # What a deploy uploads is checked by tests/test_upload.py with the Firebase CLI's own packaging.
     assert os.access(ROOT / "deploy.sh", os.X_OK)

@@ -1,0 +1,82 @@
+"""What `firebase deploy` uploads for the functions: the code and the locked requirements, nothing else.
+
+The Firebase CLI zips the functions source folder (this checkout, `firebase.json` "source": ".")
+minus the `ignore` globs of firebase.json. This test runs the CLI's own packaging function
+(firebase-tools, `prepareFunctionsUpload`) on a copy of the checkout that also holds what a
+developer's folder holds (a virtualenv, node_modules, env files with secrets, emulator logs,
+`.firebase/`, a service-account key) and reads the zip it would upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.no_emulator
+ROOT = Path(__file__).resolve().parent.parent
+FIREBASE_TOOLS = ROOT / "tools" / "firebase" / "node_modules" / "firebase-tools"
+PACKAGE = """
+const [source, config] = process.argv.slice(1);
+const { prepareFunctionsUpload } = require(process.env.FIREBASE_TOOLS + "/lib/deploy/functions/prepareFunctionsUpload");
+prepareFunctionsUpload(source, source, JSON.parse(config), [], undefined).then(
+  (result) => console.log("ZIP=" + result.pathToSource),
+  (error) => { console.error(error); process.exit(1); },
+);
+"""
+# What a working folder holds beyond the repository: none of it may be uploaded.
+LOCAL_FILES = {
+    ".env": "STRIPE_SECRET_KEY=sk_live_leak",
+    ".env.acme-credits-prod": "ALLOWED_ORIGINS=https://app.example.com",
+    ".env.local": "GEMINI_API_KEY=leak",
+    ".secret.local": "STRIPE_WEBHOOK_SECRET=whsec_leak",
+    "service-account.json": '{"type": "service_account", "private_key": "leak"}',
+    "functions/lib/stray-key.pem": "-----BEGIN PRIVATE KEY-----",
+    "firebase-debug.log": "log",
+    "firestore-debug.log": "log",
+    "functions/lib/debug.log": "log",
+    ".firebase/hosting.cache": "cache",
+    ".venv/lib/python3.11/site-packages/x.py": "x = 1",
+    "node_modules/x/index.js": "x",
+    "tools/firebase/node_modules/firebase-tools/x.js": "x",
+    "functions/__pycache__/http.cpython-311.pyc": "pyc",
+    ".pytest_cache/v/cache/lastfailed": "{}",
+    ".hypothesis/examples/x": "x",
+    ".mypy_cache/x.json": "{}",
+}
+
+
+def tracked() -> list[str]:
+    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tmp_path: Path) -> None:
+    assert FIREBASE_TOOLS.is_dir(), "run scripts/setup (firebase-tools in tools/firebase)"
+    source = tmp_path / "checkout"
+    for name in tracked():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    for name, text in LOCAL_FILES.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    (source / "venv").symlink_to(source / ".venv")
+    [functions] = json.loads((ROOT / "firebase.json").read_text())["functions"]
+
+    res = subprocess.run(
+        ["node", "-e", PACKAGE, str(source), json.dumps(functions)],
+        capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], "FIREBASE_TOOLS": str(FIREBASE_TOOLS)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    zip_path = Path(res.stdout.split("ZIP=")[1].strip())
+    with zipfile.ZipFile(zip_path) as upload:
+        uploaded = set(upload.namelist())
+    zip_path.unlink()
+
+    code = {name for name in tracked() if name.startswith("functions/") and name.endswith(".py")}
+    assert uploaded == {"main.py", "requirements.txt", *code}, {"unexpected": uploaded - {"main.py", "requirements.txt", *code}}
