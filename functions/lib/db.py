@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from functions.lib.config import get_settings
 from functions.lib.errors import Contention, Unavailable
@@ -64,11 +64,11 @@ def get_client() -> Client:
 class Plan(Generic[T]):
     """What one attempt decided: a batch to commit (None for a read-only answer) and the result.
 
-    `then`, when given, builds the result from the commit time, which is the update time of every
-    document the batch wrote (useful as the precondition of a later write).
+    The result is either known now (`result`) or built from the commit time by `then`; the commit
+    time is the update time of every document the batch wrote (useful as a later precondition).
     """
 
-    result: T
+    result: T | None = None
     batch: WriteBatch | None = None
     then: Callable[[datetime], T] | None = None
 
@@ -135,12 +135,11 @@ def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_AT
     for attempt in range(attempts):
         try:
             decided = plan()
-            if decided.batch is None:
-                return decided.result
-            results = decided.batch.commit(**rpc())
-            if decided.then is not None:
-                return decided.then(results[0].update_time)
-            return decided.result
+            if decided.batch is not None:
+                results = decided.batch.commit(**rpc())
+                if decided.then is not None:
+                    return decided.then(results[0].update_time)
+            return cast(T, decided.result)
         except (gexc.FailedPrecondition, gexc.Conflict):
             # Conflict covers ALREADY_EXISTS and ABORTED; jittered backoff spreads out the losers.
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -149,20 +149,16 @@ def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot, stale
 
 
 def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge | Completed:
-    """Step 2: check consent, ownership and balance, and charge, in one atomic commit.
+    """Step 1: check consent, ownership and balance, and charge, in one atomic commit.
 
-    Returns the stored answer instead when the Idempotency-Key already finished.
+    Returns the stored answer instead when the Idempotency-Key already finished; a key whose
+    charge a dead process left behind is refunded now (`_settle_stale_replay`).
     """
-    from google.cloud.firestore import SERVER_TIMESTAMP
-
     generation_id = req.generation_id()
-    cost = cost_of(settings, req.kind)
-    user_ref = client.collection(ledger.USERS).document(req.uid)
-    gen_ref = _generations(client).document(generation_id)
     project_id = req.project_id or "p" + generation_id[1:]
-    project_ref = client.collection(PROJECTS).document(project_id)
-    refs = [user_ref, gen_ref] + ([project_ref] if req.kind == ITERATION else [])
-
+    refs = [client.collection(ledger.USERS).document(req.uid), _generations(client).document(generation_id)]
+    if req.kind == ITERATION:
+        refs.append(client.collection(PROJECTS).document(project_id))
     # Marks this call's own charge: when a commit is applied but its answer is lost, the client
     # library re-sends it and the re-read finds the generation; the token tells "mine" from a
     # concurrent request with the same Idempotency-Key.
@@ -171,41 +167,11 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
 
     def plan() -> db.Plan[Charge | Completed]:
         user, gen, *maybe_project = db.get_all(client, refs)
+        project = maybe_project[0] if maybe_project else None
         if gen.exists:
-            data = gen.to_dict() or {}
-            if data.get("chargeToken") == token and data.get("status") == CHARGED:
-                count = int((maybe_project[0].to_dict() or {}).get("versionCount") or 0) if maybe_project else 0
-                mine = Charge(
-                    generation_id, project_id, req.kind, cost, int(data["balanceAfterCharge"]), req.prompt, req.uid, gen.update_time, count
-                )
-                return db.Plan(mine)
-            return db.Plan(_replay(client, req, gen, stale_before))
+            return db.Plan(_existing(client, req, gen, project, token, stale_before))
         consent.require_current(user, settings.terms_version)
-        version_count = 0
-        batch = client.batch()
-        if maybe_project:
-            project = maybe_project[0]
-            data = project.to_dict() or {}
-            if not project.exists or data.get("ownerId") != req.uid or data.get("deletingAt") is not None:
-                raise ProjectNotFound()
-            version_count = int(data.get("versionCount") or 0)
-            # Touching updatedAt under a precondition keeps the project alive: a sweep that marks it
-            # first makes this commit fail (then we answer 404); a sweep after it sees it fresh.
-            batch.update(project_ref, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project))
-        balance = ledger.stage_entry(
-            client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost,
-            metadata={"generationId": generation_id, "projectId": project_id},
-        )  # fmt: skip
-        batch.create(gen_ref, {
-            "userId": req.uid, "projectId": project_id, "kind": req.kind, "cost": cost,
-            "status": CHARGED, "requestHash": req.fingerprint(), "chargeToken": token, "balanceAfterCharge": balance,
-            "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP, "error": None,
-        })  # fmt: skip
-
-        def charged(commit_time: datetime) -> Charge:
-            return Charge(generation_id, project_id, req.kind, cost, balance, req.prompt, req.uid, commit_time, version_count)
-
-        return db.Plan(charged(datetime.min), batch, then=charged)
+        return _stage_charge(client, settings, req, user, project, generation_id, project_id, token)
 
     try:
         try:
@@ -222,6 +188,74 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         return _settle_stale_replay(client, req, generation_id, plan)
 
 
+def _existing(
+    client: Client, req: GenerationRequest, gen: DocumentSnapshot, project: DocumentSnapshot | None, token: str, stale_before: datetime
+) -> Charge | Completed:
+    """The generation already exists: this call's own charge (its commit's answer was lost), or a replay."""
+    data = gen.to_dict() or {}
+    if data.get("chargeToken") != token or data.get("status") != CHARGED:
+        return _replay(client, req, gen, stale_before)
+    version_count = int((project.to_dict() or {}).get("versionCount") or 0) if project is not None else 0
+    return Charge(
+        gen.id,
+        data["projectId"],
+        req.kind,
+        int(data["cost"]),
+        int(data["balanceAfterCharge"]),
+        req.prompt,
+        req.uid,
+        gen.update_time,
+        version_count,
+    )
+
+
+def _stage_charge(
+    client: Client,
+    settings: Settings,
+    req: GenerationRequest,
+    user: DocumentSnapshot,
+    project: DocumentSnapshot | None,
+    generation_id: str,
+    project_id: str,
+    token: str,
+) -> db.Plan[Charge | Completed]:
+    """The charge's batch: ledger entry and balance, the `charged` generation, and for an iteration
+    the project's `updatedAt` under a precondition (a sweep that marked the project first makes the
+    commit fail and the retry answers 404; a sweep after it sees the project fresh)."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    cost = cost_of(settings, req.kind)
+    batch = client.batch()
+    version_count = 0
+    if project is not None:
+        fields = project.to_dict() or {}
+        if not project.exists or fields.get("ownerId") != req.uid or fields.get("deletingAt") is not None:
+            raise ProjectNotFound()
+        version_count = int(fields.get("versionCount") or 0)
+        batch.update(project.reference, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project))
+    metadata = {"generationId": generation_id, "projectId": project_id}
+    balance = ledger.stage_entry(client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost, metadata=metadata)
+    record = {
+        "userId": req.uid,
+        "projectId": project_id,
+        "kind": req.kind,
+        "cost": cost,
+        "status": CHARGED,
+        "requestHash": req.fingerprint(),
+        "chargeToken": token,
+        "balanceAfterCharge": balance,
+        "createdAt": SERVER_TIMESTAMP,
+        "updatedAt": SERVER_TIMESTAMP,
+        "error": None,
+    }
+    batch.create(_generations(client).document(generation_id), record)
+
+    def charged(commit_time: datetime) -> Charge:
+        return Charge(generation_id, project_id, req.kind, cost, balance, req.prompt, req.uid, commit_time, version_count)
+
+    return db.Plan(batch=batch, then=charged)
+
+
 def _settle_stale_replay(client: Client, req: GenerationRequest, generation_id: str, plan: Any) -> Completed:
     """A replayed key whose process died: refund it now and answer that, not 409 until a job does."""
     settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
@@ -232,57 +266,64 @@ def _settle_stale_replay(client: Client, req: GenerationRequest, generation_id: 
 
 
 def complete(client: Client, ch: Charge, output: str) -> Completed:
-    """Step 4: version, project and status `succeeded` in one commit.
+    """Step 3: version, project and status `succeeded` in one commit.
 
     The first attempt trusts the state the charge wrote (its commit time is the generation's and,
-    for iterations, the project's update time), so the usual case costs one round trip.
+    for iterations, the project's update time), so the usual case costs one round trip; a retry
+    reads both again.
     """
-    from google.cloud.firestore import SERVER_TIMESTAMP
-
     gen_ref = _generations(client).document(ch.generation_id)
     project_ref = client.collection(PROJECTS).document(ch.project_id)
-    known: list[Charge] = [ch]
+    first_attempt = True
 
     def plan() -> db.Plan[Completed]:
-        if known:
-            state, gen_time, project_time = known.pop(), ch.charged_at, ch.charged_at
-        else:
-            gen, project = db.get_all(client, [gen_ref, project_ref])
-            data = gen.to_dict() or {}
-            if data.get("status") == SUCCEEDED:
-                return db.Plan(Completed(ch.project_id, data["versionId"], output, ch.cost, ch.balance))
-            if data.get("status") != CHARGED:
-                raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
-            if ch.kind == ITERATION and (not project.exists or (project.to_dict() or {}).get("deletingAt") is not None):
-                raise _ProjectGone()
-            count = int((project.to_dict() or {}).get("versionCount") or 0) if project.exists else 0
-            state, gen_time, project_time = replace(ch, version_count=count), gen.update_time, project.update_time
-        number = state.version_count + 1
-        version_id = ch.generation_id
-        batch = client.batch()
-        batch.create(project_ref.collection(VERSIONS).document(version_id), {
-            "number": number, "prompt": ch.prompt, "output": output,
-            "generationId": ch.generation_id, "createdAt": SERVER_TIMESTAMP,
-        })  # fmt: skip
-        project_fields = {"updatedAt": SERVER_TIMESTAMP, "versionCount": number, "latestVersionId": version_id}
-        if ch.kind == INITIAL:
-            batch.create(project_ref, {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields})
-        else:
-            batch.update(project_ref, project_fields, option=client.write_option(last_update_time=project_time))
-        batch.update(
-            gen_ref,
-            {"status": SUCCEEDED, "versionId": version_id, "updatedAt": SERVER_TIMESTAMP},
-            option=client.write_option(last_update_time=gen_time),
-        )
-        props = {"generationId": ch.generation_id, "projectId": ch.project_id, "kind": ch.kind, "cost": ch.cost}
-        analytics.stage_event(client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded")
-        return db.Plan(Completed(ch.project_id, version_id, output, ch.cost, ch.balance), batch)
+        nonlocal first_attempt
+        if first_attempt:
+            first_attempt = False
+            return _stage_completion(client, ch, output, ch.version_count, ch.charged_at, ch.charged_at)
+        gen, project = db.get_all(client, [gen_ref, project_ref])
+        data = gen.to_dict() or {}
+        if data.get("status") == SUCCEEDED:
+            return db.Plan(Completed(ch.project_id, data["versionId"], output, ch.cost, ch.balance))
+        if data.get("status") != CHARGED:
+            raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
+        if ch.kind == ITERATION and (not project.exists or (project.to_dict() or {}).get("deletingAt") is not None):
+            raise _ProjectGone()
+        count = int((project.to_dict() or {}).get("versionCount") or 0) if project.exists else 0
+        return _stage_completion(client, ch, output, count, gen.update_time, project.update_time)
 
     return db.commit_optimistically(plan)
 
 
+def _stage_completion(
+    client: Client, ch: Charge, output: str, version_count: int, gen_time: datetime, project_time: datetime | None
+) -> db.Plan[Completed]:
+    """The success batch: the version, the project (created, or updated under a precondition) and the
+    generation's status, under a precondition on the generation as charged."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    project_ref = client.collection(PROJECTS).document(ch.project_id)
+    number, version_id = version_count + 1, ch.generation_id
+    version = {"number": number, "prompt": ch.prompt, "output": output, "generationId": ch.generation_id, "createdAt": SERVER_TIMESTAMP}
+    batch = client.batch()
+    batch.create(project_ref.collection(VERSIONS).document(version_id), version)
+    project_fields = {"updatedAt": SERVER_TIMESTAMP, "versionCount": number, "latestVersionId": version_id}
+    if ch.kind == INITIAL:
+        batch.create(project_ref, {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields})
+    else:
+        batch.update(project_ref, project_fields, option=client.write_option(last_update_time=project_time))
+    batch.update(
+        _generations(client).document(ch.generation_id),
+        {"status": SUCCEEDED, "versionId": version_id, "updatedAt": SERVER_TIMESTAMP},
+        option=client.write_option(last_update_time=gen_time),
+    )
+    props = {"generationId": ch.generation_id, "projectId": ch.project_id, "kind": ch.kind, "cost": ch.cost}
+    analytics.stage_event(client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded")
+    return db.Plan(Completed(ch.project_id, version_id, output, ch.cost, ch.balance), batch)
+
+
 def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
-    """Refund a `charged` generation exactly once (`refund_{id}`); a settled one is left as it is."""
+    """Step 4: refund a `charged` generation exactly once (`refund_{id}`); a settled one is left as it is."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     gen_ref = _generations(client).document(generation_id)
@@ -299,10 +340,8 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
         if data.get("status") != CHARGED:
             return db.Plan(Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user)))
         batch = client.batch()
-        balance = ledger.stage_entry(
-            client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost,
-            metadata={"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason},
-        )  # fmt: skip
+        metadata = {"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason}
+        balance = ledger.stage_entry(client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost, metadata=metadata)
         batch.update(
             gen_ref,
             {"status": REFUNDED, "error": reason, "balanceAfterRefund": balance, "updatedAt": SERVER_TIMESTAMP},
