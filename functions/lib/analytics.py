@@ -20,7 +20,6 @@ CREDITS_REFUNDED = "credits_refunded"
 CREDITS_PURCHASED = "credits_purchased"
 CREDITS_REVERSED = "credits_reversed"
 CREDITS_REINSTATED = "credits_reinstated"
-TERMS_ACCEPTED = "terms_accepted"
 
 
 def stage_event(

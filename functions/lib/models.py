@@ -25,8 +25,6 @@ class ModelError(Exception):
 
 
 class Provider(Protocol):
-    name: str
-
     def generate(self, prompt: str) -> str: ...
 
 
@@ -35,8 +33,6 @@ class OfflineProvider:
 
     A prompt containing `#fail` fails, so the local journey can show a refund end to end.
     """
-
-    name = "offline"
 
     def generate(self, prompt: str) -> str:
         if "#fail" in prompt:
@@ -47,8 +43,6 @@ class OfflineProvider:
 
 class GeminiProvider:
     """The Gemini API through google-genai; `GEMINI_BASE_URL` points it at a local double in tests."""
-
-    name = "gemini"
 
     def __init__(self, api_key: str, model: str, timeout_s: float, base_url: str | None = None) -> None:
         self.model = model
