@@ -40,7 +40,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 
 PROGRESS_EVERY_S = 2.0
 
 
-_WHAT = {"events_deleted": "analytics events", "problems_deleted": "stored Stripe events"}
+_WHAT = {"events_deleted": "analytics events", "problems_deleted": "stored Stripe events", "limits_deleted": "ended checkout windows"}
 
 
 class SweepPrinter:

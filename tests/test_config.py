@@ -67,7 +67,7 @@ def test_missing_secret_names_itself() -> None:
         settings_from(BASE).require("STRIPE_WEBHOOK_SECRET")
 
 
-@pytest.mark.parametrize("variable", ["FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST"])
+@pytest.mark.parametrize("variable", ["FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST"])
 @pytest.mark.parametrize("project", [{"GOOGLE_CLOUD_PROJECT": "credits-prod"}, {"GCLOUD_PROJECT": "credits-prod"}, {}])
 @pytest.mark.parametrize("deployed", [{}, {"K_SERVICE": "generate"}])
 def test_emulator_switches_with_a_real_project_refuse_to_start_anywhere(

@@ -384,7 +384,7 @@ def test_one_structured_log_line_per_pass(db: Any, settings: Any, caplog: pytest
 
     [record] = [r for r in caplog.records if r.name == "retention"]
     assert record.getMessage() == "retention sweep complete"
-    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "problemsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
+    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "problemsDeleted": 0, "limitsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
     assert record.json_fields["projectsDeleted"] == 1 and record.json_fields["versionsDeleted"] == 2  # type: ignore[attr-defined]
 
 
@@ -406,3 +406,14 @@ def test_a_project_that_keeps_conflicting_is_left_for_the_next_pass_and_the_rest
     assert first.body()["projectsDeferred"] == 1
     assert (second.complete, second.projects_deleted, second.projects_deferred) == (True, 1, 0)
     assert not project_exists(db, "busy") and not project_exists(db, "calm")
+
+
+def test_ended_checkout_windows_are_deleted_and_running_ones_kept(db: Any, settings: Any) -> None:
+    now = datetime.now(UTC)
+    db.collection("checkout_limits").document("ended").set({"windowStart": 0, "count": 3, "expiresAt": now - timedelta(minutes=1)})
+    db.collection("checkout_limits").document("running").set({"windowStart": 0, "count": 1, "expiresAt": now + timedelta(hours=1)})
+
+    report = retention.sweep(db, settings, now=now)
+
+    assert report.limits_deleted == 1 and report.complete
+    assert [d.id for d in db.collection("checkout_limits").stream()] == ["running"]

@@ -19,7 +19,8 @@ DEFAULT_CREDIT_PACKS: dict[str, dict[str, object]] = {
 }
 # Standard switches that point firebase-admin and the Firestore client at local emulators. With
 # FIREBASE_AUTH_EMULATOR_HOST set, firebase-admin accepts unsigned ID tokens: anyone is anyone.
-EMULATOR_VARIABLES = ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST")
+# CLOUD_TASKS_EMULATOR_HOST sends the sweep's purge tasks to a local Cloud Tasks emulator.
+EMULATOR_VARIABLES = ("FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST")
 # Base-URL overrides for local doubles: a deployed process would send its live key to that host.
 DOUBLE_VARIABLES = ("STRIPE_API_BASE", "GEMINI_BASE_URL")
 # Cloud Run (and so Cloud Functions 2nd gen) sets K_SERVICE; so does the Firebase Functions

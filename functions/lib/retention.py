@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations, problems, settlement
+from functions.lib import analytics, db, generations, limits, problems, settlement
 from functions.lib.config import Settings
 from functions.lib.errors import Contention
 
@@ -83,6 +83,7 @@ class SweepReport:
     projects_deferred: int = 0
     events_deleted: int = 0
     problems_deleted: int = 0
+    limits_deleted: int = 0
     elapsed_ms: int = 0
     dry_run: bool = False
     fanned_out: bool = False
@@ -105,7 +106,13 @@ class SweepReport:
         }
 
     def log_fields(self) -> dict[str, Any]:
-        return {**self.body(), "eventsDeleted": self.events_deleted, "problemsDeleted": self.problems_deleted, "dryRun": self.dry_run}
+        return {
+            **self.body(),
+            "eventsDeleted": self.events_deleted,
+            "problemsDeleted": self.problems_deleted,
+            "limitsDeleted": self.limits_deleted,
+            "dryRun": self.dry_run,
+        }
 
 
 def _commit_with_deadline(batch: WriteBatch) -> object:
@@ -137,6 +144,13 @@ def marked_projects(client: Client) -> Query:
 
 def old_events(client: Client, cutoff: datetime) -> Query:
     return client.collection(analytics.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+
+
+def expired_checkout_limits(client: Client, now: datetime) -> Query:
+    """Checkout rate-limit windows that have ended (a new window starts from nothing anyway)."""
+    return (
+        client.collection(limits.CHECKOUT_LIMITS).where(filter=db.where("expiresAt", "<", now)).order_by("expiresAt").select(["expiresAt"])
+    )
 
 
 def old_problems(client: Client, cutoff: datetime) -> Query:
@@ -405,6 +419,8 @@ class _Pass:
             self.delete_old(old_events(self.client, self.event_cutoff), "events_deleted")
         if not self.stopped:
             self.delete_old(old_problems(self.client, self.problem_cutoff), "problems_deleted")
+        if not self.stopped:
+            self.delete_old(expired_checkout_limits(self.client, self.now), "limits_deleted")
         self.report.complete = not self.stopped and not self.left_over
         self.report.elapsed_ms = self.elapsed_ms()
         return self.report
