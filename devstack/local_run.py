@@ -49,13 +49,14 @@ class Stack:
         self.env: dict[str, str] = {}
 
     def start(self) -> None:
-        # The emulators and the functions boot side by side; only the journey needs them all ready.
-        step("starting the Firebase Auth emulator (firebase-tools) and the Firestore emulator (google-cloud-cli)")
-        self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir, wait=False)
-        self._stops.append(self.auth.stop)
+        step("starting the Firestore emulator (google-cloud-cli)")
         firestore = FirestoreEmulator(PROJECT, log_dir=self.log_dir)
         self._stops.append(firestore.stop)
         step(f"  Firestore on {firestore.host}")
+        step("starting the Firebase Auth emulator (firebase-tools)")
+        self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir)
+        self._stops.append(self.auth.stop)
+        step(f"  Auth on {self.auth.host}")
         self.stripe = StripeDouble(hosted=True, webhook_secret=WEBHOOK_SECRET).start()
         self._stops.append(self.stripe.stop)
         step(f"  Stripe API double on {self.stripe.url} (checkout talks to it instead of api.stripe.com)")
@@ -76,8 +77,6 @@ class Stack:
         step("serving the functions with functions-framework")
         starting = [ServedFunction(t, env=self.env, log_dir=self.log_dir, wait=False) for t in TARGETS]
         self._stops.extend(fn.stop for fn in starting)
-        self.auth.wait_ready()
-        step(f"  Auth on {self.auth.host}")
         for fn in starting:
             fn.wait_ready()
             self.functions[fn.target] = fn
