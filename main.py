@@ -86,8 +86,13 @@ def retention_sweep(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-# `account` (HTTPS GET/DELETE: export or erase the caller) is declared here, with
-# memory=MB.MB_512, timeout_sec=300, **runs_as("account"), when its handler lands.
+# Erasure is resumable, so a timeout mid-way loses nothing; 540 s covers thousands of versions.
+@https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=20, concurrency=20, invoker=PUBLIC, **runs_as("account"))
+def account(request: flask.Request) -> flask.Response:
+    """HTTPS GET/DELETE: export everything kept about the caller, or erase the caller."""
+    from functions.account_api import handle
+
+    return handle(request)
 
 
 # The settlement job: Firebase creates its Cloud Scheduler job on deploy (private; the scheduler

@@ -8,6 +8,8 @@ an `add_<name>(subparsers)` that sets `run=` and appending it there.
     python -m functions.admin ledger USER [--limit N]
     python -m functions.admin audit
     python -m functions.admin replay STRIPE_EVENT_ID
+    python -m functions.admin export USER [--out FILE]
+    python -m functions.admin forget USER
 
 `sweep` runs one retention pass against the Firestore the environment names (FIRESTORE_EMULATOR_HOST
 locally, Application Default Credentials otherwise) with the same settings as the function
@@ -21,6 +23,9 @@ refuses a uid that has no Firebase Auth account unless given `--allow-unknown-us
 `audit` streams every user and ledger entry, prints progress, and lists every difference.
 `replay` runs a Stripe event stored in `stripe_event_problems` (a permanent problem an operator
 has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own code path.
+`export` writes everything kept about a user as the `account` function's GET answers it (to stdout
+or --out), and `forget` erases a user as its DELETE does (the same code; running it again finishes
+an interrupted erasure). Both print progress on stderr.
 """
 
 from __future__ import annotations
@@ -270,7 +275,10 @@ def run_audit(args: argparse.Namespace) -> int:
     for d in report.differences:
         print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum})")
     verdict = "clean" if report.clean else f"{len(report.differences)} differences"
-    print(f"audit: {report.users} users, {report.entries} ledger entries in {time.monotonic() - started:.1f} s: {verdict}")
+    print(
+        f"audit: {report.users} users, {report.entries} ledger entries, {report.closed_accounts} closed (erased) accounts "
+        f"in {time.monotonic() - started:.1f} s: {verdict}"
+    )
     return EXIT_OK if report.clean else EXIT_DIFFERENCES
 
 
@@ -296,7 +304,65 @@ def add_replay(subparsers: Any) -> None:
     cmd.set_defaults(run=run_replay)
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_sweep, add_settle, add_schedule, add_grant, add_ledger, add_audit, add_replay)
+def run_export(args: argparse.Namespace) -> int:
+    from functions.lib import db, user_data
+
+    out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115 - closed below
+    started, written, last = time.monotonic(), 0, time.monotonic()
+    try:
+        for piece in user_data.export(db.get_client(), args.user):
+            out.write(piece)
+            written += len(piece)
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                print(f"... {written} characters written ({last - started:.1f} s)", file=sys.stderr, flush=True)
+        out.write("\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported user {args.user}: {written} characters in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_export(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("export", help="everything kept about a user, as one JSON document (what account GET answers)")
+    cmd.add_argument("user", help="the user's uid")
+    cmd.add_argument("--out", help="write to this file instead of stdout")
+    cmd.set_defaults(run=run_export)
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    from functions.lib import auth, db, user_data
+
+    def progress(event: str, fields: dict[str, Any]) -> None:
+        if event == "done":
+            return
+        detail = ", ".join(f"{k} {v}" for k, v in fields.items())
+        print(f"{event}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
+
+    print(f"erasing user {args.user} (running this again finishes an interrupted erasure)", file=sys.stderr, flush=True)
+    report = user_data.erase(db.get_client(), args.user, delete_login=auth.delete_login, progress=progress)
+    print(json.dumps(report.body()))
+    return EXIT_OK
+
+
+def add_forget(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("forget", help="erase a user as account DELETE does: data deleted, ledger kept under a pseudonym")
+    cmd.add_argument("user", help="the user's uid")
+    cmd.set_defaults(run=run_forget)
+
+
+COMMANDS: tuple[Callable[[Any], None], ...] = (
+    add_sweep,
+    add_settle,
+    add_schedule,
+    add_grant,
+    add_ledger,
+    add_audit,
+    add_replay,
+    add_export,
+    add_forget,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,18 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     credits_moved: int = 0
+
+
+@dataclass
+class Stream:
+    """A 200 JSON answer sent piece by piece as the handler's iterator yields it (a large export).
+
+    The status is sent before the first piece: errors that must become a 4xx/5xx are raised
+    before returning the Stream. A failure mid-stream breaks the connection off (logged), so a
+    client never takes a cut-off document for a complete one.
+    """
+
+    pieces: Iterable[str]
 
 
 @dataclass
@@ -117,6 +129,21 @@ def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
     return flask.Response(json.dumps(reply.body), status=reply.status, headers=headers, mimetype="application/json")
 
 
+def _stream_response(stream: Stream, extra_headers: dict[str, str]) -> flask.Response:
+    import flask
+
+    def pieces() -> Iterator[bytes]:
+        try:
+            for piece in stream.pieces:
+                yield piece.encode()
+        except Exception:
+            log.error("stream broken off", exc_info=True)
+            raise
+
+    headers = {**extra_headers, "Cache-Control": "no-store"}
+    return flask.Response(pieces(), status=200, headers=headers, mimetype="application/json")
+
+
 def error_reply(exc: BaseException) -> Reply:
     """The one mapping from exceptions to HTTP: AppErrors as they say, anything else a bare 500."""
     if not isinstance(exc, AppError) and firestore_unavailable(exc):
@@ -129,17 +156,21 @@ def error_reply(exc: BaseException) -> Reply:
     return Reply({"error": "internal", "message": "Something went wrong on our side."}, 500)
 
 
+Handler = Callable[[Call], dict[str, Any] | Reply | Stream]
+
+
 def endpoint(
     name: str, *, methods: tuple[str, ...], cors: bool = True, max_body: int = MAX_BODY_BYTES
-) -> Callable[[Callable[[Call], dict[str, Any] | Reply]], Callable[[flask.Request], flask.Response]]:
+) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """Wrap a handler of `Call` into a functions-framework HTTP function."""
 
-    def decorate(handler: Callable[[Call], dict[str, Any] | Reply]) -> Callable[[flask.Request], flask.Response]:
+    def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
         def serve(request: flask.Request) -> flask.Response:
             started = time.perf_counter()
             logs.configure()
             logs.reset()
             extra: dict[str, str] = {}
+            stream: Stream | None = None
             try:
                 settings = get_settings()
                 logs.bind(function=name, trace=logs.trace_from_header(request.headers.get("X-Cloud-Trace-Context"), settings.project))
@@ -155,10 +186,13 @@ def endpoint(
                     if len(raw) > max_body:
                         raise PayloadTooLarge(f"The body exceeds {max_body} bytes.", limit=max_body)
                     result = handler(Call(request.method, request.headers, raw, request.args))
-                    reply = result if isinstance(result, Reply) else Reply(result)
+                    if isinstance(result, Stream):
+                        stream, reply = result, Reply({})
+                    else:
+                        reply = result if isinstance(result, Reply) else Reply(result)
             except Exception as exc:  # noqa: BLE001 - the one place errors become responses
                 reply = error_reply(exc)
-            response = _respond(reply, extra)
+            response = _stream_response(stream, extra) if stream is not None else _respond(reply, extra)
             log.info(
                 "%s %s %s",
                 name,

@@ -57,6 +57,7 @@ def rest() -> Iterator[RestClient]:
         client.seed(f"/projects/p_{uid}", {"ownerId": uid})
         client.seed(f"/projects/p_{uid}/versions/v1", {"prompt": "x"})
     client.seed("/analytics_events/e1", {"userId": "u1"})
+    client.seed("/credit_transactions/forfeit_erased_0f3a", {"userId": "erased_0f3a", "type": "forfeit"})
     yield client
     emu.stop()
 
@@ -126,3 +127,12 @@ def test_every_client_write_to_money_and_records_is_denied(rest: RestClient, met
     body = {"fields": {"credits": {"integerValue": "1000000"}, "userId": {"stringValue": uid}}} if method == "PATCH" else None
 
     assert rest.call(method, path, token(uid), body) == 403
+
+
+def test_an_erased_users_ledger_is_readable_by_no_sign_in_not_even_one_named_like_its_pseudonym(rest: RestClient) -> None:
+    own = {"fieldFilter": {"field": {"fieldPath": "userId"}, "op": "EQUAL", "value": {"stringValue": "erased_0f3a"}}}
+    query = {"structuredQuery": {"from": [{"collectionId": "credit_transactions"}], "where": own}}
+
+    assert rest.call("GET", "/credit_transactions/forfeit_erased_0f3a", token("erased_0f3a")) == 403
+    assert rest.call("GET", "/credit_transactions/forfeit_erased_0f3a", token("u1")) == 403
+    assert rest.call("POST", ":runQuery", token("erased_0f3a"), query) == 403

@@ -5,7 +5,9 @@ Both collections are streamed in the same order (users by id, ledger entries by 
 merged like two sorted files, a page at a time: memory holds one page of each and the running sum
 of one user, whatever the size of the ledger. Every page reads the database as it was at one
 moment (`read_time`), so live traffic during a long audit cannot show a balance from after an entry
-it did not see. Ledger entries whose user has no document are reported too.
+it did not see. Ledger entries whose user has no document are reported too, except a closed
+account: an erased user's ledger, kept under a pseudonym with no user document, that holds a
+closing `forfeit` entry and sums to zero.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Difference:
 @dataclass
 class AuditReport:
     users: int = 0
+    closed_accounts: int = 0
     entries: int = 0
     differences: list[Difference] = field(default_factory=list)
 
@@ -49,6 +52,7 @@ class _Sum:
     total: int
     entries: int
     reversed: bool  # the user has a reversal, the one way a balance may go below zero
+    closed: bool = False  # a `forfeit` entry closed the account (the user was erased)
 
 
 def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
@@ -56,14 +60,15 @@ def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
     query = client.collection(ledger.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount", "type"])
     current: _Sum | None = None
     for snap in db.pages(query, PAGE, read_time=read_time):
-        uid, amount, reversal = snap.get("userId"), int(snap.get("amount") or 0), snap.get("type") == ledger.REVERSAL
+        uid, amount, kind = snap.get("userId"), int(snap.get("amount") or 0), snap.get("type")
+        reversal, forfeit = kind == ledger.REVERSAL, kind == ledger.FORFEIT
         if current is not None and current.uid != uid:
             yield current
             current = None
         if current is None:
-            current = _Sum(uid, amount, 1, reversal)
+            current = _Sum(uid, amount, 1, reversal, forfeit)
         else:
-            current = _Sum(uid, current.total + amount, current.entries + 1, current.reversed or reversal)
+            current = _Sum(uid, current.total + amount, current.entries + 1, current.reversed or reversal, current.closed or forfeit)
     if current is not None:
         yield current
 
@@ -88,7 +93,9 @@ def audit(
         total = found.total if found is not None else 0
         if found is not None:
             report.entries += found.entries
-        if credits is None:
+        if credits is None and found is not None and found.closed and total == 0:
+            report.closed_accounts += 1
+        elif credits is None:
             report.differences.append(Difference(uid, NO_USER, None, total))
         elif credits != total:
             report.differences.append(Difference(uid, MISMATCH, credits, total))

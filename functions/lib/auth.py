@@ -178,3 +178,44 @@ def authenticate(authorization: str | None, *, check_revoked: bool = False) -> s
     if check_revoked:
         require_active(uid, claims.get("iat"), account_states.get(uid, get_settings().auth_state_cache_s))
     return uid
+
+
+# An irreversible action (erasing the account) wants a sign-in from the last few minutes, as
+# Firebase's own sensitive operations do: a token lifted from a device hours ago is not enough.
+RECENT_SIGN_IN_S = 300
+
+
+def authenticate_recent_sign_in(authorization: str | None, *, within_s: int | None = None) -> str:
+    """The caller's uid, for an irreversible action: `authenticate(check_revoked=True)` with the
+    account's state looked up now rather than cached, and a sign-in at most `within_s` (default
+    RECENT_SIGN_IN_S) old; 401 with `reason: stale_sign_in` asks the client to sign in again."""
+    limit = RECENT_SIGN_IN_S if within_s is None else within_s
+    claims = verify_id_token(bearer_token(authorization))
+    uid: str = claims["uid"]
+    require_active(uid, claims.get("iat"), account_states.get(uid, 0))
+    signed_in = claims.get("auth_time")
+    if not isinstance(signed_in, int | float) or time.time() - signed_in > limit:
+        raise Unauthenticated(
+            f"This action needs a sign-in from the last {max(limit, 60) // 60} minutes; sign in again.", reason="stale_sign_in"
+        )
+    return uid
+
+
+def delete_login(uid: str) -> bool:
+    """Delete the user's Firebase Auth account (their sign-in); False when it was already gone.
+
+    This instance forgets the account's cached state, so the old token is refused here at once.
+    """
+    import firebase_admin.exceptions
+    from firebase_admin import auth
+
+    try:
+        auth.delete_user(uid, app=_app())
+    except auth.UserNotFoundError:
+        return False
+    except (firebase_admin.exceptions.FirebaseError, OSError) as exc:
+        log.warning("could not delete the Firebase Auth account: %s", type(exc).__name__)
+        raise Unavailable("Could not delete the sign-in account right now; retry shortly.") from exc
+    finally:
+        account_states.forget(uid)
+    return True

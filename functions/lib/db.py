@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Commit(batch): how a bulk batch is committed; tests and benchmarks pass one that counts writes.
+Commit = Callable[["WriteBatch"], object]
+MAX_COMMIT_WRITES = 500
 MAX_ATTEMPTS = 12
 RPC_TIMEOUT_S = 10.0
 
@@ -101,6 +104,45 @@ def read_time(client: Client) -> datetime:
     snap = client.collection("users").document("read-time-probe").get(field_paths=["credits"], **rpc())
     at: datetime = snap.read_time
     return at
+
+
+def commit_batch(batch: WriteBatch) -> object:
+    """The default `Commit`: one Commit RPC under the bounded retry of `rpc()`."""
+    return batch.commit(**rpc())
+
+
+def drain(
+    client: Client,
+    query: Query,
+    write: Callable[[WriteBatch, DocumentReference], object],
+    *,
+    commit: Commit | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Apply `write(batch, ref)` to every document `query` finds, in commits of at most 500 writes.
+
+    `write` must take the document out of the query (delete it, or change the field the query
+    filters on): each round asks the query again from its start, so no cursor outlives a commit,
+    memory holds one round, and a run that stopped part-way resumes by running again. Returns
+    the number of documents written; `progress(total)` hears each commit.
+    """
+    done = 0
+    previous: set[str] = set()
+    while True:
+        refs = [snap.reference for snap in query.limit(MAX_COMMIT_WRITES).stream(**rpc())]
+        if not refs:
+            return done
+        paths = {ref.path for ref in refs}
+        if paths & previous:
+            raise RuntimeError(f"drain: a write left documents in the query ({sorted(paths & previous)[0]})")
+        batch = client.batch()
+        for ref in refs:
+            write(batch, ref)
+        (commit or commit_batch)(batch)
+        done += len(refs)
+        previous = paths
+        if progress is not None:
+            progress(done)
 
 
 def precondition(client: Client, snap: DocumentSnapshot) -> Any:

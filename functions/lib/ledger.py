@@ -29,6 +29,9 @@ REVERSAL, REINSTATEMENT = "reversal", "reinstatement"
 # Only a reversal may drive a balance below zero: a refund or dispute takes back exactly the
 # purchase's share even when the buyer already spent it (docs/ARCHITECTURE.md, "Money").
 MAY_GO_NEGATIVE = frozenset({REVERSAL})
+# The closing entry of an erased account: it takes the remaining balance (either sign) to zero.
+FORFEIT = "forfeit"
+ERASED_PREFIX = "erased_"
 
 
 def entry_id(kind: str, ref: str) -> str:
@@ -146,6 +149,48 @@ def grant(client: Client, uid: str, grant_id: str, amount: int, reason: str) -> 
     if not reason.strip():
         raise InvalidRequest("A grant needs a reason.")
     return post(client, uid, type=GRANT, ref=grant_id, amount=amount, metadata={"reason": reason})
+
+
+def close_account(client: Client, uid: str, pseudonym: str, reason: str) -> Posted | None:
+    """Take an erased account's balance (either sign) to zero with a closing `forfeit` entry, once.
+
+    The entry is `forfeit_{pseudonym}`, written under the uid (pseudonymise then renames it with
+    the rest). It is written when the user has a ledger or a balance, even for a zero amount: it
+    marks the account as closed for the audit. Should the balance move again after it (a refund
+    webhook racing the erasure), the next call closes that with `forfeit_{pseudonym}_{t}`, t the
+    update time of the user document it zeroes, so each state is closed at most once. Returns
+    None when there is nothing (left) to close.
+    """
+    user_ref = client.collection(USERS).document(uid)
+    first_ref = client.collection(LEDGER).document(entry_id(FORFEIT, pseudonym))
+    some_entry = client.collection(LEDGER).where(filter=db.where("userId", "==", uid)).limit(1).select([])
+
+    def plan() -> db.Plan[Posted | None]:
+        user, first = db.get_all(client, [user_ref, first_ref])
+        balance = balance_of(user)
+        if first.exists:
+            if balance == 0:
+                return db.Plan(None)
+            ref = f"{pseudonym}_{user.update_time.strftime('%Y%m%dT%H%M%S%fZ')}"
+        elif balance == 0 and not list(some_entry.stream(**db.rpc())):
+            return db.Plan(None)
+        else:
+            ref = pseudonym
+        batch = client.batch()
+        after = stage_entry(client, batch, user, type=FORFEIT, ref=ref, amount=-balance, metadata={"reason": reason})
+        return db.Plan(Posted(entry_id(FORFEIT, ref), True, after, -balance), batch)
+
+    return db.commit_optimistically(plan)
+
+
+def pseudonymise(client: Client, uid: str, pseudonym: str, commit: db.Commit | None = None) -> int:
+    """Replace `userId` = uid by `pseudonym` on every ledger entry, in commits of at most 500 writes.
+
+    Amounts, types, balances after and Stripe references stay: the ledger remains the financial
+    record, only without the identity. Returns the number of entries renamed by this call.
+    """
+    query = client.collection(LEDGER).where(filter=db.where("userId", "==", uid)).select([])
+    return db.drain(client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=commit)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,325 @@
+"""A user's data: everything kept about a user as one JSON document, and erasure of the user.
+
+Export streams the document page by page (`db.pages`, 300 documents a round trip): memory holds
+one page, whatever the number of projects and versions.
+
+Erasure, step by step; every step finds its work with a query on the uid and takes what it did out
+of that query, so a run killed at any point is finished by running it again, and nothing is written
+twice:
+1. Begin: one commit on `users/{uid}` removes the consent (so `generate` answers 403 from now on:
+   no new charge can start) and records `erasure.pseudonym`, a random id. A later run reads the
+   pseudonym back from there.
+2. Settle: every generation still `charged` (running or stale) is refunded through
+   `generations.refund`, which is exactly-once; a completion racing it loses its precondition.
+3. Delete the projects (versions in commits of at most 500 writes, the project document last, so
+   an interrupted project is found again), the generations, the analytics events, and the stored
+   Stripe problem events that name the user (`stripe_event_problems.userId`).
+4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
+   (`ledger.close_account`); then every ledger entry and payment record of the uid is renamed to
+   the pseudonym. The ledger is the financial record: amounts, types and Stripe references stay.
+5. Delete `users/{uid}` under a precondition on the state just read (balance zero, no consent):
+   a webhook or a consent that changed it meanwhile makes the run loop through steps 2-5 again.
+   Then delete the Firebase Auth account, last, so that until the data is gone the user can still
+   sign in and send DELETE again to finish an interrupted erasure.
+
+Why a random pseudonym kept on the user document, not an HMAC of the uid: an HMAC key kept for
+resumption would link every uid to its ledger forever (anyone with the key and a uid finds the
+entries). The random id is stored only in `users/{uid}.erasure` while the erasure runs, and that
+document is deleted in the last step, so afterwards nothing links the uid to the pseudonym. A
+run after completion starts with a new pseudonym and finds nothing left under the uid.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import analytics, db, generations, ledger
+from functions.lib.errors import Contention, NotFound
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, Query, WriteBatch
+
+PAGE = 300
+ERASED_REASON = "account_erased"
+PROBLEMS = "stripe_event_problems"
+PAYMENTS = "payments"
+# Rounds of steps 2-5 before giving up with a retryable error: each round is needed only when
+# something changed the user document while the previous one ran.
+MAX_ROUNDS = 5
+
+# progress(event, fields): events are begun, refunded, project, deleted, closed, pseudonymised,
+# login, done.
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+# Export ---------------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """Firestore values that JSON has no type for: times, references, bytes, geo points."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "path") and hasattr(value, "parent"):
+        return value.path
+    if hasattr(value, "latitude") and hasattr(value, "longitude"):
+        return {"latitude": value.latitude, "longitude": value.longitude}
+    raise TypeError(f"cannot export a {type(value).__name__}")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _document(snap: DocumentSnapshot) -> dict[str, Any]:
+    return {"id": snap.id, **(snap.to_dict() or {})}
+
+
+def _owned(client: Client, collection: str, uid: str, field: str = "userId") -> Query:
+    """The uid's documents in `collection`, in id order (a total order for paging)."""
+    return client.collection(collection).where(filter=db.where(field, "==", uid)).order_by("__name__")
+
+
+def _sections(client: Client, uid: str) -> list[tuple[str, Query]]:
+    return [
+        ("ledger", _owned(client, ledger.LEDGER, uid)),
+        ("payments", _owned(client, PAYMENTS, uid)),
+        ("generations", _owned(client, generations.GENERATIONS, uid)),
+        ("analyticsEvents", _owned(client, analytics.EVENTS, uid)),
+        ("stripeEventProblems", _owned(client, PROBLEMS, uid)),
+    ]
+
+
+def export(client: Client, uid: str) -> Iterator[str]:
+    """Everything kept about `uid`, as the pieces of one JSON document (join them to get it).
+
+    The user document is read before this returns, so an unreachable Firestore fails the call
+    (a clean 503) rather than the stream; the rest is read page by page as the pieces are taken.
+    """
+    user = client.collection(ledger.USERS).document(uid).get(**db.rpc())
+    return _export_pieces(client, uid, user)
+
+
+def _export_pieces(client: Client, uid: str, user: DocumentSnapshot) -> Iterator[str]:
+    head = {"uid": uid, "exportedAt": datetime.now(UTC), "user": user.to_dict() if user.exists else None}
+    yield _dumps(head)[:-1]
+    for name, query in _sections(client, uid):
+        yield f', "{name}": ['
+        for n, snap in enumerate(db.pages(query, PAGE)):
+            yield ("," if n else "") + _dumps(_document(snap))
+        yield "]"
+    yield ', "projects": ['
+    for n, project in enumerate(db.pages(_owned(client, generations.PROJECTS, uid, "ownerId"), PAGE)):
+        # The project's own fields, then its versions: "{...}" opened up to take one more key.
+        yield ("," if n else "") + _dumps(_document(project))[:-1] + ', "versions": ['
+        versions = project.reference.collection(generations.VERSIONS).order_by("__name__")
+        for m, version in enumerate(db.pages(versions, PAGE)):
+            yield ("," if m else "") + _dumps(_document(version))
+        yield "]}"
+    yield "]}"
+
+
+# Erasure --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ErasureReport:
+    """What one erasure run did; a run that finishes an interrupted one counts only its own work."""
+
+    charges_refunded: int = 0
+    projects_deleted: int = 0
+    versions_deleted: int = 0
+    generations_deleted: int = 0
+    events_deleted: int = 0
+    problems_deleted: int = 0
+    entries_pseudonymised: int = 0
+    payments_pseudonymised: int = 0
+    credits_forfeited: int = 0
+    login_deleted: bool = False
+    commits: int = 0
+    max_commit_writes: int = 0
+
+    def body(self) -> dict[str, Any]:
+        """The DELETE answer (the pseudonym is never in it: it must not be linked to the uid)."""
+        return {"erased": True, **{_camel(k): v for k, v in asdict(self).items()}}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+class _Erasure:
+    def __init__(self, client: Client, uid: str, progress: Progress | None, commit: db.Commit) -> None:
+        self.client = client
+        self.uid = uid
+        self.progress = progress
+        self._commit = commit
+        self.report = ErasureReport()
+        self.user_ref = client.collection(ledger.USERS).document(uid)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.progress is not None:
+            self.progress(event, fields)
+
+    def commit(self, batch: WriteBatch) -> object:
+        """Every bulk commit of the erasure goes through here, to be counted."""
+        writes = len(batch)
+        result = self._commit(batch)
+        self.report.commits += 1
+        self.report.max_commit_writes = max(self.report.max_commit_writes, writes)
+        return result
+
+    def begin(self) -> str:
+        """Step 1: no consent from now on, and the pseudonym, new or the one an earlier run chose."""
+        from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP
+
+        def plan() -> db.Plan[str]:
+            user = self.user_ref.get(**db.rpc())
+            data = user.to_dict() or {}
+            marker = data.get("erasure")
+            if isinstance(marker, dict) and isinstance(marker.get("pseudonym"), str):
+                if "consent" not in data:
+                    return db.Plan(marker["pseudonym"])
+                batch = self.client.batch()
+                batch.update(self.user_ref, {"consent": DELETE_FIELD}, option=db.precondition(self.client, user))
+                return db.Plan(marker["pseudonym"], batch)
+            pseudonym = ledger.ERASED_PREFIX + uuid.uuid4().hex
+            fields = {"erasure": {"pseudonym": pseudonym, "startedAt": SERVER_TIMESTAMP}}
+            batch = self.client.batch()
+            if user.exists:
+                batch.update(self.user_ref, {**fields, "consent": DELETE_FIELD}, option=db.precondition(self.client, user))
+            else:
+                batch.create(self.user_ref, {**fields, **ledger.new_user_fields()})
+            return db.Plan(pseudonym, batch)
+
+        pseudonym = db.commit_optimistically(plan)
+        self.emit("begun")
+        return pseudonym
+
+    def settle(self) -> None:
+        """Step 2: refund every charge still open; each refund takes its generation out of the query."""
+        query = (
+            self.client.collection(generations.GENERATIONS)
+            .where(filter=db.where("userId", "==", self.uid))
+            .where(filter=db.where("status", "==", generations.CHARGED))
+            .select([])
+        )
+        while page := list(query.limit(PAGE).stream(**db.rpc())):
+            for snap in page:
+                try:
+                    refund = generations.refund(self.client, snap.id, self.uid, ERASED_REASON)
+                except NotFound:
+                    continue
+                if refund.applied:
+                    self.report.charges_refunded += 1
+                    self.emit("refunded", generationId=snap.id, amount=refund.amount)
+
+    def delete_projects(self) -> None:
+        """Step 3a: each project's versions in commits of <= 500 writes, the project document in the last."""
+        query = self.client.collection(generations.PROJECTS).where(filter=db.where("ownerId", "==", self.uid)).select([])
+        while page := list(query.limit(PAGE).stream(**db.rpc())):
+            for project in page:
+                self.delete_project(project.reference)
+
+    def delete_project(self, project_ref: DocumentReference) -> None:
+        chunk: list[DocumentReference] = []
+        deleted = 0
+        for ref in project_ref.collection(generations.VERSIONS).list_documents(page_size=db.MAX_COMMIT_WRITES, **db.rpc()):
+            chunk.append(ref)
+            if len(chunk) == db.MAX_COMMIT_WRITES:
+                # Keep one back, so the final commit with the project document stays within 500.
+                deleted += self.delete(chunk[:-1])
+                chunk = chunk[-1:]
+        deleted += self.delete([*chunk, project_ref]) - 1
+        self.report.projects_deleted += 1
+        self.report.versions_deleted += deleted
+        self.emit("project", projectId=project_ref.id, versionsDeleted=deleted)
+
+    def delete(self, refs: list[DocumentReference]) -> int:
+        batch = self.client.batch()
+        for ref in refs:
+            batch.delete(ref)
+        self.commit(batch)
+        return len(refs)
+
+    def delete_owned(self, collection: str, counter: str) -> None:
+        """Step 3b: every document of `collection` whose `userId` is the uid."""
+        query = self.client.collection(collection).where(filter=db.where("userId", "==", self.uid)).select([])
+        n = db.drain(self.client, query, lambda batch, ref: batch.delete(ref), commit=self.commit)
+        setattr(self.report, counter, getattr(self.report, counter) + n)
+        if n:
+            self.emit("deleted", collection=collection, documents=n)
+
+    def close_ledger(self, pseudonym: str) -> None:
+        """Step 4: the closing `forfeit` entry, then the uid renamed to the pseudonym."""
+        closed = ledger.close_account(self.client, self.uid, pseudonym, ERASED_REASON)
+        if closed is not None:
+            self.report.credits_forfeited -= closed.amount
+            self.emit("closed", forfeited=-closed.amount)
+        renamed = ledger.pseudonymise(self.client, self.uid, pseudonym, commit=self.commit)
+        query = self.client.collection(PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
+        payments = db.drain(self.client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=self.commit)
+        self.report.entries_pseudonymised += renamed
+        self.report.payments_pseudonymised += payments
+        if renamed or payments:
+            self.emit("pseudonymised", entries=renamed, payments=payments)
+
+    def finish(self) -> bool:
+        """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round again)."""
+        from google.api_core import exceptions as gexc
+
+        user = self.user_ref.get(**db.rpc())
+        if not user.exists:
+            return True
+        data = user.to_dict() or {}
+        if ledger.balance_of(user) != 0 or "consent" in data:
+            return False
+        batch = self.client.batch()
+        batch.delete(self.user_ref, option=db.precondition(self.client, user))
+        try:
+            self.commit(batch)
+        except gexc.FailedPrecondition:
+            return False
+        return True
+
+    def run(self, delete_login: Callable[[str], bool]) -> ErasureReport:
+        for _ in range(MAX_ROUNDS):
+            pseudonym = self.begin()
+            self.settle()
+            self.delete_projects()
+            self.delete_owned(generations.GENERATIONS, "generations_deleted")
+            self.delete_owned(analytics.EVENTS, "events_deleted")
+            self.delete_owned(PROBLEMS, "problems_deleted")
+            self.close_ledger(pseudonym)
+            if self.finish():
+                break
+        else:
+            raise Contention("The account kept changing during its erasure; run it again.")
+        self.report.login_deleted = delete_login(self.uid)
+        self.emit("login", deleted=self.report.login_deleted)
+        self.emit("done", **self.report.body())
+        return self.report
+
+
+def erase(
+    client: Client,
+    uid: str,
+    *,
+    delete_login: Callable[[str], bool],
+    progress: Progress | None = None,
+    commit: db.Commit = db.commit_batch,
+) -> ErasureReport:
+    """Erase `uid` (see the module docstring); running it again finishes an interrupted erasure.
+
+    `delete_login(uid)` deletes the Firebase Auth account (False if it was already gone);
+    `progress` hears each step; `commit` commits each bulk batch (benchmarks count them).
+    """
+    return _Erasure(client, uid, progress, commit).run(delete_login)
