@@ -16,7 +16,7 @@ from functions.lib import deployment
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
-FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject", "settle_charges")
+FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject", "settle_charges", "account")
 
 
 def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:
@@ -51,7 +51,7 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
         account = deployment.FUNCTIONS[name].account
         assert "region europe-west1" in plan[name] and f"runs as {account}@acme-credits-prod.iam.gserviceaccount.com" in plan[name]
     assert "invoker private" in plan["retention_sweep"] and "timeout 540 s" in plan["retention_sweep"]
-    for public in ("generate", "consent", "credits", "checkout", "stripe_webhook"):
+    for public in ("generate", "consent", "credits", "checkout", "stripe_webhook", "account"):
         assert "HTTPS, invoker public" in plan[public]
     assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith("secrets: STRIPE_SECRET_KEY")
     assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith("secrets: none")
@@ -77,7 +77,9 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     ]
     roles = [line for line in lines if "add-iam-policy-binding acme-credits-prod" in line]
     assert not [r for r in roles if "sweep-scheduler" in r]
-    assert all("--role=roles/datastore.user" in r or "--role=roles/firebaseauth.viewer" in r or "cloudtasks" in r for r in roles)
+    narrow = ("--role=roles/datastore.user", "--role=roles/firebaseauth.viewer", "cloudtasks")
+    # Only `account` may delete Firebase Auth accounts (an erased user's sign-in).
+    assert all(any(role in r for role in narrow) or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r) for r in roles)
     invokers = [line for line in lines if "add-invoker-policy-binding" in line]
     assert any("add-invoker-policy-binding purgeProject" in i and "fn-retention-sweep@" in i for i in invokers)
     assert any("service-accounts add-iam-policy-binding fn-retention-sweep@" in line and "serviceAccountUser" in line for line in lines)
