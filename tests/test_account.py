@@ -29,6 +29,7 @@ from devstack.procs import wait_until
 from devstack.serve import ServedFunction
 from tests.conftest import PROJECT, TERMS, reset_caches
 from tests.helpers import balance
+from tests.test_openapi import check
 
 SECRET = "whsec_test_local"
 USER_FIELDS = {
@@ -151,7 +152,7 @@ def test_export_has_everything_of_the_caller_and_nothing_of_anyone_else(app: Any
     res = app("account").get("/", headers=ana.bearer)
 
     assert res.status_code == 200 and res.headers["Cache-Control"] == "no-store"
-    body = json.loads(res.data)
+    body = check("account", "get", res)
     assert body["uid"] == ana.uid
     assert body["user"]["credits"] == balance(db, ana.uid) == 500 - 50 - 50 - 25 - 50
     assert body["user"]["consent"]["version"] == TERMS
@@ -189,7 +190,7 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
     res = app("account").delete("/", headers=ana.bearer)
 
     assert res.status_code == 200, res.json
-    report = res.json
+    report = check("account", "delete", res)
     assert report["erased"] and report["chargesRefunded"] == 1 and report["projectsDeleted"] == 1 and report["versionsDeleted"] == 2
     assert report["loginDeleted"] and 0 < report["maxCommitWrites"] <= 500
     assert report["creditsForfeited"] == balance_before + 50  # what was left once the running charge was refunded
@@ -238,7 +239,7 @@ def test_delete_needs_a_recent_sign_in(app: Any, db: Any, accounts: AuthEmulator
 
     res = app("account").delete("/", headers=ana.bearer)
 
-    assert res.status_code == 401 and res.json["reason"] == "stale_sign_in"
+    assert check("account", "delete", res)["reason"] == "stale_sign_in" and res.status_code == 401
     assert accounts.sign_in(ana.email, "correct horse battery")[0] == ana.uid
 
 
@@ -332,4 +333,22 @@ def test_an_erasure_killed_mid_way_is_finished_by_a_second_delete_and_writes_not
     )
     assert kept[f"forfeit_{pseudonym}"]["amount"] == -200 and sum(e["amount"] for e in kept.values()) == 0
     assert everything_of(db, bob.uid) == bob_before
+    assert admin("audit") == 0
+
+
+def test_a_refund_after_the_erasure_lands_on_the_pseudonym_never_on_the_uid_and_the_audit_stays_clean(
+    app: Any, db: Any, settings: Any, accounts: AuthEmulator
+) -> None:
+    ana = sign_up(accounts, "ana")
+    ids = give_a_history(app, db, settings, ana)
+    assert app("account").delete("/", headers=ana.bearer).status_code == 200
+    pseudonym = db.collection("payments").document(ids["pi"]).get().get("userId")
+
+    deliver(app, stripe_events.charge_refunded(ids["charge"], ids["pi"], 1000, 300))  # 20% more of 500 credits
+
+    assert all(found == [] for found in owned(db, ana.uid).values())
+    assert not db.collection("users").document(ana.uid).get().exists
+    kept = [d.to_dict() for d in db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()]
+    assert sorted(e["amount"] for e in kept if e["type"] == "reversal") == [-100, -50]
+    assert db.collection("users").document(pseudonym).get().get("credits") == sum(e["amount"] for e in kept) == -100
     assert admin("audit") == 0

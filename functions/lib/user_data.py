@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations, ledger
+from functions.lib import analytics, db, generations, ledger, payments, problems
 from functions.lib.errors import Contention, NotFound
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 PAGE = 300
 ERASED_REASON = "account_erased"
-PROBLEMS = "stripe_event_problems"
-PAYMENTS = "payments"
 # Rounds of steps 2-5 before giving up with a retryable error: each round is needed only when
 # something changed the user document while the previous one ran.
 MAX_ROUNDS = 5
@@ -90,10 +88,10 @@ def _owned(client: Client, collection: str, uid: str, field: str = "userId") -> 
 def _sections(client: Client, uid: str) -> list[tuple[str, Query]]:
     return [
         ("ledger", _owned(client, ledger.LEDGER, uid)),
-        ("payments", _owned(client, PAYMENTS, uid)),
+        ("payments", _owned(client, payments.PAYMENTS, uid)),
         ("generations", _owned(client, generations.GENERATIONS, uid)),
         ("analyticsEvents", _owned(client, analytics.EVENTS, uid)),
-        ("stripeEventProblems", _owned(client, PROBLEMS, uid)),
+        ("stripeEventProblems", _owned(client, problems.PROBLEMS, uid)),
     ]
 
 
@@ -265,12 +263,12 @@ class _Erasure:
             self.report.credits_forfeited -= closed.amount
             self.emit("closed", forfeited=-closed.amount)
         renamed = ledger.pseudonymise(self.client, self.uid, pseudonym, commit=self.commit)
-        query = self.client.collection(PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
-        payments = db.drain(self.client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=self.commit)
+        query = self.client.collection(payments.PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
+        records = db.drain(self.client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=self.commit)
         self.report.entries_pseudonymised += renamed
-        self.report.payments_pseudonymised += payments
-        if renamed or payments:
-            self.emit("pseudonymised", entries=renamed, payments=payments)
+        self.report.payments_pseudonymised += records
+        if renamed or records:
+            self.emit("pseudonymised", entries=renamed, payments=records)
 
     def finish(self) -> bool:
         """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round again)."""
@@ -297,7 +295,7 @@ class _Erasure:
             self.delete_projects()
             self.delete_owned(generations.GENERATIONS, "generations_deleted")
             self.delete_owned(analytics.EVENTS, "events_deleted")
-            self.delete_owned(PROBLEMS, "problems_deleted")
+            self.delete_owned(problems.PROBLEMS, "problems_deleted")
             self.close_ledger(pseudonym)
             if self.finish():
                 break
