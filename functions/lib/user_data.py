@@ -1,4 +1,5 @@
-"""A user's data: everything kept about a user as one JSON document, and erasure of the user.
+"""A user's data: everything kept about a user as one JSON document, and erasure of the user
+(docs/ARCHITECTURE.md, "A user's data").
 
 Export streams the document page by page (`db.pages`, 300 documents a round trip): memory holds
 one page, whatever the number of projects and versions.
