@@ -1,19 +1,16 @@
-"""`account`: export and erasure of a user, against the Firestore emulator and the real Firebase
+"""`account`: export and erasure of a user, against the Firestore emulator and the session's real Firebase
 Auth emulator (accounts signed up over its REST API, their ID tokens checked with it, deleted in it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import tempfile
 import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +24,7 @@ from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
-from tests.conftest import PROJECT, TERMS, reset_caches
+from tests.conftest import ACCOUNTS, TERMS
 from tests.helpers import balance
 from tests.test_openapi import check
 
@@ -42,28 +39,12 @@ USER_FIELDS = {
 }
 
 
-def _drop_firebase_app() -> None:
-    """firebase-admin keeps its app (and the Auth host it was created with) per process."""
-    import firebase_admin
-
-    with contextlib.suppress(ValueError):
-        firebase_admin.delete_app(firebase_admin.get_app("credits-backbone"))
-    reset_caches()
-
-
-@pytest.fixture(scope="module")
-def auth_emulator() -> Iterator[AuthEmulator]:
-    emu = AuthEmulator(PROJECT, log_dir=Path(tempfile.mkdtemp(prefix="auth-account-")))
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def accounts(auth_emulator: AuthEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[AuthEmulator]:
-    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", auth_emulator.host)
-    _drop_firebase_app()
-    yield auth_emulator
-    _drop_firebase_app()
+def accounts(emulator: FirestoreEmulator) -> AuthEmulator:
+    """The session's Auth emulator (cleared after each test that signs someone up)."""
+    assert ACCOUNTS.emulator is not None
+    ACCOUNTS.emulator.wait_ready()
+    return ACCOUNTS.emulator
 
 
 @dataclass
@@ -80,6 +61,7 @@ class Person:
 def sign_up(auth: AuthEmulator, name: str) -> Person:
     email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
     uid, token = auth.sign_up(email, "correct horse battery")
+    ACCOUNTS.created.add(uid)
     return Person(uid, email, token)
 
 
@@ -215,9 +197,7 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
     with pytest.raises(urllib.error.HTTPError) as refused:
         accounts.sign_in(ana.email, "correct horse battery")
     assert refused.value.code == 400
-    # generate: 401 once it checks revocation with Firebase Auth; until then 403 (the consent went with the
-    # user document). Either way nothing is charged.
-    assert app("generate").post("/", json={"prompt": "x"}, headers=ana.bearer).status_code in (401, 403)
+    assert app("generate").post("/", json={"prompt": "x"}, headers=ana.bearer).status_code == 401
     assert owned(db, ana.uid)["generations"] == [] and owned(db, ana.uid)["credit_transactions"] == []
     assert app("account").get("/", headers=ana.bearer).status_code == 401
     assert app("account").delete("/", headers=ana.bearer).status_code == 401
