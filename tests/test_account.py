@@ -75,7 +75,7 @@ def deliver(app: Any, event: dict[str, Any]) -> Any:
 def give_a_history(app: Any, db: Any, settings: Any, person: Person) -> dict[str, Any]:
     """Consent, a purchase and a partial refund of it, a project with two versions, a charge still
     running, a stored problem event: through the real handlers and domain code."""
-    from functions.lib import generations
+    from functions.lib import generations, limits
 
     ids = {"session": stripe_events.new_id("cs_test"), "pi": stripe_events.new_id("pi"), "charge": stripe_events.new_id("ch")}
     assert app("consent").post("/", json={"version": TERMS}, headers=person.bearer).status_code == 200
@@ -89,6 +89,7 @@ def give_a_history(app: Any, db: Any, settings: Any, person: Person) -> dict[str
     running = generations.charge(db, settings, generations.GenerationRequest(person.uid, "still running"))
     assert isinstance(running, generations.Charge)
     ids["running"] = running.generation_id
+    limits.take_checkout_slot(db, person.uid, limit=10, window_s=3600, now=datetime.now(UTC))
     db.collection("stripe_event_problems").document(f"evt_{person.uid}").set(
         {"type": "charge.refunded", "reason": "test", "status": "open", "userId": person.uid}
     )
@@ -144,6 +145,7 @@ def test_export_has_everything_of_the_caller_and_nothing_of_anyone_else(app: Any
     assert sorted(e["id"] for e in body["analyticsEvents"]) == expected["analytics_events"] != []
     assert [p["id"] for p in body["stripeEventProblems"]] == expected["stripe_event_problems"]
     assert [p["id"] for p in body["payments"]] == expected["payments"] != []
+    assert body["checkoutLimit"]["count"] == 1
     [project] = body["projects"]
     assert project["id"] == expected["projects"][0] and project["versionCount"] == 2
     assert sorted(v["number"] for v in project["versions"]) == [1, 2]
@@ -179,6 +181,7 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
     # Nothing of the user remains...
     assert all(ids == [] for ids in owned(db, ana.uid).values()), owned(db, ana.uid)
     assert not db.collection("users").document(ana.uid).get().exists
+    assert not db.collection("checkout_limits").document(ana.uid).get().exists
     assert ana_ids["project"] not in [p.id for p in db.collection("projects").stream()]
     assert not list(db.collection("projects").document(ana_ids["project"]).collection("versions").stream())
     # ...except the ledger, under one pseudonym that is not the uid, closed by a forfeit, summing to zero.

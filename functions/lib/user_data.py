@@ -13,8 +13,9 @@ twice:
 2. Settle: every generation still `charged` (running or stale) is refunded through
    `generations.refund`, which is exactly-once; a completion racing it loses its precondition.
 3. Delete the projects (versions in commits of at most 500 writes, the project document last, so
-   an interrupted project is found again), the generations, the analytics events, and the stored
-   Stripe problem events that name the user (`stripe_event_problems.userId`).
+   an interrupted project is found again), the generations, the analytics events, the stored
+   Stripe problem events that name the user (`stripe_event_problems.userId`), and the user's
+   checkout rate-limit window (`checkout_limits/{uid}`).
 4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
    (`ledger.close_account`); then every ledger entry and payment record of the uid is renamed to
    the pseudonym. The ledger is the financial record: amounts, types and Stripe references stay.
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations, ledger, payments, problems
+from functions.lib import analytics, db, generations, ledger, limits, payments, problems
 from functions.lib.errors import Contention, NotFound
 
 if TYPE_CHECKING:
@@ -114,6 +115,8 @@ def _export_pieces(client: Client, uid: str, user: DocumentSnapshot) -> Iterator
         for n, snap in enumerate(db.pages(query, PAGE)):
             yield ("," if n else "") + _dumps(_document(snap))
         yield "]"
+    limit = client.collection(limits.CHECKOUT_LIMITS).document(uid).get(**db.rpc())
+    yield ', "checkoutLimit": ' + _dumps(limit.to_dict() if limit.exists else None)
     yield ', "projects": ['
     for n, project in enumerate(db.pages(_owned(client, generations.PROJECTS, uid, "ownerId"), PAGE)):
         # The project's own fields, then its versions: "{...}" opened up to take one more key.
@@ -257,6 +260,13 @@ class _Erasure:
         if n:
             self.emit("deleted", collection=collection, documents=n)
 
+    def delete_checkout_limit(self) -> None:
+        """Step 3c: the user's checkout rate-limit window (`checkout_limits/{uid}`), if there is one."""
+        ref = self.client.collection(limits.CHECKOUT_LIMITS).document(self.uid)
+        if ref.get(field_paths=["count"], **db.rpc()).exists:
+            self.delete([ref])
+            self.emit("deleted", collection=limits.CHECKOUT_LIMITS, documents=1)
+
     def close_ledger(self, pseudonym: str) -> None:
         """Step 4: the closing `forfeit` entry, then the uid renamed to the pseudonym."""
         closed = ledger.close_account(self.client, self.uid, pseudonym, ERASED_REASON)
@@ -297,6 +307,7 @@ class _Erasure:
             self.delete_owned(generations.GENERATIONS, "generations_deleted")
             self.delete_owned(analytics.EVENTS, "events_deleted")
             self.delete_owned(problems.PROBLEMS, "problems_deleted")
+            self.delete_checkout_limit()
             self.close_ledger(pseudonym)
             if self.finish():
                 break
