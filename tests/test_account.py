@@ -335,3 +335,19 @@ def test_a_refund_after_the_erasure_lands_on_the_pseudonym_never_on_the_uid_and_
     assert sorted(e["amount"] for e in kept if e["type"] == "reversal") == [-100, -50]
     assert db.collection("users").document(pseudonym).get().get("credits") == sum(e["amount"] for e in kept) == -100
     assert admin("audit") == 0
+
+
+def test_the_served_export_is_streamed_in_chunks_and_complete(db: Any, accounts: AuthEmulator, tmp_path: Path) -> None:
+    ana = sign_up(accounts, "ana")
+    seed_projects(db, ana.uid, 3, 400)
+    served = ServedFunction("account", env={}, log_dir=tmp_path)
+    try:
+        req = urllib.request.Request(served.url + "/", headers=ana.bearer)
+        with urllib.request.urlopen(req, timeout=60) as res:
+            headers, body = res.headers, json.loads(res.read())
+    finally:
+        served.stop()
+
+    # Sent as it is read (chunked, no length known in advance), not built in memory first.
+    assert headers["Transfer-Encoding"] == "chunked" and headers["Content-Length"] is None
+    assert [len(p["versions"]) for p in body["projects"]] == [400, 400, 400]
