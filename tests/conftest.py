@@ -2,8 +2,9 @@
 both cleared before every test. `token(uid)` creates that uid's Auth account (generate and
 checkout look the account up: disabled, deleted or revoked) and returns an emulator ID token.
 
-Environment changes go through `monkeypatch` (restored after each test); cached settings,
-clients and providers are dropped around every test so each sees its own environment.
+Each test gets its own environment: `os.environ` is restored after every test (changes should
+still go through `monkeypatch`), and cached settings, clients and providers are dropped around
+every test so each sees its own environment.
 """
 
 from __future__ import annotations
@@ -102,11 +103,15 @@ def emulator() -> Iterator[FirestoreEmulator]:
 
 @pytest.fixture(autouse=True)
 def _fresh(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Empty emulators, fresh caches, and `os.environ` restored after the test whatever changed it."""
     if "no_emulator" not in request.keywords:
         request.getfixturevalue("emulator").clear()
         ACCOUNTS.clear()
+    environ = dict(os.environ)
     reset_caches()
     yield
+    os.environ.clear()
+    os.environ.update(environ)
     reset_caches()
 
 
