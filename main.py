@@ -7,7 +7,7 @@ each also runs under plain `functions-framework --target NAME --source main.py`.
 This file is a manifest: each function imports its handler on first call, so a process loads only
 what its own path needs (no stripe in `generate`, no google.genai in `stripe_webhook`), and
 importing it does no I/O. Who each function runs as and which secrets it reads come from one
-table, `functions/lib/deployment.py`, which deploy.sh reads too. CORS stays in `functions/http.py`
+table, `functions/lib/deployment.py`, which deploy.sh reads too. CORS stays in `functions/edge.py`
 (no `cors=` option here), so preflights and error answers carry the same headers everywhere.
 
 Timeouts: generate's 120 s (`generate_timeout_s`: less when STALE_CHARGE_AFTER_S is set below 121 s)
@@ -40,7 +40,7 @@ PUBLIC, PRIVATE = "public", "private"
 )
 def generate(request: flask.Request) -> flask.Response:
     """HTTPS POST: charge, generate, save a version; refund on failure."""
-    from functions.generate import handle
+    from functions.handlers.generate import handle
 
     return handle(request)
 
@@ -48,7 +48,7 @@ def generate(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("consent"))
 def consent(request: flask.Request) -> flask.Response:
     """HTTPS GET/POST: read or accept the current terms."""
-    from functions.consent_api import handle
+    from functions.handlers.consent import handle
 
     return handle(request)
 
@@ -56,7 +56,7 @@ def consent(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("credits"))
 def credits(request: flask.Request) -> flask.Response:
     """HTTPS GET: balance and recent ledger entries."""
-    from functions.credits_api import handle
+    from functions.handlers.credits import handle
 
     return handle(request)
 
@@ -64,7 +64,7 @@ def credits(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("checkout"))
 def checkout(request: flask.Request) -> flask.Response:
     """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
-    from functions.checkout import handle
+    from functions.handlers.checkout import handle
 
     return handle(request)
 
@@ -72,7 +72,7 @@ def checkout(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("stripe_webhook"))
 def stripe_webhook(request: flask.Request) -> flask.Response:
     """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds and disputes."""
-    from functions.stripe_webhook import handle
+    from functions.handlers.stripe_webhook import handle
 
     return handle(request)
 
@@ -81,7 +81,7 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=1, concurrency=1, invoker=PRIVATE, **runs_as("retention_sweep"))
 def retention_sweep(request: flask.Request) -> flask.Response:
     """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to purgeProject when the night is large."""
-    from functions.retention_sweep import handle
+    from functions.handlers.retention_sweep import handle
 
     return handle(request)
 
@@ -90,7 +90,7 @@ def retention_sweep(request: flask.Request) -> flask.Response:
 @https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=20, concurrency=20, invoker=PUBLIC, **runs_as("account"))
 def account(request: flask.Request) -> flask.Response:
     """HTTPS GET/DELETE: export everything kept about the caller, or erase the caller."""
-    from functions.account_api import handle
+    from functions.handlers.account import handle
 
     return handle(request)
 
@@ -109,7 +109,7 @@ def account(request: flask.Request) -> flask.Response:
 )
 def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
     """Every 10 minutes: refund generations left `charged` by a killed process, exactly once each."""
-    from functions.settle_charges import run
+    from functions.handlers.settle_charges import run
 
     run()
 
@@ -129,6 +129,6 @@ def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
 )
 def purgeProject(request: https_fn.CallableRequest[object]) -> dict[str, object]:
     """Cloud Tasks: delete one expired project and its versions, under the sweep's rules."""
-    from functions.purge_project import handle
+    from functions.handlers.purge_project import handle
 
     return handle(request.data)

@@ -35,7 +35,7 @@ FLOOR_SOURCE = ROOT / "bench" / "floor_main.py"
 PROJECT = "demo-credits-bench"
 TERMS = "2026-11-01"
 WEBHOOK_SECRET = "whsec_bench_local"
-# Every entry point DESIGN.md names; a benchmark measures those that main.py defines today.
+# Every entry point of the contract (docs/ARCHITECTURE.md); a benchmark measures those main.py defines.
 ENTRY_POINTS = (
     "generate",
     "consent",
@@ -51,7 +51,7 @@ FIREBASE_FLOOR_SOURCE = ROOT / "bench" / "floor_firebase.py"
 
 
 def entry_points() -> list[str]:
-    """The entry points main.py defines, in DESIGN.md's order (read from the source, not imported)."""
+    """The entry points main.py defines, in the contract's order (read from the source, not imported)."""
     defined = {node.name for node in ast.parse(MAIN_SOURCE.read_text()).body if isinstance(node, ast.FunctionDef)}
     return [name for name in ENTRY_POINTS if name in defined]
 
@@ -137,13 +137,13 @@ def seed_user(uid: str, credits: int) -> None:
     """A user with a Firebase Auth account who accepted the current terms and holds `credits`, written through the real domain code."""
     from firebase_admin import auth
 
-    from functions.lib import consent, db, ledger
+    from functions.lib import db, ledger, terms
     from functions.lib.auth import _app
 
     with contextlib.suppress(auth.UidAlreadyExistsError):
         auth.create_user(uid=uid, app=_app())
     client = db.get_client()
-    consent.accept(client, uid, TERMS, TERMS)
+    terms.accept(client, uid, TERMS, TERMS)
     if credits:
         ledger.grant(client, uid, f"bench-{uid}", credits, "benchmark seed")
 

@@ -10,11 +10,10 @@ from tests.conftest import TERMS
 
 
 def make_user(db: Any, uid: str, *, credits: int = 0, consent: bool = True) -> None:
-    from functions.lib import consent as consent_lib
-    from functions.lib import ledger
+    from functions.lib import ledger, terms
 
     if consent:
-        consent_lib.accept(db, uid, TERMS, TERMS)
+        terms.accept(db, uid, TERMS, TERMS)
     if credits:
         ledger.grant(db, uid, f"seed-{uid}", credits, "test seed")
 

@@ -121,7 +121,7 @@ def ledger_by_id(db: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def admin(*argv: str) -> int:
-    from functions.admin import main
+    from functions.admin.cli import main
 
     return main(list(argv))
 

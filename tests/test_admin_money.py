@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def admin(*argv: str) -> int:
-    from functions.admin import main
+    from functions.admin.cli import main
 
     return main(list(argv))
 

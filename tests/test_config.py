@@ -114,7 +114,7 @@ def test_deployed_function_refuses_to_start_without_its_secret(target: str, vari
 def test_operator_cli_refuses_an_emulator_switch_with_a_real_project(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
 
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "credits-prod")
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:9")

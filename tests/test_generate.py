@@ -130,10 +130,10 @@ def test_no_consent_is_403(app: Any, db: Any) -> None:
 
 
 def test_outdated_consent_is_403(app: Any, db: Any) -> None:
-    from functions.lib import consent
+    from functions.lib import terms
 
     make_user(db, "carol", credits=100, consent=False)
-    consent.accept(db, "carol", "2020-01-01", "2020-01-01")
+    terms.accept(db, "carol", "2020-01-01", "2020-01-01")
 
     res = post(app, "carol", {"prompt": "x"})
 

@@ -103,12 +103,12 @@ class Payment:
 class Credits(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
-        from functions.lib import consent
+        from functions.lib import terms
 
         _env["emulator"].clear()
         self.db, self.settings = _env["db"], _env["settings"]
         for uid in USERS:
-            consent.accept(self.db, uid, TERMS, TERMS)
+            terms.accept(self.db, uid, TERMS, TERMS)
         self.payments = [Payment(n) for n in range(PAYMENTS)]
         self.generations: dict[str, tuple[str, int, str]] = {}  # id -> (uid, cost, charged | succeeded | refunded)
         self.projects: dict[str, list[str]] = {uid: [] for uid in USERS}

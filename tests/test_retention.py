@@ -320,7 +320,7 @@ def test_analytics_retention_is_configurable() -> None:
 
 
 def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_deletes(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
 
     seed_project(db, "old", 600)
     seed_project(db, "fresh", 1, updated=RECENT)
@@ -345,7 +345,7 @@ def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_delet
 
 
 def test_admin_sweep_stopped_by_the_budget_exits_3(db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
     from tests.conftest import reset_caches
 
     seed_project(db, "old", 2)
@@ -361,7 +361,7 @@ def test_admin_sweep_stopped_by_the_budget_exits_3(db: Any, capsys: pytest.Captu
 def test_sweep_printer_throttles_chunk_progress() -> None:
     import io
 
-    from functions.admin import SweepPrinter
+    from functions.admin.cli import SweepPrinter
 
     now = [0.0]
     out = io.StringIO()

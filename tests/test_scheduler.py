@@ -125,7 +125,7 @@ def test_a_bad_spec_fails_before_any_request(api: SchedulerDouble, job: SweepJob
 
 
 def test_schedule_command_creates_then_updates(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
 
     argv = ["schedule", "--project", "acme-credits", "--region", "europe-west1", "--url", URL, "--service-account", SA]
     argv += ["--api-endpoint", api.url]
@@ -140,7 +140,7 @@ def test_schedule_command_creates_then_updates(api: SchedulerDouble, capsys: pyt
 
 
 def test_schedule_command_rejects_a_bad_url_without_calling_the_api(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
 
     argv = ["schedule", "--project", "p", "--region", "r", "--url", "ftp://x", "--service-account", SA, "--api-endpoint", api.url]
 
@@ -149,7 +149,7 @@ def test_schedule_command_rejects_a_bad_url_without_calling_the_api(api: Schedul
 
 
 def test_schedule_command_reports_a_refusal_by_the_api(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
-    from functions import admin
+    from functions.admin import cli as admin
 
     api.mode = "denied"
     argv = ["schedule", "--project", "acme-credits", "--region", "europe-west1", "--url", URL, "--service-account", SA]
@@ -161,7 +161,7 @@ def test_schedule_command_reports_a_refusal_by_the_api(api: SchedulerDouble, cap
 
 def test_importing_the_entry_points_does_not_load_the_scheduler_library() -> None:
     code = (
-        "import sys, main, functions.retention_sweep, functions.lib.retention, functions.lib.scheduler, functions.admin\n"
+        "import sys, main, functions.handlers.retention_sweep, functions.lib.retention, functions.lib.scheduler, functions.admin.cli\n"
         "loaded = [m for m in sys.modules if m.startswith('google.cloud.scheduler')]\n"
         "assert not loaded, loaded\n"
     )

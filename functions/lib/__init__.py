@@ -1,4 +1,5 @@
-"""The shared lib: settings, errors, Firestore, auth, consent, the ledger, generations, analytics.
+"""The shared lib: settings, errors, Firestore, auth, terms, the ledger, generations, payments,
+settlement, retention, a user's data, analytics.
 
-Nothing in here sees a Flask request; handlers in `functions/` translate HTTP to these calls.
+Nothing in here sees a Flask request; `functions/handlers/` translate HTTP to these calls.
 """

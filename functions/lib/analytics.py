@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from functions.lib.schema import EVENTS
+
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, WriteBatch
 
-EVENTS = "analytics_events"
 log = logging.getLogger("analytics")
 
 GENERATION_SUCCEEDED = "generation_succeeded"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from functions.lib import db, ledger
+from functions.lib import db, ledger, schema
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
@@ -57,7 +57,7 @@ class _Sum:
 
 def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
     """One `_Sum` per user, in uid order, from one paged scan."""
-    query = client.collection(ledger.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount", "type"])
+    query = client.collection(schema.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount", "type"])
     current: _Sum | None = None
     for snap in db.pages(query, PAGE, read_time=read_time):
         uid, amount, kind = snap.get("userId"), int(snap.get("amount") or 0), snap.get("type")
@@ -74,7 +74,7 @@ def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
 
 
 def _balances(client: Client, read_time: datetime) -> Iterator[tuple[str, int]]:
-    query = client.collection(ledger.USERS).order_by("__name__").select(["credits"])
+    query = client.collection(schema.USERS).order_by("__name__").select(["credits"])
     for snap in db.pages(query, PAGE, read_time=read_time):
         yield snap.id, ledger.balance_of(snap)
 

@@ -1,4 +1,5 @@
-"""Typed settings from the environment. The variable names are part of the contract (DESIGN.md)."""
+"""Typed settings from the environment: the one reader of it. The variable names are part of the
+contract (README, "Configuration"); every error names the variable."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from functions.lib.config import get_settings
 from functions.lib.errors import Contention, Unavailable
+from functions.lib.schema import USERS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentReference, DocumentSnapshot, Query, WriteBatch
@@ -101,7 +102,7 @@ def pages(query: Query, page_size: int = 100, *, read_time: datetime | None = No
 
 def read_time(client: Client) -> datetime:
     """The database's current time: the read time of a one-document read (it need not exist)."""
-    snap = client.collection("users").document("read-time-probe").get(field_paths=["credits"], **rpc())
+    snap = client.collection(USERS).document("read-time-probe").get(field_paths=["credits"], **rpc())
     at: datetime = snap.read_time
     return at
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, consent, db, ledger
+from functions.lib import analytics, db, ledger, schema, terms
 from functions.lib.config import Settings
 from functions.lib.errors import (
     Contention,
@@ -34,13 +34,13 @@ from functions.lib.errors import (
     Unavailable,
 )
 from functions.lib.models import ModelError, Provider
+from functions.lib.schema import GENERATIONS, PROJECTS, VERSIONS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot
 
 log = logging.getLogger(__name__)
 
-GENERATIONS, PROJECTS, VERSIONS = "generations", "projects", "versions"
 CHARGED, SUCCEEDED, REFUNDED = "charged", "succeeded", "refunded"
 INITIAL, ITERATION = "initial", "iteration"
 MAX_PROMPT_CHARS = 8000
@@ -156,7 +156,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     """
     generation_id = req.generation_id()
     project_id = req.project_id or "p" + generation_id[1:]
-    refs = [client.collection(ledger.USERS).document(req.uid), _generations(client).document(generation_id)]
+    refs = [client.collection(schema.USERS).document(req.uid), _generations(client).document(generation_id)]
     if req.kind == ITERATION:
         refs.append(client.collection(PROJECTS).document(project_id))
     # Marks this call's own charge: when a commit is applied but its answer is lost, the client
@@ -170,7 +170,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         project = maybe_project[0] if maybe_project else None
         if gen.exists:
             return db.Plan(_existing(client, req, gen, project, token, stale_before))
-        consent.require_current(user, settings.terms_version)
+        terms.require_current(user, settings.terms_version)
         return _stage_charge(client, settings, req, user, project, generation_id, project_id, token)
 
     try:
@@ -327,7 +327,7 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     gen_ref = _generations(client).document(generation_id)
-    user_ref = client.collection(ledger.USERS).document(uid)
+    user_ref = client.collection(schema.USERS).document(uid)
 
     def plan() -> db.Plan[Refund]:
         gen, user = db.get_all(client, [gen_ref, user_ref])

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
 from functions.lib.errors import IdempotencyKeyReused, InsufficientCredits, InvalidRequest
+from functions.lib.schema import LEDGER, USERS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
 
-USERS = "users"
-LEDGER = "credit_transactions"
 HISTORY_LIMIT = 50
 
 PURCHASE, CHARGE, REFUND, GRANT = "purchase", "charge", "refund", "grant"

@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 from functions.lib import db
 from functions.lib.errors import RateLimited
+from functions.lib.schema import CHECKOUT_LIMITS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client
-
-CHECKOUT_LIMITS = "checkout_limits"
 
 
 def take_checkout_slot(client: Client, uid: str, *, limit: int, window_s: int, now: datetime) -> int:

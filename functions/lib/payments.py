@@ -43,16 +43,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, ids, ledger, problems
+from functions.lib import analytics, db, ids, ledger, problems, schema
 from functions.lib.config import Settings
 from functions.lib.errors import NotFound
+from functions.lib.schema import PAYMENTS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
 
 log = logging.getLogger(__name__)
 
-PAYMENTS = "payments"
 
 SESSION_COMPLETED = "checkout.session.completed"
 SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
@@ -257,8 +257,8 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
     payment_intent = _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
     amount = session.get("amount_total")
     entry_id = ledger.entry_id(ledger.PURCHASE, session_id)
-    entry_ref = client.collection(ledger.LEDGER).document(entry_id)
-    user_ref = client.collection(ledger.USERS).document(uid)
+    entry_ref = client.collection(schema.LEDGER).document(entry_id)
+    user_ref = client.collection(schema.USERS).document(uid)
     record_ref = client.collection(PAYMENTS).document(payment_intent) if payment_intent else None
     props = {"sessionId": session_id, "packageId": pack.id, "credits": pack.credits}
 
@@ -385,12 +385,12 @@ _ANALYTICS = {ledger.REVERSAL: analytics.CREDITS_REVERSED, ledger.REINSTATEMENT:
 def _move_credits(client: Client, batch: WriteBatch, record: PaymentRecord, delta: int, ref: str, metadata: dict[str, Any]) -> Outcome:
     """Stage the ledger entry that takes back (`delta` > 0) or gives back credits; read the balance."""
     assert record.uid is not None
-    user_ref = client.collection(ledger.USERS).document(record.uid)
+    user_ref = client.collection(schema.USERS).document(record.uid)
     if not delta:
         return Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user_ref.get(**db.rpc())))
     kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
     entry_id = ledger.entry_id(kind, ref)
-    user, existing = db.get_all(client, [user_ref, client.collection(ledger.LEDGER).document(entry_id)])
+    user, existing = db.get_all(client, [user_ref, client.collection(schema.LEDGER).document(entry_id)])
     if existing.exists:
         # Each record change writes its own id, so this means the record and the ledger disagree (a
         # hand edit?): store the event for an operator instead of retrying a commit that must fail.

@@ -14,13 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
+from functions.lib.schema import PROBLEMS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentReference, WriteBatch
 
 log = logging.getLogger(__name__)
 
-PROBLEMS = "stripe_event_problems"
 OPEN, RESOLVED = "open", "resolved"
 
 _EVENT_FIELDS = ("id", "object", "type", "livemode", "created", "api_version")

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations, limits, problems, settlement
+from functions.lib import db, schema, settlement
 from functions.lib.config import Settings
 from functions.lib.errors import Contention
 
@@ -127,35 +127,28 @@ def _count(query: Any) -> int:
 
 def expired_projects(client: Client, cutoff: datetime) -> Query:
     """Projects whose last activity is older than `cutoff`, oldest first."""
-    return (
-        client.collection(generations.PROJECTS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
-    )
+    return client.collection(schema.PROJECTS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
 
 
 def marked_projects(client: Client) -> Query:
     """Projects a sweep has marked `deletingAt` (their deletion may have stopped part-way)."""
-    return (
-        client.collection(generations.PROJECTS)
-        .where(filter=db.where("deletingAt", "!=", None))
-        .order_by("deletingAt")
-        .select(["deletingAt"])
-    )
+    return client.collection(schema.PROJECTS).where(filter=db.where("deletingAt", "!=", None)).order_by("deletingAt").select(["deletingAt"])
 
 
 def old_events(client: Client, cutoff: datetime) -> Query:
-    return client.collection(analytics.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+    return client.collection(schema.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
 
 
 def expired_checkout_limits(client: Client, now: datetime) -> Query:
     """Checkout rate-limit windows that have ended (a new window starts from nothing anyway)."""
     return (
-        client.collection(limits.CHECKOUT_LIMITS).where(filter=db.where("expiresAt", "<", now)).order_by("expiresAt").select(["expiresAt"])
+        client.collection(schema.CHECKOUT_LIMITS).where(filter=db.where("expiresAt", "<", now)).order_by("expiresAt").select(["expiresAt"])
     )
 
 
 def old_problems(client: Client, cutoff: datetime) -> Query:
     """Stored Stripe events not touched since `cutoff` (PROBLEM_RETENTION_DAYS)."""
-    return client.collection(problems.PROBLEMS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
+    return client.collection(schema.PROBLEMS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
 
 
 def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
@@ -312,7 +305,7 @@ class _Pass:
                 future.result()
 
     def count_project(self, project_ref: DocumentReference) -> None:
-        versions = _count(project_ref.collection(generations.VERSIONS))
+        versions = _count(project_ref.collection(schema.VERSIONS))
         self.tally(projects_deleted=1, versions_deleted=versions)
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
@@ -349,7 +342,7 @@ class _Pass:
         versions_deleted = 0
         chunk: list[DocumentReference] = []
         step_started = self.clock()
-        for ref in project_ref.collection(generations.VERSIONS).list_documents(page_size=MAX_COMMIT_WRITES, **db.rpc()):
+        for ref in project_ref.collection(schema.VERSIONS).list_documents(page_size=MAX_COMMIT_WRITES, **db.rpc()):
             chunk.append(ref)
             if len(chunk) < MAX_COMMIT_WRITES:
                 continue
@@ -474,7 +467,7 @@ def purge_project(
     part-way; running it again resumes. A project that is gone or was active again is left alone.
     """
     run = _Pass(client, settings, now or datetime.now(UTC), clock, False, None, commit, 1)
-    run.sweep_project(client.collection(generations.PROJECTS).document(project_id))
+    run.sweep_project(client.collection(schema.PROJECTS).document(project_id))
     run.report.complete = not run.stopped and not run.left_over
     run.report.elapsed_ms = run.elapsed_ms()
     state = "complete" if run.report.complete else "stopped with work left"

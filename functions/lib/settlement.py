@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import db, generations
+from functions.lib import db, generations, schema
 from functions.lib.config import Settings
 from functions.lib.errors import Contention, NotFound
 
@@ -46,7 +46,7 @@ def cutoff(settings: Settings, now: datetime | None = None) -> datetime:
 def stale_charges(client: Client, before: datetime, uid: str | None = None) -> Query:
     """Generations still `charged` that were created before `before`, oldest first; one user's
     when `uid` is given (indexes: status + createdAt; userId + status + createdAt)."""
-    query = client.collection(generations.GENERATIONS).where(filter=db.where("status", "==", generations.CHARGED))
+    query = client.collection(schema.GENERATIONS).where(filter=db.where("status", "==", generations.CHARGED))
     if uid is not None:
         query = query.where(filter=db.where("userId", "==", uid))
     return query.where(filter=db.where("createdAt", "<", before)).order_by("createdAt").select(["userId", "createdAt"])

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, generations, ledger, limits, payments, problems
+from functions.lib import db, generations, ledger, schema
 from functions.lib.errors import Contention, NotFound
 
 if TYPE_CHECKING:
@@ -89,11 +89,11 @@ def _owned(client: Client, collection: str, uid: str, field: str = "userId") -> 
 
 def _sections(client: Client, uid: str) -> list[tuple[str, Query]]:
     return [
-        ("ledger", _owned(client, ledger.LEDGER, uid)),
-        ("payments", _owned(client, payments.PAYMENTS, uid)),
-        ("generations", _owned(client, generations.GENERATIONS, uid)),
-        ("analyticsEvents", _owned(client, analytics.EVENTS, uid)),
-        ("stripeEventProblems", _owned(client, problems.PROBLEMS, uid)),
+        ("ledger", _owned(client, schema.LEDGER, uid)),
+        ("payments", _owned(client, schema.PAYMENTS, uid)),
+        ("generations", _owned(client, schema.GENERATIONS, uid)),
+        ("analyticsEvents", _owned(client, schema.EVENTS, uid)),
+        ("stripeEventProblems", _owned(client, schema.PROBLEMS, uid)),
     ]
 
 
@@ -103,7 +103,7 @@ def export(client: Client, uid: str) -> Iterator[str]:
     The user document is read before this returns, so an unreachable Firestore fails the call
     (a clean 503) rather than the stream; the rest is read page by page as the pieces are taken.
     """
-    user = client.collection(ledger.USERS).document(uid).get(**db.rpc())
+    user = client.collection(schema.USERS).document(uid).get(**db.rpc())
     return _export_pieces(client, uid, user)
 
 
@@ -115,13 +115,13 @@ def _export_pieces(client: Client, uid: str, user: DocumentSnapshot) -> Iterator
         for n, snap in enumerate(db.pages(query, PAGE)):
             yield ("," if n else "") + _dumps(_document(snap))
         yield "]"
-    limit = client.collection(limits.CHECKOUT_LIMITS).document(uid).get(**db.rpc())
+    limit = client.collection(schema.CHECKOUT_LIMITS).document(uid).get(**db.rpc())
     yield ', "checkoutLimit": ' + _dumps(limit.to_dict() if limit.exists else None)
     yield ', "projects": ['
-    for n, project in enumerate(db.pages(_owned(client, generations.PROJECTS, uid, "ownerId"), PAGE)):
+    for n, project in enumerate(db.pages(_owned(client, schema.PROJECTS, uid, "ownerId"), PAGE)):
         # The project's own fields, then its versions: "{...}" opened up to take one more key.
         yield ("," if n else "") + _dumps(_document(project))[:-1] + ', "versions": ['
-        versions = project.reference.collection(generations.VERSIONS).order_by("__name__")
+        versions = project.reference.collection(schema.VERSIONS).order_by("__name__")
         for m, version in enumerate(db.pages(versions, PAGE)):
             yield ("," if m else "") + _dumps(_document(version))
         yield "]}"
@@ -165,7 +165,7 @@ class _Erasure:
         self.progress = progress
         self._commit = commit
         self.report = ErasureReport()
-        self.user_ref = client.collection(ledger.USERS).document(uid)
+        self.user_ref = client.collection(schema.USERS).document(uid)
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.progress is not None:
@@ -209,7 +209,7 @@ class _Erasure:
     def settle(self) -> None:
         """Step 2: refund every charge still open; each refund takes its generation out of the query."""
         query = (
-            self.client.collection(generations.GENERATIONS)
+            self.client.collection(schema.GENERATIONS)
             .where(filter=db.where("userId", "==", self.uid))
             .where(filter=db.where("status", "==", generations.CHARGED))
             .select([])
@@ -226,7 +226,7 @@ class _Erasure:
 
     def delete_projects(self) -> None:
         """Step 3a: each project's versions in commits of <= 500 writes, the project document in the last."""
-        query = self.client.collection(generations.PROJECTS).where(filter=db.where("ownerId", "==", self.uid)).select([])
+        query = self.client.collection(schema.PROJECTS).where(filter=db.where("ownerId", "==", self.uid)).select([])
         while page := list(query.limit(PAGE).stream(**db.rpc())):
             for project in page:
                 self.delete_project(project.reference)
@@ -234,7 +234,7 @@ class _Erasure:
     def delete_project(self, project_ref: DocumentReference) -> None:
         chunk: list[DocumentReference] = []
         deleted = 0
-        for ref in project_ref.collection(generations.VERSIONS).list_documents(page_size=db.MAX_COMMIT_WRITES, **db.rpc()):
+        for ref in project_ref.collection(schema.VERSIONS).list_documents(page_size=db.MAX_COMMIT_WRITES, **db.rpc()):
             chunk.append(ref)
             if len(chunk) == db.MAX_COMMIT_WRITES:
                 # Keep one back, so the final commit with the project document stays within 500.
@@ -262,10 +262,10 @@ class _Erasure:
 
     def delete_checkout_limit(self) -> None:
         """Step 3c: the user's checkout rate-limit window (`checkout_limits/{uid}`), if there is one."""
-        ref = self.client.collection(limits.CHECKOUT_LIMITS).document(self.uid)
+        ref = self.client.collection(schema.CHECKOUT_LIMITS).document(self.uid)
         if ref.get(field_paths=["count"], **db.rpc()).exists:
             self.delete([ref])
-            self.emit("deleted", collection=limits.CHECKOUT_LIMITS, documents=1)
+            self.emit("deleted", collection=schema.CHECKOUT_LIMITS, documents=1)
 
     def close_ledger(self, pseudonym: str) -> None:
         """Step 4: the closing `forfeit` entry, then the uid renamed to the pseudonym."""
@@ -274,7 +274,7 @@ class _Erasure:
             self.report.credits_forfeited -= closed.amount
             self.emit("closed", forfeited=-closed.amount)
         renamed = ledger.pseudonymise(self.client, self.uid, pseudonym, commit=self.commit)
-        query = self.client.collection(payments.PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
+        query = self.client.collection(schema.PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
         records = db.drain(self.client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=self.commit)
         self.report.entries_pseudonymised += renamed
         self.report.payments_pseudonymised += records
@@ -304,9 +304,9 @@ class _Erasure:
             pseudonym = self.begin()
             self.settle()
             self.delete_projects()
-            self.delete_owned(generations.GENERATIONS, "generations_deleted")
-            self.delete_owned(analytics.EVENTS, "events_deleted")
-            self.delete_owned(problems.PROBLEMS, "problems_deleted")
+            self.delete_owned(schema.GENERATIONS, "generations_deleted")
+            self.delete_owned(schema.EVENTS, "events_deleted")
+            self.delete_owned(schema.PROBLEMS, "problems_deleted")
             self.delete_checkout_limit()
             self.close_ledger(pseudonym)
             if self.finish():

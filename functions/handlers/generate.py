@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functions.http import Call, Reply, endpoint
+from functions.edge import Call, Reply, endpoint
 from functions.lib import auth, db, ids, logs
 from functions.lib.config import get_settings
 from functions.lib.errors import InvalidRequest

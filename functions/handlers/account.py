@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.http import Call, Stream, endpoint
+from functions.edge import Call, Stream, endpoint
 from functions.lib import auth, db, logs, user_data
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.http import Call, endpoint
-from functions.lib import auth, consent, db, logs
+from functions.edge import Call, endpoint
+from functions.lib import auth, db, logs, terms
 from functions.lib.config import get_settings
 
 
@@ -16,5 +16,5 @@ def handle(call: Call) -> dict[str, Any]:
     logs.bind(uid=uid)
     current = get_settings().terms_version
     if call.method == "GET":
-        return consent.read(db.get_client(), uid, current).body()
-    return consent.accept(db.get_client(), uid, call.json().get("version"), current).body()
+        return terms.read(db.get_client(), uid, current).body()
+    return terms.accept(db.get_client(), uid, call.json().get("version"), current).body()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.http import Call, endpoint
+from functions.edge import Call, endpoint
 from functions.lib import db
 from functions.lib.config import get_settings
 from functions.lib.retention import sweep

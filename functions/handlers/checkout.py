@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from functions.http import Call, endpoint
+from functions.edge import Call, endpoint
 from functions.lib import auth, db, limits, logs, stripe_api
 from functions.lib.config import CreditPack, Settings, get_settings
 from functions.lib.errors import ConfigError, InvalidRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.http import Call, endpoint
+from functions.edge import Call, endpoint
 from functions.lib import auth, db, ledger, logs, settlement
 from functions.lib.config import get_settings
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import db
 from functions.lib.errors import ConsentRequired, InvalidRequest
-from functions.lib.ledger import USERS, new_user_fields
+from functions.lib.ledger import new_user_fields
+from functions.lib.schema import USERS
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot

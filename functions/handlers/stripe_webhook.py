@@ -6,7 +6,7 @@ the endpoint secret is required and the check runs over the raw body before anyt
 
 from __future__ import annotations
 
-from functions.http import Call, Reply, endpoint
+from functions.edge import Call, Reply, endpoint
 from functions.lib import db, logs, payments, stripe_api
 from functions.lib.config import get_settings
 

@@ -1,5 +1,5 @@
-"""Operator command line. Each command is a subparser registered in COMMANDS; add one by writing
-an `add_<name>(subparsers)` that sets `run=` and appending it there.
+"""The operator command line (`python -m functions.admin`). Each command is a subparser registered
+in COMMANDS; add one by writing an `add_<name>(subparsers)` that sets `run=` and appending it there.
 
     python -m functions.admin sweep [--dry-run] [--workers N]
     python -m functions.admin settle [--dry-run]
@@ -391,7 +391,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{args.command} failed: Firestore is unreachable ({type(exc).__name__}); run it again later", file=sys.stderr)
         return EXIT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
