@@ -36,7 +36,12 @@ PUBLIC, PRIVATE = "public", "private"
 
 
 @https_fn.on_request(
-    memory=MB.MB_512, timeout_sec=generate_timeout_s(), max_instances=100, concurrency=20, invoker=PUBLIC, **runs_as("generate")
+    memory=MB.MB_512,
+    timeout_sec=generate_timeout_s(),
+    max_instances=100,
+    concurrency=20,
+    invoker=PUBLIC,
+    **runs_as("generate"),
 )
 def generate(request: flask.Request) -> flask.Response:
     """HTTPS POST: charge, generate, save a version; refund on failure."""
@@ -45,7 +50,9 @@ def generate(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-@https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("consent"))
+@https_fn.on_request(
+    memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("consent")
+)
 def consent(request: flask.Request) -> flask.Response:
     """HTTPS GET/POST: read or accept the current terms."""
     from functions.handlers.consent import handle
@@ -53,7 +60,9 @@ def consent(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-@https_fn.on_request(memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("credits"))
+@https_fn.on_request(
+    memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("credits")
+)
 def credits(request: flask.Request) -> flask.Response:
     """HTTPS GET: balance and recent ledger entries."""
     from functions.handlers.credits import handle
@@ -61,7 +70,9 @@ def credits(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-@https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("checkout"))
+@https_fn.on_request(
+    memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("checkout")
+)
 def checkout(request: flask.Request) -> flask.Response:
     """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
     from functions.handlers.checkout import handle
@@ -69,7 +80,14 @@ def checkout(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-@https_fn.on_request(memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("stripe_webhook"))
+@https_fn.on_request(
+    memory=MB.MB_256,
+    timeout_sec=60,
+    max_instances=50,
+    concurrency=40,
+    invoker=PUBLIC,
+    **runs_as("stripe_webhook"),
+)
 def stripe_webhook(request: flask.Request) -> flask.Response:
     """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds and disputes."""
     from functions.handlers.stripe_webhook import handle
@@ -78,7 +96,14 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
 
 
 # Called by Cloud Scheduler with an OIDC token (deploy.sh upserts the job): private, one at a time.
-@https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=1, concurrency=1, invoker=PRIVATE, **runs_as("retention_sweep"))
+@https_fn.on_request(
+    memory=MB.MB_512,
+    timeout_sec=540,
+    max_instances=1,
+    concurrency=1,
+    invoker=PRIVATE,
+    **runs_as("retention_sweep"),
+)
 def retention_sweep(request: flask.Request) -> flask.Response:
     """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to purgeProject when the night is large."""
     from functions.handlers.retention_sweep import handle
@@ -87,7 +112,9 @@ def retention_sweep(request: flask.Request) -> flask.Response:
 
 
 # Erasure is resumable, so a timeout mid-way loses nothing; 540 s covers thousands of versions.
-@https_fn.on_request(memory=MB.MB_512, timeout_sec=540, max_instances=20, concurrency=20, invoker=PUBLIC, **runs_as("account"))
+@https_fn.on_request(
+    memory=MB.MB_512, timeout_sec=540, max_instances=20, concurrency=20, invoker=PUBLIC, **runs_as("account")
+)
 def account(request: flask.Request) -> flask.Response:
     """HTTPS GET/DELETE: export everything kept about the caller, or erase the caller."""
     from functions.handlers.account import handle
@@ -119,7 +146,9 @@ def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
 # or unfinished task is retried with backoff and resumes the marked project. At most 6 tasks run at
 # once (one per instance), which bounds the purge's share of Firestore's write rate (README, capacity).
 @tasks_fn.on_task_dispatched(
-    retry_config=options.RetryConfig(max_attempts=10, min_backoff_seconds=30, max_backoff_seconds=600, max_doublings=4),
+    retry_config=options.RetryConfig(
+        max_attempts=10, min_backoff_seconds=30, max_backoff_seconds=600, max_doublings=4
+    ),
     rate_limits=options.RateLimits(max_concurrent_dispatches=6, max_dispatches_per_second=5),
     memory=MB.MB_512,
     timeout_sec=540,

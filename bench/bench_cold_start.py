@@ -4,8 +4,8 @@
 
 Cold start: from spawning `functions-framework --target NAME --source ...` to the answer of its first
 real request (Firestore touched: a charge and a generation for `generate`, a signed delivery for
-`stripe_webhook`, ...; `checkout` takes a rate-limit slot in Firestore and creates a session on
-the local Stripe double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
+`stripe_webhook`, ...; `checkout` touches no Firestore, it creates a session on the local Stripe
+double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
 Each repeat starts every function once, in a shuffled order, against one warm emulator; the table
 shows medians. The CPU time the served processes used up to the first answer is shown too: on a
 shared machine it is steadier than wall time.
@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,14 @@ from bench.harness import (
 from devstack import stripe_events
 from devstack.stripe_double import StripeDouble
 
-HEAVY = ("stripe", "google.genai", "google.cloud.scheduler_v1", "firebase_admin.auth", "firebase_functions", "google.cloud.firestore")
+HEAVY = (
+    "stripe",
+    "google.genai",
+    "google.cloud.scheduler_v1",
+    "firebase_admin.auth",
+    "firebase_functions",
+    "google.cloud.firestore",
+)
 # What each path cannot do without (GENERATOR=offline here, so generate needs no google.genai).
 # Every entry point is declared with firebase-functions, so that is needed everywhere but the plain floors.
 FF = "firebase_functions"
@@ -82,7 +90,7 @@ NEEDED = {
 }
 FLOOR = "floor_txn"
 FF_FLOOR = "floor_ff_txn"
-NO_FIRESTORE = {"bare"}
+NO_FIRESTORE = {"checkout", "bare"}
 ORIGIN = "http://localhost:5173"
 
 
@@ -99,39 +107,61 @@ class FirstRequest:
 def first_request(target: str) -> FirstRequest:
     """A request that does the function's real work, on data of its own (seeded here through the domain code)."""
     uid = f"cold-{target}-{uuid.uuid4().hex[:8]}"
-    auth = {"Authorization": f"Bearer {token(uid)}", "Content-Type": "application/json"}
-    if target == "generate":
-        seed_user(uid, 100)
-        return FirstRequest("POST", headers=auth, body=json.dumps({"prompt": "a first light"}))
-    if target == "consent":
-        seed_user(uid, 0)
-        return FirstRequest("GET", headers=auth)
-    if target == "credits":
-        seed_user(uid, 100)
-        return FirstRequest("GET", headers=auth)
-    if target == "checkout":  # the caller needs an Auth account (account-state check)
-        seed_user(uid, 0)
-        body = {"packId": "starter", "successUrl": f"{ORIGIN}/paid", "cancelUrl": f"{ORIGIN}/credits"}
-        return FirstRequest("POST", headers=auth, body=json.dumps(body))
-    if target == "stripe_webhook":
-        event = stripe_events.checkout_completed(stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi"))
-        payload, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
-        return FirstRequest("POST", headers=headers, body=payload.decode())
-    if target == "retention_sweep":
-        return FirstRequest("POST", headers={"Content-Type": "application/json"}, body="{}")
-    if target == "account":
-        seed_user(uid, 100)
-        return FirstRequest("GET", headers=auth)
-    if target == "settle_charges":  # as Cloud Scheduler calls it: an empty POST
-        return FirstRequest("POST", headers={"X-CloudScheduler-JobName": "settle"})
-    if target == "purgeProject":  # as Cloud Tasks calls it: the callable body, one marked project
-        seed_project(uid, 20, marked=True)
-        return FirstRequest("POST", headers={"Content-Type": "application/json"}, body=json.dumps({"data": {"projectId": uid}}))
     if target in (FLOOR, FF_FLOOR):
         return FirstRequest("POST", path=f"/?doc={uid}")
     if target == "bare":
         return FirstRequest("GET")
-    raise ValueError(target)
+    if target not in _FIRST_REQUESTS:
+        raise ValueError(target)
+    return _FIRST_REQUESTS[target](uid)
+
+
+def _signed_in(
+    uid: str, credits: int | None, method: str, body: dict[str, Any] | None = None
+) -> FirstRequest:
+    """A request with the user's ID token; with `credits`, the user exists with that balance."""
+    if credits is not None:
+        seed_user(uid, credits)
+    auth = {"Authorization": f"Bearer {token(uid)}", "Content-Type": "application/json"}
+    return FirstRequest(method, headers=auth, body=json.dumps(body) if body is not None else "")
+
+
+def _webhook_delivery(uid: str) -> FirstRequest:
+    event = stripe_events.checkout_completed(
+        stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi")
+    )
+    payload, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
+    return FirstRequest("POST", headers=headers, body=payload.decode())
+
+
+def _purge_task(uid: str) -> FirstRequest:
+    """As Cloud Tasks calls the task function: the callable body, one marked project."""
+    seed_project(uid, 20, marked=True)
+    return FirstRequest(
+        "POST", headers={"Content-Type": "application/json"}, body=json.dumps({"data": {"projectId": uid}})
+    )
+
+
+_FIRST_REQUESTS: dict[str, Callable[[str], FirstRequest]] = {
+    "generate": lambda uid: _signed_in(uid, 100, "POST", {"prompt": "a first light"}),
+    "consent": lambda uid: _signed_in(uid, 0, "GET"),
+    "credits": lambda uid: _signed_in(uid, 100, "GET"),
+    # The caller needs an Auth account (checkout checks the account's state).
+    "checkout": lambda uid: _signed_in(
+        uid,
+        0,
+        "POST",
+        {"packId": "starter", "successUrl": f"{ORIGIN}/paid", "cancelUrl": f"{ORIGIN}/credits"},
+    ),
+    "stripe_webhook": _webhook_delivery,
+    "retention_sweep": lambda uid: FirstRequest(
+        "POST", headers={"Content-Type": "application/json"}, body="{}"
+    ),
+    "account": lambda uid: _signed_in(uid, 100, "GET"),
+    # As Cloud Scheduler calls it: an empty POST.
+    "settle_charges": lambda uid: FirstRequest("POST", headers={"X-CloudScheduler-JobName": "settle"}),
+    "purgeProject": _purge_task,
+}
 
 
 def source_of(target: str) -> Path:
@@ -159,7 +189,9 @@ def cold_start(stack: Stack, target: str, env: dict[str, str]) -> ColdStart:
                 break
             except OSError:
                 if fn.child.proc.poll() is not None or time.perf_counter() - started > 60:
-                    raise RuntimeError(f"{target} did not start: {fn.child.log.read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"{target} did not start: {fn.child.log.read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.002)
         listening = time.perf_counter() - started
         answer = Client(fn.url).request(req.method, req.path, req.body.encode() or None, req.headers)
@@ -182,7 +214,9 @@ def probe(target: str, spec: str) -> None:
     loaded = time.perf_counter()
     after_import = [m for m in HEAVY if m in sys.modules]
     req = FirstRequest(**json.loads(spec))
-    response = app.test_client().open(req.path, method=req.method, headers=req.headers, data=req.body.encode())
+    response = app.test_client().open(
+        req.path, method=req.method, headers=req.headers, data=req.body.encode()
+    )
     answered = time.perf_counter()
     after_request = [m for m in HEAVY if m in sys.modules]
     result = {
@@ -258,22 +292,26 @@ def main() -> None:
             # What the firebase-functions declaration itself loads (its floor's imports) is needed by every entry point.
             declared = set(probes[FF_FLOOR][-1]["after_import"]) if NEEDED[target] >= {FF} else set()
             extra = sorted(set(after_request) - NEEDED[target] - declared)
-            if target in entry_points() and (answer > 1.2 * ff_answer or answer > 1.3 * floor_answer or extra):
+            if target in entry_points() and (
+                answer > 1.2 * ff_answer or answer > 1.3 * floor_answer or extra
+            ):
                 misses.append(target)
-            rows.append([
-                target + (" (no Firestore)" if target in NO_FIRESTORE else ""),
-                f"{ms(listening)}",
-                f"{ms(answer)} ({ratio(answer, ff_answer)})",
-                f"{ratio(answer, floor_answer)}",
-                f"{ms(min(s.answer_s for s in starts[target]))}-{ms(max(s.answer_s for s in starts[target]))}",
-                f"{ms(answer - bare_answer)}",
-                f"{ms(cpu)} ({ratio(cpu, floor_cpu)})",
-                f"{ms(source_s)} ({ratio(source_s, floor_source)} of bare)",
-                f"{ms(first_s)}",
-                ", ".join(after_import) or "none",
-                ", ".join(after_request) or "none",
-                ", ".join(extra) or "none",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    target + (" (no Firestore)" if target in NO_FIRESTORE else ""),
+                    f"{ms(listening)}",
+                    f"{ms(answer)} ({ratio(answer, ff_answer)})",
+                    f"{ratio(answer, floor_answer)}",
+                    f"{ms(min(s.answer_s for s in starts[target]))}-{ms(max(s.answer_s for s in starts[target]))}",
+                    f"{ms(answer - bare_answer)}",
+                    f"{ms(cpu)} ({ratio(cpu, floor_cpu)})",
+                    f"{ms(source_s)} ({ratio(source_s, floor_source)} of bare)",
+                    f"{ms(first_s)}",
+                    ", ".join(after_import) or "none",
+                    ", ".join(after_request) or "none",
+                    ", ".join(extra) or "none",
+                ]
+            )
         print(
             f"Medians of {args.repeats} fresh processes per function (shuffled order each repeat), served by the functions-framework CLI; "
             f"ratios against {FF_FLOOR} and {FLOOR} (cold start) and bare (source import). In-process columns from a fresh interpreter driving the "

@@ -65,7 +65,10 @@ def check_ledger(uids: list[str], charged: Counter[str]) -> list[str]:
     client = db.get_client()
     problems = []
     for uid in uids:
-        entries = [s.to_dict() or {} for s in client.collection(ledger.LEDGER).where(filter=FieldFilter("userId", "==", uid)).stream()]
+        entries = [
+            s.to_dict() or {}
+            for s in client.collection(ledger.LEDGER).where(filter=FieldFilter("userId", "==", uid)).stream()
+        ]
         user = client.collection(ledger.USERS).document(uid).get()
         balance = int((user.to_dict() or {}).get("credits", 0))
         if balance != sum(e["amount"] for e in entries) or balance < 0:
@@ -121,28 +124,42 @@ def main() -> None:
                 fives = sum(1 for a in run.answers if a.status >= 500)
                 busy = sum(1 for a in run.answers if a.status == 503 and a.json().get("error") == "busy")
                 any_5xx = any_5xx or fives > 0
-                rows.append([
-                    str(k),
-                    mode,
-                    str(len(run.answers)),
-                    json.dumps(dict(sorted(outcomes.items()))),
-                    f"{ms(median(run.latencies))} ({ratio(median(run.latencies), median(base.latencies))})",
-                    f"{ms(pct(run.latencies, 99))} ({ratio(pct(run.latencies, 99), pct(base.latencies, 99))})",
-                    f"{ms(max(run.latencies))}",
-                    str(busy),
-                    str(fives),
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        str(k),
+                        mode,
+                        str(len(run.answers)),
+                        json.dumps(dict(sorted(outcomes.items()))),
+                        f"{ms(median(run.latencies))} ({ratio(median(run.latencies), median(base.latencies))})",
+                        f"{ms(pct(run.latencies, 99))} ({ratio(pct(run.latencies, 99), pct(base.latencies, 99))})",
+                        f"{ms(max(run.latencies))}",
+                        str(busy),
+                        str(fives),
+                    ]
+                )
         print(
             f"{args.rounds} rounds per K; each round fires K generates at once, on one user and on K users (order alternating). "
             "Latency in ms; ratios against the K-users run of the same K.\n"
         )
         print(
             table(
-                ["K", "on", "requests", "outcomes", "p50 ms", "p99 ms", "max ms", "retries exhausted (503 busy)", "5xx"],
+                [
+                    "K",
+                    "on",
+                    "requests",
+                    "outcomes",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "retries exhausted (503 busy)",
+                    "5xx",
+                ],
                 rows,
             )
         )
-        print(f"\nLedger: {len(all_uids)} users checked, {sum(charged.values())} charges; problems: {'; '.join(problems) or 'none'}.")
+        print(
+            f"\nLedger: {len(all_uids)} users checked, {sum(charged.values())} charges; problems: {'; '.join(problems) or 'none'}."
+        )
         print(f"\nTarget: no 5xx at any K: {verdict(not any_5xx)}.")
         if problems:
             raise SystemExit(1)

@@ -22,7 +22,19 @@ import time
 import uuid
 from typing import Any
 
-from bench.harness import Client, Stack, cpu_meter, median, ms, progress, ratio, section, seed_project, table, verdict
+from bench.harness import (
+    Client,
+    Stack,
+    cpu_meter,
+    median,
+    ms,
+    progress,
+    ratio,
+    section,
+    seed_project,
+    table,
+    verdict,
+)
 
 LEVELS = (1, 2, 4)
 
@@ -45,7 +57,12 @@ def dispatch(urls: list[str], projects: list[str]) -> tuple[float, list[dict[str
             except queue.Empty:
                 return
             body = json.dumps({"data": {"projectId": project_id}}).encode()
-            answer = client.request("POST", "/", body, {"Content-Type": "application/json", "X-CloudTasks-QueueName": "purgeProject"})
+            answer = client.request(
+                "POST",
+                "/",
+                body,
+                {"Content-Type": "application/json", "X-CloudTasks-QueueName": "purgeProject"},
+            )
             if answer.status != 200:
                 raise RuntimeError(f"purge of {project_id} answered {answer.status}: {answer.body[:300]!r}")
             with lock:
@@ -81,7 +98,9 @@ def main() -> None:
             order = LEVELS if r % 2 == 0 else tuple(reversed(LEVELS))
             for k in order:
                 projects = [f"fan-{k}-{r}-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.projects)]
-                progress(f"round {r + 1}/{args.rounds}, {k} dispatches: seeding {args.projects} x {args.versions} versions")
+                progress(
+                    f"round {r + 1}/{args.rounds}, {k} dispatches: seeding {args.projects} x {args.versions} versions"
+                )
                 for project_id in projects:
                     seed_project(project_id, args.versions, marked=True)
                 with cpu_meter({f"emulator-{k}": stack.firestore.child.pid}, cpu):
@@ -90,7 +109,9 @@ def main() -> None:
                 commits[k] += sum(a["commits"] for a in answers)
                 max_writes[k] = max(max_writes[k], *(a["maxCommitWrites"] for a in answers))
                 deleted[k] += sum(a["versionsDeleted"] for a in answers)
-                if sum(a["projectsDeleted"] for a in answers) != len(projects) or any(not a["complete"] for a in answers):
+                if sum(a["projectsDeleted"] for a in answers) != len(projects) or any(
+                    not a["complete"] for a in answers
+                ):
                     raise SystemExit(f"{k} dispatches: not every project was deleted: {answers}")
 
         base = median(walls[1])
@@ -98,15 +119,17 @@ def main() -> None:
         for k in LEVELS:
             wall = median(walls[k])
             rate = args.projects * args.versions / wall
-            rows.append([
-                k,
-                f"{ms(wall)} ({ratio(wall, base)})",
-                f"{rate:,.0f} ({ratio(rate, args.projects * args.versions / base)})",
-                f"{args.projects / wall:.2f}",
-                f"{commits[k] / args.rounds:g}",
-                max_writes[k],
-                f"{ms(cpu[f'emulator-{k}'] / (deleted[k] or 1))} per version",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    k,
+                    f"{ms(wall)} ({ratio(wall, base)})",
+                    f"{rate:,.0f} ({ratio(rate, args.projects * args.versions / base)})",
+                    f"{args.projects / wall:.2f}",
+                    f"{commits[k] / args.rounds:g}",
+                    max_writes[k],
+                    f"{ms(cpu[f'emulator-{k}'] / (deleted[k] or 1))} per version",
+                ]
+            )
         print(
             f"{args.projects} expired, marked projects of {args.versions} versions per round, {args.rounds} rounds (levels in alternating "
             "order); medians. Each dispatch slot is one purgeProject process fed one task at a time; ratios against 1 dispatch.\n"

@@ -58,7 +58,16 @@ from bench.harness import (
 )
 
 PROMPT = {"prompt": "a lighthouse at dusk, in the style of a woodcut"}
-GAPIC_METHODS = ("get_document", "batch_get_documents", "begin_transaction", "commit", "rollback", "run_query", "batch_write", "write")
+GAPIC_METHODS = (
+    "get_document",
+    "batch_get_documents",
+    "begin_transaction",
+    "commit",
+    "rollback",
+    "run_query",
+    "batch_write",
+    "write",
+)
 
 
 def generate_job(uids: list[str], client: Client) -> Answer:
@@ -125,7 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sequential", type=int, default=40, help="requests per round, one client")
-    parser.add_argument("--concurrent", type=int, default=80, help="requests per round, over --clients clients")
+    parser.add_argument(
+        "--concurrent", type=int, default=80, help="requests per round, over --clients clients"
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
@@ -159,13 +170,18 @@ def main() -> None:
             for name, (fn, job) in targets.items():
                 warm = run_load(fn.url, [job] * args.warmup, 1)
                 if set(warm.statuses()) != {200}:
-                    raise SystemExit(f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}")
+                    raise SystemExit(
+                        f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}"
+                    )
             for r in range(args.rounds):
                 order = random.sample(list(targets), len(targets))
                 progress(f"round {r + 1}/{args.rounds}: {' then '.join(order)}")
                 for name in order:
                     fn, job = targets[name]
-                    with cpu_meter({name: fn.child.pid}, cpu), cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
+                    with (
+                        cpu_meter({name: fn.child.pid}, cpu),
+                        cpu_meter({name: stack.firestore.child.pid}, emulator_cpu),
+                    ):
                         seq[name].extend(run_load(fn.url, [job] * args.sequential, 1))
                         conc[name].extend(run_load(fn.url, [job] * args.concurrent, args.clients))
 
@@ -178,18 +194,20 @@ def main() -> None:
         for name in targets:
             s, c = seq[name], conc[name]
             served = len(s.answers) + len(c.answers)
-            rows.append([
-                name,
-                f"{ms(median(s.latencies))} ({ratio(median(s.latencies), median(base_seq.latencies))})",
-                f"{ms(pct(s.latencies, 99))} ({ratio(pct(s.latencies, 99), pct(base_seq.latencies, 99))})",
-                f"{s.rate:.1f} ({ratio(s.rate, base_seq.rate)})",
-                f"{ms(median(c.latencies))} ({ratio(median(c.latencies), median(base_conc.latencies))})",
-                f"{ms(pct(c.latencies, 99))} ({ratio(pct(c.latencies, 99), pct(base_conc.latencies, 99))})",
-                f"{c.rate:.1f} ({ratio(c.rate, base_conc.rate)})",
-                f"{ms(cpu[name] / served)} ({ratio(cpu[name], cpu[RESERVE])})",
-                f"{ms(emulator_cpu[name] / served)} ({ratio(emulator_cpu[name], emulator_cpu[RESERVE])})",
-                json.dumps(dict(Counter(s.statuses()) + Counter(c.statuses()))),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    f"{ms(median(s.latencies))} ({ratio(median(s.latencies), median(base_seq.latencies))})",
+                    f"{ms(pct(s.latencies, 99))} ({ratio(pct(s.latencies, 99), pct(base_seq.latencies, 99))})",
+                    f"{s.rate:.1f} ({ratio(s.rate, base_seq.rate)})",
+                    f"{ms(median(c.latencies))} ({ratio(median(c.latencies), median(base_conc.latencies))})",
+                    f"{ms(pct(c.latencies, 99))} ({ratio(pct(c.latencies, 99), pct(base_conc.latencies, 99))})",
+                    f"{c.rate:.1f} ({ratio(c.rate, base_conc.rate)})",
+                    f"{ms(cpu[name] / served)} ({ratio(cpu[name], cpu[RESERVE])})",
+                    f"{ms(emulator_cpu[name] / served)} ({ratio(emulator_cpu[name], emulator_cpu[RESERVE])})",
+                    json.dumps(dict(Counter(s.statuses()) + Counter(c.statuses()))),
+                ]
+            )
         print(
             f"{args.rounds} interleaved rounds; per round and function: {args.sequential} requests from 1 client, then "
             f"{args.concurrent} from {args.clients} concurrent clients (one user / floor document each). "
@@ -220,7 +238,11 @@ def main() -> None:
             table(
                 ["function", "round trips / call", "by RPC"],
                 [
-                    ["generate", f"{gen_rt:g} ({ratio(gen_rt, floor_rt)})", describe(gen_counts, rt_requests)],
+                    [
+                        "generate",
+                        f"{gen_rt:g} ({ratio(gen_rt, floor_rt)})",
+                        describe(gen_counts, rt_requests),
+                    ],
                     [RESERVE, f"{floor_rt:g}", describe(floor_counts, rt_requests)],
                 ],
             )

@@ -67,18 +67,31 @@ def seed(client: Any, projects: int, versions: int) -> list[str]:
         project = client.collection("projects").document(project_id)
         batch, pending = client.batch(), 0
         for n in range(versions):
-            batch.set(project.collection("versions").document(f"v{n:06d}"), {
-                "number": n + 1, "prompt": "a lighthouse at dusk, " * 3, "output": "x" * 300,
-                "generationId": f"g{project_id}{n}", "createdAt": EXPIRED,
-            })  # fmt: skip
+            batch.set(
+                project.collection("versions").document(f"v{n:06d}"),
+                {
+                    "number": n + 1,
+                    "prompt": "a lighthouse at dusk, " * 3,
+                    "output": "x" * 300,
+                    "generationId": f"g{project_id}{n}",
+                    "createdAt": EXPIRED,
+                },
+            )
             pending += 1
             if pending == 500:
                 batch.commit(timeout=60)
                 batch, pending = client.batch(), 0
-        batch.set(project, {
-            "ownerId": "bench", "createdAt": EXPIRED, "updatedAt": EXPIRED, "versionCount": versions,
-            "latestVersionId": None, "deletingAt": None,
-        })  # fmt: skip
+        batch.set(
+            project,
+            {
+                "ownerId": "bench",
+                "createdAt": EXPIRED,
+                "updatedAt": EXPIRED,
+                "versionCount": versions,
+                "latestVersionId": None,
+                "deletingAt": None,
+            },
+        )
         batch.commit(timeout=60)
 
     with ThreadPoolExecutor(SEED_THREADS) as pool:
@@ -98,7 +111,9 @@ def left_behind(client: Any) -> tuple[int, int]:
 def fast_bulk_writer(client: Any) -> Any:
     from google.cloud.firestore_v1.bulk_writer import BulkWriterOptions
 
-    return client.bulk_writer(options=BulkWriterOptions(initial_ops_per_second=FAST_OPS, max_ops_per_second=FAST_OPS))
+    return client.bulk_writer(
+        options=BulkWriterOptions(initial_ops_per_second=FAST_OPS, max_ops_per_second=FAST_OPS)
+    )
 
 
 def by_sweep(workers: int) -> Runner:
@@ -118,7 +133,9 @@ def by_recursive_delete(make_writer: Callable[[Any], Any]) -> Runner:
         batches = deleted = 0
         for project_id in ids:
             writer = make_writer(client)  # recursive_delete closes the writer it is given
-            deleted += client.recursive_delete(client.collection("projects").document(project_id), bulk_writer=writer)
+            deleted += client.recursive_delete(
+                client.collection("projects").document(project_id), bulk_writer=writer
+            )
             batches += writer._total_batches_sent
         return batches, None, deleted
 
@@ -135,8 +152,12 @@ def by_recursive_delete_of_the_collection(client: Any, ids: list[str]) -> tuple[
 METHODS: dict[str, Callable[[int], Runner]] = {
     "sweep": by_sweep,
     "recursive_delete per project, BulkWriter 20,000 ops/s": lambda _: by_recursive_delete(fast_bulk_writer),
-    "recursive_delete per project, default BulkWriter": lambda _: by_recursive_delete(lambda c: c.bulk_writer()),
-    "recursive_delete of the collection, BulkWriter 20,000 ops/s": lambda _: by_recursive_delete_of_the_collection,
+    "recursive_delete per project, default BulkWriter": lambda _: by_recursive_delete(
+        lambda c: c.bulk_writer()
+    ),
+    "recursive_delete of the collection, BulkWriter 20,000 ops/s": lambda _: (
+        by_recursive_delete_of_the_collection
+    ),
 }
 
 
@@ -184,16 +205,18 @@ def print_runs(args: argparse.Namespace, runs: dict[str, list[Result]], baseline
         if not results:
             continue
         wall = statistics.median(r.wall_s for r in results)
-        rows.append([
-            name + (f" (workers={args.workers})" if name == "sweep" else ""),
-            str(len(results)),
-            f"{wall:.2f} ({ratio(wall, baseline)})",
-            f"{total / wall:,.0f}",
-            f"{statistics.median(r.client_cpu_s for r in results):.2f}",
-            f"{statistics.median(r.emulator_cpu_s for r in results):.2f}",
-            str(results[0].commits),
-            str(results[0].max_writes) if results[0].max_writes is not None else "20 (BatchWrite)",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name + (f" (workers={args.workers})" if name == "sweep" else ""),
+                str(len(results)),
+                f"{wall:.2f} ({ratio(wall, baseline)})",
+                f"{total / wall:,.0f}",
+                f"{statistics.median(r.client_cpu_s for r in results):.2f}",
+                f"{statistics.median(r.emulator_cpu_s for r in results):.2f}",
+                str(results[0].commits),
+                str(results[0].max_writes) if results[0].max_writes is not None else "20 (BatchWrite)",
+            ]
+        )
     print(
         f"{total:,} versions in {args.projects} projects of {args.versions}, seeded afresh before every run; a fresh emulator "
         f"per round. Median over rounds; ratio against recursive_delete per project at {FAST_OPS:,} ops/s. "
@@ -214,7 +237,10 @@ def print_runs(args: argparse.Namespace, runs: dict[str, list[Result]], baseline
 
 def print_memory(args: argparse.Namespace) -> None:
     layouts = [[(4, 500), (40, 500)], [(1, 2_000), (1, 20_000)]]
-    methods = (("sweep", by_sweep(args.workers)), ("recursive_delete 20k ops/s", by_recursive_delete(fast_bulk_writer)))
+    methods = (
+        ("sweep", by_sweep(args.workers)),
+        ("recursive_delete 20k ops/s", by_recursive_delete(fast_bulk_writer)),
+    )
     rows = []
     peaks: dict[tuple[str, int, int], int] = {}
     for group in layouts:
@@ -224,12 +250,30 @@ def print_memory(args: argparse.Namespace) -> None:
                     progress(f"memory: {label}, {projects} x {versions}")
                     result = measure(stack, method, projects, versions, memory=True)
                     peaks[(label, projects, versions)] = result.peak_bytes
-                    rows.append([
-                        label, f"{projects * versions:,}", f"{projects} x {versions:,}", str(result.commits),
-                        str(result.max_writes) if result.max_writes is not None else "20", f"{result.peak_bytes / 2**20:.2f}",
-                    ])  # fmt: skip
+                    rows.append(
+                        [
+                            label,
+                            f"{projects * versions:,}",
+                            f"{projects} x {versions:,}",
+                            str(result.commits),
+                            str(result.max_writes) if result.max_writes is not None else "20",
+                            f"{result.peak_bytes / 2**20:.2f}",
+                        ]
+                    )
     print("\nPeak Python memory of one pass (tracemalloc; the timing runs above are without it):\n")
-    print(table(["method", "versions", "projects x versions", "commits / RPCs", "max writes per commit", "peak MiB"], rows))
+    print(
+        table(
+            [
+                "method",
+                "versions",
+                "projects x versions",
+                "commits / RPCs",
+                "max writes per commit",
+                "peak MiB",
+            ],
+            rows,
+        )
+    )
     growth = [
         f"{label}: {ratio(peaks[(label, 1, 20_000)], peaks[(label, 1, 2_000)])} in one project, "
         f"{ratio(peaks[(label, 40, 500)], peaks[(label, 4, 500)])} over projects of 500"
@@ -243,8 +287,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--projects", type=int, default=40)
     parser.add_argument("--versions", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=2, help="the sweep's parallel projects (its default is 2)")
-    parser.add_argument("--slow-rounds", type=int, default=1, help="rounds of the default (500 ops/s) BulkWriter")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="the sweep's parallel projects (its default is 2)"
+    )
+    parser.add_argument(
+        "--slow-rounds", type=int, default=1, help="rounds of the default (500 ops/s) BulkWriter"
+    )
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     total = args.projects * args.versions

@@ -59,30 +59,66 @@ def seed(client: Any, projects: int, versions: int) -> None:
         batch, pending = client.batch(), 0
         for n in range(versions):
             gen_id = f"g{p:03d}{n:05d}"
-            batch.set(project.collection("versions").document(gen_id), {
-                "number": n + 1, "prompt": "a lighthouse at dusk, " * 3, "output": "x" * 300, "generationId": gen_id, "createdAt": EXPIRED,
-            })  # fmt: skip
-            batch.set(client.collection("generations").document(gen_id), {
-                "userId": UID, "projectId": project.id, "kind": "iteration", "cost": 1, "status": "succeeded",
-                "createdAt": EXPIRED, "updatedAt": EXPIRED, "error": None,
-            })  # fmt: skip
-            batch.set(client.collection("analytics_events").document(f"{gen_id}-succeeded"), {
-                "type": "generation_succeeded", "userId": UID, "properties": {"generationId": gen_id}, "createdAt": datetime.now(UTC),
-            })  # fmt: skip
+            batch.set(
+                project.collection("versions").document(gen_id),
+                {
+                    "number": n + 1,
+                    "prompt": "a lighthouse at dusk, " * 3,
+                    "output": "x" * 300,
+                    "generationId": gen_id,
+                    "createdAt": EXPIRED,
+                },
+            )
+            batch.set(
+                client.collection("generations").document(gen_id),
+                {
+                    "userId": UID,
+                    "projectId": project.id,
+                    "kind": "iteration",
+                    "cost": 1,
+                    "status": "succeeded",
+                    "createdAt": EXPIRED,
+                    "updatedAt": EXPIRED,
+                    "error": None,
+                },
+            )
+            batch.set(
+                client.collection("analytics_events").document(f"{gen_id}-succeeded"),
+                {
+                    "type": "generation_succeeded",
+                    "userId": UID,
+                    "properties": {"generationId": gen_id},
+                    "createdAt": datetime.now(UTC),
+                },
+            )
             pending += 3
             if pending >= 498:
                 batch.commit(timeout=60)
                 batch, pending = client.batch(), 0
-        batch.set(project, {
-            "ownerId": UID, "createdAt": EXPIRED, "updatedAt": EXPIRED, "versionCount": versions,
-            "latestVersionId": None, "deletingAt": None,
-        })  # fmt: skip
+        batch.set(
+            project,
+            {
+                "ownerId": UID,
+                "createdAt": EXPIRED,
+                "updatedAt": EXPIRED,
+                "versionCount": versions,
+                "latestVersionId": None,
+                "deletingAt": None,
+            },
+        )
         batch.commit(timeout=60)
 
     with ThreadPoolExecutor(SEED_THREADS) as pool:
         list(pool.map(one, range(projects)))
     for p in range(projects):  # one after another: they all move one balance
-        ledger.post(client, UID, type=ledger.CHARGE, ref=f"bench-{p:03d}", amount=-versions, metadata={"projectId": f"{UID}-p{p:03d}"})
+        ledger.post(
+            client,
+            UID,
+            type=ledger.CHARGE,
+            ref=f"bench-{p:03d}",
+            amount=-versions,
+            metadata={"projectId": f"{UID}-p{p:03d}"},
+        )
 
 
 def count(query: Any) -> int:
@@ -107,9 +143,13 @@ def by_erasure(client: Any) -> tuple[int, int, int]:
     assert count(client.collection("generations")) == 0 and count(client.collection("analytics_events")) == 0
     assert not client.collection("users").document(UID).get().exists
     assert count(client.collection("credit_transactions").where(filter=FieldFilter("userId", "==", UID))) == 0
-    amounts = [snap.get("amount") for snap in client.collection("credit_transactions").select(["amount"]).stream()]
+    amounts = [
+        snap.get("amount") for snap in client.collection("credit_transactions").select(["amount"]).stream()
+    ]
     assert sum(amounts) == 0, sum(amounts)
-    written = report.versions_deleted + report.projects_deleted + report.generations_deleted + report.events_deleted
+    written = (
+        report.versions_deleted + report.projects_deleted + report.generations_deleted + report.events_deleted
+    )
     written += report.entries_pseudonymised + 1  # the user document
     return report.commits, report.max_commit_writes, written
 
@@ -134,7 +174,14 @@ METHODS: dict[str, Callable[[Any], tuple[int, int, int]]] = {
 }
 
 
-def measure(stack: Stack, run: Callable[[Any], tuple[int, int, int]], projects: int, versions: int, *, memory: bool = False) -> Result:
+def measure(
+    stack: Stack,
+    run: Callable[[Any], tuple[int, int, int]],
+    projects: int,
+    versions: int,
+    *,
+    memory: bool = False,
+) -> Result:
     from functions.lib import db
 
     client = db.get_client()
@@ -164,7 +211,9 @@ def main() -> None:
     names = list(METHODS)
 
     with (
-        section(f"A user's data: export and erasure of {args.projects} projects x {args.versions} versions vs the sweep"),
+        section(
+            f"A user's data: export and erasure of {args.projects} projects x {args.versions} versions vs the sweep"
+        ),
         Stack() as stack,
     ):
         progress("warm-up")
@@ -181,18 +230,37 @@ def main() -> None:
         for name, results in runs.items():
             wall = statistics.median(r.wall_s for r in results)
             first = results[0]
-            rows.append([
-                name, str(len(results)), f"{wall:.2f} ({ratio(wall, baseline)})",
-                str(first.commits) if first.commits else "- (reads only)", str(first.max_writes) if first.commits else "-",
-                f"{first.written:,}" if first.written else "-", f"{first.written / wall:,.0f}" if first.written else "-",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    str(len(results)),
+                    f"{wall:.2f} ({ratio(wall, baseline)})",
+                    str(first.commits) if first.commits else "- (reads only)",
+                    str(first.max_writes) if first.commits else "-",
+                    f"{first.written:,}" if first.written else "-",
+                    f"{first.written / wall:,.0f}" if first.written else "-",
+                ]
+            )
         print(
             f"One user with {args.projects} projects of {args.versions} versions ({total:,}), one generation and one analytics "
             f"event per version, a ledger of {args.projects + 1} entries; seeded afresh before every run. Median over rounds; "
             "ratio against the sweep with its default 2 workers. Every erasure left nothing of the user but the ledger "
             "under a pseudonym, summing to zero.\n"
         )
-        print(table(["method", "runs", "wall s (ratio)", "commits", "max writes per commit", "documents written", "written/s"], rows))
+        print(
+            table(
+                [
+                    "method",
+                    "runs",
+                    "wall s (ratio)",
+                    "commits",
+                    "max writes per commit",
+                    "documents written",
+                    "written/s",
+                ],
+                rows,
+            )
+        )
 
         if not args.skip_memory:
             small = max(1, args.projects // 10)
@@ -204,14 +272,22 @@ def main() -> None:
                     result = measure(stack, METHODS[name], projects, args.versions, memory=True)
                     peaks[(name, projects)] = result.peak_bytes
                     mem_rows.append(
-                        [name, f"{projects} x {args.versions}", f"{projects * args.versions:,}", f"{result.peak_bytes / 2**20:.2f}"]
+                        [
+                            name,
+                            f"{projects} x {args.versions}",
+                            f"{projects * args.versions:,}",
+                            f"{result.peak_bytes / 2**20:.2f}",
+                        ]
                     )
             print("\nPeak Python memory of one run (tracemalloc; the timing runs above are without it):\n")
             print(table(["method", "projects x versions", "versions", "peak MiB"], mem_rows))
             growth = "; ".join(
-                f"{name} {ratio(peaks[(name, args.projects)], peaks[(name, small)])}" for name in ("export", "erasure", "sweep (2 workers)")
+                f"{name} {ratio(peaks[(name, args.projects)], peaks[(name, small)])}"
+                for name in ("export", "erasure", "sweep (2 workers)")
             )
-            print(f"\nPeak memory at {args.projects} vs {small} projects ({args.projects // small}x the versions): {growth}.")
+            print(
+                f"\nPeak memory at {args.projects} vs {small} projects ({args.projects // small}x the versions): {growth}."
+            )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ PACKS = {"starter": 100, "creator": 500, "studio": 1500}  # the built-in catalog
 MAX_REDELIVERIES = 20
 
 
-def deliveries(sessions: int, users: int, rng: random.Random) -> tuple[list[bytes], dict[str, int], dict[str, str]]:
+def deliveries(
+    sessions: int, users: int, rng: random.Random
+) -> tuple[list[bytes], dict[str, int], dict[str, str]]:
     """Shuffled event bodies (two per session), the credits each user should end with, and each session's uid."""
     bodies: list[bytes] = []
     expected: Counter[str] = Counter()
@@ -72,11 +74,16 @@ def signed_job(body: bytes, redelivered: list[str]) -> Callable[[Client], Answer
 
     def job(client: Client) -> Answer:
         for _ in range(MAX_REDELIVERIES):
-            headers = {"Content-Type": "application/json; charset=utf-8", "Stripe-Signature": stripe_events.sign(body, WEBHOOK_SECRET)}
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "Stripe-Signature": stripe_events.sign(body, WEBHOOK_SECRET),
+            }
             answer = json_post(client, body, headers)
             if answer.status < 300:
                 return answer
-            redelivered.append(f"{answer.status} {answer.json().get('error', '')}".strip())  # list.append is atomic
+            redelivered.append(
+                f"{answer.status} {answer.json().get('error', '')}".strip()
+            )  # list.append is atomic
         return answer
 
     return job
@@ -133,7 +140,11 @@ def main() -> None:
         floor_retried: list[str] = []
 
         # One warm-up request each, on an event of its own, so neither pays its first-request imports in the storm.
-        warm = stripe_events.encode(stripe_events.checkout_completed(stripe_events.new_id("cs_test"), "storm-warmup", "starter", "pi_w"))
+        warm = stripe_events.encode(
+            stripe_events.checkout_completed(
+                stripe_events.new_id("cs_test"), "storm-warmup", "starter", "pi_w"
+            )
+        )
         run_load(webhook.url, [signed_job(warm, [])], 1)
         run_load(floor.url, [signed_job(warm, [])], 1)
         expected["storm-warmup"] = PACKS["starter"]
@@ -147,9 +158,16 @@ def main() -> None:
             chunk = bodies[c * size : (c + 1) * size]
             order = [("stripe_webhook", webhook.url, redelivered), ("floor_create", floor.url, floor_retried)]
             for name, url, retried in order if c % 2 == 0 else reversed(order):
-                progress(f"chunk {c + 1}/{args.chunks}: {name}, {len(chunk)} deliveries over {args.clients} clients")
-                with cpu_meter({name: pgids[name]}, cpu), cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
-                    runs[name].extend(run_load(url, [signed_job(body, retried) for body in chunk], args.clients))
+                progress(
+                    f"chunk {c + 1}/{args.chunks}: {name}, {len(chunk)} deliveries over {args.clients} clients"
+                )
+                with (
+                    cpu_meter({name: pgids[name]}, cpu),
+                    cpu_meter({name: stack.firestore.child.pid}, emulator_cpu),
+                ):
+                    runs[name].extend(
+                        run_load(url, [signed_job(body, retried) for body in chunk], args.clients)
+                    )
 
         purchases, credited, problems = check_ledger(expected, owner)
         floor_docs = count_floor_creates()
@@ -165,17 +183,25 @@ def main() -> None:
         base = runs["floor_create"]
         rows = []
         for name, run in runs.items():
-            rows.append([
-                name,
-                str(len(run.answers)),
-                f"{run.rate:.1f} ({ratio(run.rate, base.rate)})",
-                f"{ms(median(run.latencies))} ({ratio(median(run.latencies), median(base.latencies))})",
-                f"{ms(pct(run.latencies, 99))} ({ratio(pct(run.latencies, 99), pct(base.latencies, 99))})",
-                f"{ms(cpu[name] / len(run.answers))} ({ratio(cpu[name], cpu['floor_create'])})",
-                f"{ms(emulator_cpu[name] / len(run.answers))} ({ratio(emulator_cpu[name], emulator_cpu['floor_create'])})",
-                json.dumps(dict(sorted(outcomes[name].items()))),
-                json.dumps(dict(sorted(Counter(redelivered if name == "stripe_webhook" else floor_retried).items()))),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    str(len(run.answers)),
+                    f"{run.rate:.1f} ({ratio(run.rate, base.rate)})",
+                    f"{ms(median(run.latencies))} ({ratio(median(run.latencies), median(base.latencies))})",
+                    f"{ms(pct(run.latencies, 99))} ({ratio(pct(run.latencies, 99), pct(base.latencies, 99))})",
+                    f"{ms(cpu[name] / len(run.answers))} ({ratio(cpu[name], cpu['floor_create'])})",
+                    f"{ms(emulator_cpu[name] / len(run.answers))} ({ratio(emulator_cpu[name], emulator_cpu['floor_create'])})",
+                    json.dumps(dict(sorted(outcomes[name].items()))),
+                    json.dumps(
+                        dict(
+                            sorted(
+                                Counter(redelivered if name == "stripe_webhook" else floor_retried).items()
+                            )
+                        )
+                    ),
+                ]
+            )
         print(
             f"{len(bodies)} signed deliveries of {args.sessions} paid Checkout Sessions for {args.users} users, shuffled, "
             f"{args.clients} concurrent clients, in {args.chunks} chunks alternating which function goes first. "

@@ -91,7 +91,10 @@ def floor_reserve_settle(request: flask.Request) -> dict[str, Any]:
     generation_ref = client.collection("floor_generations").document(generation_id)
     credits = int((user_ref.get().to_dict() or {}).get("credits", 0))
     reserve = client.batch()
-    reserve.create(client.collection("floor_entries").document(f"charge_{generation_id}"), {"amount": -50, "user": user_ref.id})
+    reserve.create(
+        client.collection("floor_entries").document(f"charge_{generation_id}"),
+        {"amount": -50, "user": user_ref.id},
+    )
     reserve.set(user_ref, {"credits": credits - 50})
     reserve.create(generation_ref, {"status": "charged", "user": user_ref.id})
     reserve.commit()

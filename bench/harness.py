@@ -52,7 +52,9 @@ FIREBASE_FLOOR_SOURCE = ROOT / "bench" / "floor_firebase.py"
 
 def entry_points() -> list[str]:
     """The entry points main.py defines, in the contract's order (read from the source, not imported)."""
-    defined = {node.name for node in ast.parse(MAIN_SOURCE.read_text()).body if isinstance(node, ast.FunctionDef)}
+    defined = {
+        node.name for node in ast.parse(MAIN_SOURCE.read_text()).body if isinstance(node, ast.FunctionDef)
+    }
     return [name for name in ENTRY_POINTS if name in defined]
 
 
@@ -108,8 +110,12 @@ class Stack:
                     raise
                 time.sleep(0.5)
 
-    def serve(self, target: str, *, source: Path = MAIN_SOURCE, env: dict[str, str] | None = None, wait: bool = True) -> ServedFunction:
-        fn = ServedFunction(target, env={**self.env, **(env or {})}, log_dir=self.log_dir, source=source, wait=wait)
+    def serve(
+        self, target: str, *, source: Path = MAIN_SOURCE, env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServedFunction:
+        fn = ServedFunction(
+            target, env={**self.env, **(env or {})}, log_dir=self.log_dir, source=source, wait=wait
+        )
         self._stops.append(fn.stop)
         return fn
 
@@ -160,14 +166,28 @@ def seed_project(project_id: str, versions: int, *, age_days: int = 120, marked:
     project = client.collection("projects").document(project_id)
     batch, pending = client.batch(), 0
     for n in range(versions):
-        doc = {"number": n + 1, "prompt": f"prompt {n}", "output": "output " * 20, "generationId": f"g{n}", "createdAt": updated}
+        doc = {
+            "number": n + 1,
+            "prompt": f"prompt {n}",
+            "output": "output " * 20,
+            "generationId": f"g{n}",
+            "createdAt": updated,
+        }
         batch.set(project.collection("versions").document(f"v{n:05d}"), doc)
         pending += 1
         if pending == 500:
             batch.commit()
             batch, pending = client.batch(), 0
-    batch.set(project, {"ownerId": "bench", "createdAt": updated, "updatedAt": updated, "versionCount": versions,
-                        "deletingAt": updated if marked else None})  # fmt: skip
+    batch.set(
+        project,
+        {
+            "ownerId": "bench",
+            "createdAt": updated,
+            "updatedAt": updated,
+            "versionCount": versions,
+            "deletingAt": updated if marked else None,
+        },
+    )
     batch.commit()
 
 
@@ -198,7 +218,9 @@ class Client:
         self._conn: http.client.HTTPConnection | None = None
         self._last = 0.0
 
-    def request(self, method: str, path: str = "/", body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+    def request(
+        self, method: str, path: str = "/", body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Answer:
         if self._conn is None or time.monotonic() - self._last > self.IDLE_S:
             self.close()
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
@@ -222,7 +244,9 @@ class Client:
             self._conn = None
 
 
-def json_post(client: Client, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None, path: str = "/") -> Answer:
+def json_post(
+    client: Client, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None, path: str = "/"
+) -> Answer:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return client.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
 
@@ -253,7 +277,9 @@ class Run:
         self.wall_s += other.wall_s
 
 
-def run_load(url: str, jobs: Sequence[Callable[[Client], Answer]], concurrency: int, *, together: bool = False) -> Run:
+def run_load(
+    url: str, jobs: Sequence[Callable[[Client], Answer]], concurrency: int, *, together: bool = False
+) -> Run:
     """Run `jobs` over `concurrency` clients (threads, one keep-alive connection each), as fast as they answer.
 
     With `together`, every job gets a client of its own (job i on client i), the connections are opened
@@ -285,6 +311,14 @@ def run_load(url: str, jobs: Sequence[Callable[[Client], Answer]], concurrency: 
                 errors.append(exc)
                 return
 
+    wall = _run_threads(clients, worker)
+    if errors:
+        raise errors[0]
+    return Run([a for a in answers if a is not None], wall)
+
+
+def _run_threads(clients: list[Client], worker: Callable[[Client], None]) -> float:
+    """One thread per client running `worker`; the wall time until all are done (clients closed after)."""
     threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
     started = time.perf_counter()
     for t in threads:
@@ -294,9 +328,7 @@ def run_load(url: str, jobs: Sequence[Callable[[Client], Answer]], concurrency: 
     wall = time.perf_counter() - started
     for c in clients:
         c.close()
-    if errors:
-        raise errors[0]
-    return Run([a for a in answers if a is not None], wall)
+    return wall
 
 
 def pct(values: Iterable[float], q: float) -> float:

@@ -41,7 +41,11 @@ def available(only: list[str] | None) -> list[str]:
 def run_bench(name: str, tail: int = 12) -> tuple[int, str, list[str]]:
     """Run bench/bench_NAME.py; its stderr (progress) streams through, and its last lines are kept for a failure note."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"bench.bench_{name}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", f"bench.bench_{name}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     last: collections.deque[str] = collections.deque(maxlen=tail)
 
@@ -78,7 +82,8 @@ def main() -> None:
         + (
             "clean"
             if not changes
-            else "not clean: " + ", ".join(f"`{path}` ({'untracked' if code == '??' else code})" for code, path in changes)
+            else "not clean: "
+            + ", ".join(f"`{path}` ({'untracked' if code == '??' else code})" for code, path in changes)
         ),
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; at start: {load_average()}",
         "- Reproduce all: `python -m bench.run_all` (from the repository root, in the venv); each section names its own command.",
@@ -108,7 +113,9 @@ def main() -> None:
         *([f"Failed: {', '.join(failed)}."] if failed else []),
         "",
     ]
-    args.output.write_text("\n".join(header + summary) + "\n" + "\n\n".join(sections) + "\n" + "\n".join(footer))
+    args.output.write_text(
+        "\n".join(header + summary) + "\n" + "\n\n".join(sections) + "\n" + "\n".join(footer)
+    )
     print(f"wrote {args.output}", file=sys.stderr)
     if failed:
         raise SystemExit(1)

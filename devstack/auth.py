@@ -31,12 +31,27 @@ class AuthEmulator:
         self.host = f"127.0.0.1:{self.port}"
         self._dir = Path(tempfile.mkdtemp(prefix="auth-emulator-"))
         hub, logging_port = free_port(), free_port()
-        config = {"emulators": {"auth": {"host": "127.0.0.1", "port": self.port}, "hub": {"host": "127.0.0.1", "port": hub},
-                                "logging": {"host": "127.0.0.1", "port": logging_port}, "ui": {"enabled": False}}}  # fmt: skip
+        config = {
+            "emulators": {
+                "auth": {"host": "127.0.0.1", "port": self.port},
+                "hub": {"host": "127.0.0.1", "port": hub},
+                "logging": {"host": "127.0.0.1", "port": logging_port},
+                "ui": {"enabled": False},
+            }
+        }
         (self._dir / "firebase.json").write_text(json.dumps(config))
         env = {**os.environ, "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true", "CI": "true"}
         env.pop("FIRESTORE_EMULATOR_HOST", None)
-        argv = [str(binary), "emulators:start", "--only", "auth", "--project", project, "--config", str(self._dir / "firebase.json")]
+        argv = [
+            str(binary),
+            "emulators:start",
+            "--only",
+            "auth",
+            "--project",
+            project,
+            "--config",
+            str(self._dir / "firebase.json"),
+        ]
         self.child = Child(argv, log=log_dir / f"auth-{self.port}.log", env=env, cwd=self._dir)
         self._ready = threading.Event()
         if wait:
@@ -80,11 +95,15 @@ class AuthEmulator:
 
     def sign_up(self, email: str, password: str) -> tuple[str, str]:
         """Create an account as a client app would; returns (uid, ID token)."""
-        data = self._post("accounts:signUp", {"email": email, "password": password, "returnSecureToken": True})
+        data = self._post(
+            "accounts:signUp", {"email": email, "password": password, "returnSecureToken": True}
+        )
         return data["localId"], data["idToken"]
 
     def sign_in(self, email: str, password: str) -> tuple[str, str]:
-        data = self._post("accounts:signInWithPassword", {"email": email, "password": password, "returnSecureToken": True})
+        data = self._post(
+            "accounts:signInWithPassword", {"email": email, "password": password, "returnSecureToken": True}
+        )
         return data["localId"], data["idToken"]
 
     def stop(self) -> None:

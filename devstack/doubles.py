@@ -58,7 +58,9 @@ class _Double:
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                req = Received(self.command, self.path, {k: v for k, v in self.headers.items()}, self.rfile.read(length))
+                req = Received(
+                    self.command, self.path, {k: v for k, v in self.headers.items()}, self.rfile.read(length)
+                )
                 double.received.append(req)
                 if double.gate is not None:
                     double.gate.wait(timeout=60)
@@ -104,4 +106,11 @@ class GeminiDouble(_Double):
         prompt = ""
         with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
             prompt = json.loads(req.body)["contents"][0]["parts"][0]["text"]
-        return 200, {"candidates": [{"content": {"role": "model", "parts": [{"text": f"gemini says: {prompt}"}]}, "finishReason": "STOP"}]}
+        return 200, {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": f"gemini says: {prompt}"}]},
+                    "finishReason": "STOP",
+                }
+            ]
+        }

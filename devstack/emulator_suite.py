@@ -46,7 +46,9 @@ class EmulatorSuite:
         tasks: bool = False,
     ) -> None:
         if not FIREBASE_CLI.exists():
-            raise RuntimeError(f"{FIREBASE_CLI} is missing: run scripts/setup (npm ci installs firebase-tools)")
+            raise RuntimeError(
+                f"{FIREBASE_CLI} is missing: run scripts/setup (npm ci installs firebase-tools)"
+            )
         self.project = project
         self.dir = Path(tempfile.mkdtemp(prefix="firebase-project-"))
         copy_functions_source(self.dir)
@@ -54,20 +56,49 @@ class EmulatorSuite:
         self.functions_port = ports["functions"]
         self.auth_host = f"127.0.0.1:{ports['auth']}"
         self.tasks_host = f"127.0.0.1:{ports['tasks']}" if tasks else None
-        emulators: dict[str, object] = {name: {"host": "127.0.0.1", "port": port} for name, port in ports.items()}
+        emulators: dict[str, object] = {
+            name: {"host": "127.0.0.1", "port": port} for name, port in ports.items()
+        }
         emulators["ui"] = {"enabled": False}
         emulators["singleProjectMode"] = True
-        config = {"functions": [{"source": ".", "codebase": "default", "runtime": "python311", "ignore": ["venv"]}], "emulators": emulators}
+        config = {
+            "functions": [{"source": ".", "codebase": "default", "runtime": "python311", "ignore": ["venv"]}],
+            "emulators": emulators,
+        }
         (self.dir / "firebase.json").write_text(json.dumps(config, indent=2))
         (self.dir / f".env.{project}").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (self.dir / ".secret.local").write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
         only = "functions,auth,tasks" if tasks else "functions,auth"
-        cli_env = {**os.environ, "FIRESTORE_EMULATOR_HOST": firestore_host, "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true", "CI": "true"}
-        for name in ("FIREBASE_AUTH_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "K_SERVICE", "FUNCTION_TARGET"):
+        cli_env = {
+            **os.environ,
+            "FIRESTORE_EMULATOR_HOST": firestore_host,
+            "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true",
+            "CI": "true",
+        }
+        for name in (
+            "FIREBASE_AUTH_EMULATOR_HOST",
+            "CLOUD_TASKS_EMULATOR_HOST",
+            "GOOGLE_CLOUD_PROJECT",
+            "K_SERVICE",
+            "FUNCTION_TARGET",
+        ):
             cli_env.pop(name, None)
-        argv = [str(FIREBASE_CLI), "emulators:start", "--only", only, "--project", project, "--config", str(self.dir / "firebase.json")]
-        self.child = Child(argv, log=log_dir / f"emulator-suite-{self.functions_port}.log", env=cli_env, cwd=self.dir)
-        wait_until(self._ready, what="Firebase Emulator Suite", timeout=180, proc=self.child.proc, log=self.child.log)
+        argv = [
+            str(FIREBASE_CLI),
+            "emulators:start",
+            "--only",
+            only,
+            "--project",
+            project,
+            "--config",
+            str(self.dir / "firebase.json"),
+        ]
+        self.child = Child(
+            argv, log=log_dir / f"emulator-suite-{self.functions_port}.log", env=cli_env, cwd=self.dir
+        )
+        wait_until(
+            self._ready, what="Firebase Emulator Suite", timeout=180, proc=self.child.proc, log=self.child.log
+        )
 
     def _ready(self) -> bool:
         return "All emulators ready" in self.child.log.read_text(errors="replace")

@@ -17,7 +17,9 @@ from devstack.procs import Child, free_port, wait_until
 def emulator_jar() -> Path:
     gcloud = shutil.which("gcloud")
     if gcloud is None:
-        raise RuntimeError("gcloud is not on PATH: install the google-cloud-cli (it ships the Firestore emulator)")
+        raise RuntimeError(
+            "gcloud is not on PATH: install the google-cloud-cli (it ships the Firestore emulator)"
+        )
     root = subprocess.run(
         [gcloud, "info", "--format=value(installation.sdk_root)"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -32,7 +34,9 @@ def emulator_jar() -> Path:
 class FirestoreEmulator:
     """One emulator process on 127.0.0.1; `clear()` empties it between tests."""
 
-    def __init__(self, project: str, *, log_dir: Path, port: int | None = None, rules: Path | None = None) -> None:
+    def __init__(
+        self, project: str, *, log_dir: Path, port: int | None = None, rules: Path | None = None
+    ) -> None:
         if not project.startswith("demo-"):
             raise ValueError("use a demo- project id with the emulator")
         self.project = project
@@ -53,7 +57,9 @@ class FirestoreEmulator:
         if rules is not None:
             argv.append(f"--rules={rules}")
         self.child = Child(argv, log=log_dir / f"firestore-{self.port}.log")
-        wait_until(self._ready, what="Firestore emulator", timeout=60, proc=self.child.proc, log=self.child.log)
+        wait_until(
+            self._ready, what="Firestore emulator", timeout=60, proc=self.child.proc, log=self.child.log
+        )
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -61,7 +67,9 @@ class FirestoreEmulator:
         its first real request, which would otherwise land on the first test (or bench) call."""
         url = f"http://{self.host}/v1/projects/{self.project}/databases/(default)/documents/warmup/doc"
         with contextlib.suppress(urllib.error.HTTPError):  # 404: the data path answered
-            urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer owner"}), timeout=60).close()
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers={"Authorization": "Bearer owner"}), timeout=60
+            ).close()
 
     def _ready(self) -> bool:
         try:

@@ -96,7 +96,12 @@ class Stack:
         self._stops.clear()
 
     def call(
-        self, target: str, method: str, token: str | None, body: dict[str, Any] | bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        target: str,
+        method: str,
+        token: str | None,
+        body: dict[str, Any] | bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         hdrs = {"Content-Type": "application/json", **(headers or {})}
         if token:
@@ -138,7 +143,9 @@ def buy_credits(stack: Stack, uid: str, token: str) -> None:
         status, ack = stack.call("stripe_webhook", "POST", None, body, headers)
         show(label, status, ack)
         expect(status == 200, "the webhook should accept a signed delivery")
-    status, ack = stack.call("stripe_webhook", "POST", None, stripe_events.encode(event), {"Stripe-Signature": "t=1,v1=forged"})
+    status, ack = stack.call(
+        "stripe_webhook", "POST", None, stripe_events.encode(event), {"Stripe-Signature": "t=1,v1=forged"}
+    )
     show("webhook: a forged signature", status, ack)
     expect(status == 400, "a forged delivery should be refused")
 
@@ -162,20 +169,28 @@ def journey(stack: Stack) -> None:
 
     buy_credits(stack, uid, token)
 
-    status, body = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"})
+    status, body = stack.call(
+        "generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"}
+    )
     show("generate: initial (50 credits)", status, body)
     expect(status == 200 and body["creditsCharged"] == 50, "initial generation should charge 50")
     project_id = body["projectId"]
 
-    status, again = stack.call("generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"})
+    status, again = stack.call(
+        "generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"}
+    )
     show("same Idempotency-Key again (no new charge)", status, again)
     expect(status == 200 and again["balance"] == body["balance"], "replay should not charge again")
 
-    status, body = stack.call("generate", "POST", token, {"prompt": "now with storm clouds", "projectId": project_id})
+    status, body = stack.call(
+        "generate", "POST", token, {"prompt": "now with storm clouds", "projectId": project_id}
+    )
     show("generate: iteration (25 credits)", status, body)
     expect(status == 200 and body["creditsCharged"] == 25, "iteration should charge 25")
 
-    status, body = stack.call("generate", "POST", token, {"prompt": "make it fail #fail", "projectId": project_id})
+    status, body = stack.call(
+        "generate", "POST", token, {"prompt": "make it fail #fail", "projectId": project_id}
+    )
     show("generate: the model fails (refunded)", status, body)
     expect(status == 502 and body["refunded"] == 25, "a failed generation should be refunded")
     expect(body["balance"] == 425, "500 bought - 50 - 25 - 25 + 25 refunded = 425")
@@ -183,14 +198,25 @@ def journey(stack: Stack) -> None:
     status, body = stack.call("credits", "GET", token)
     show("credits: balance and ledger", status, body)
     for entry in body["transactions"]:
-        print(f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}", flush=True)
-    expect(status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]), "balance should equal the ledger sum")
+        print(
+            f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}",
+            flush=True,
+        )
+    expect(
+        status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]),
+        "balance should equal the ledger sum",
+    )
     final = body
 
     status, body = stack.call("retention_sweep", "POST", None, {})
     show("retention_sweep: one nightly pass", status, body)
-    expect(status == 200 and body["complete"] and body["refundsSettled"] == 0, "the sweep should finish with nothing to settle")
-    step(f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries")
+    expect(
+        status == 200 and body["complete"] and body["refundsSettled"] == 0,
+        "the sweep should finish with nothing to settle",
+    )
+    step(
+        f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -198,9 +224,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--serve", action="store_true", help="keep the stack running after the journey, until Ctrl-C")
-    parser.add_argument("--no-journey", action="store_true", help="skip the scripted journey (with --serve: just serve)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the stack running after the journey, until Ctrl-C"
+    )
+    parser.add_argument(
+        "--no-journey", action="store_true", help="skip the scripted journey (with --serve: just serve)"
+    )
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) stops everything as Ctrl-C does: without this Python dies at once, and the
     # emulators and functions, each in its own process group, keep running and holding their ports.

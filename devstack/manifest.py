@@ -24,7 +24,9 @@ def serving_script() -> Path:
     return Path(firebase_functions.__file__).parent / "private" / "serving.py"
 
 
-def discover(source: Path = ROOT, *, env: dict[str, str] | None = None, log_dir: Path | None = None) -> dict[str, Any]:
+def discover(
+    source: Path = ROOT, *, env: dict[str, str] | None = None, log_dir: Path | None = None
+) -> dict[str, Any]:
     """The parsed `/__/functions.yaml` of `source`/main.py, served the way the Firebase CLI serves it."""
     import yaml
 
@@ -34,7 +36,13 @@ def discover(source: Path = ROOT, *, env: dict[str, str] | None = None, log_dir:
     child = Child([sys.executable, str(serving_script())], log=log, env=full, cwd=source)
     url = f"http://127.0.0.1:{port}/__/functions.yaml"
     try:
-        wait_until(lambda: http_ok(url, timeout=2), what="firebase-functions admin server", timeout=60, proc=child.proc, log=log)
+        wait_until(
+            lambda: http_ok(url, timeout=2),
+            what="firebase-functions admin server",
+            timeout=60,
+            proc=child.proc,
+            log=log,
+        )
         with urllib.request.urlopen(url, timeout=30) as response:
             manifest: dict[str, Any] = yaml.safe_load(response.read())
     finally:

@@ -33,7 +33,12 @@ def http_ok(url: str, *, timeout: float = 1.0) -> bool:
 
 
 def wait_until(
-    ready: Callable[[], bool], *, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+    ready: Callable[[], bool],
+    *,
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
 ) -> None:
     """Poll `ready` until it is true; fail with the child's log tail if it dies or times out."""
     deadline = time.monotonic() + timeout
@@ -44,7 +49,11 @@ def wait_until(
             break
         time.sleep(0.05)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    state = f"exited with {proc.returncode}" if proc is not None and proc.poll() is not None else f"not ready after {timeout:.0f}s"
+    state = (
+        f"exited with {proc.returncode}"
+        if proc is not None and proc.poll() is not None
+        else f"not ready after {timeout:.0f}s"
+    )
     raise RuntimeError(f"{what} {state}\n{tail}")
 
 
@@ -61,7 +70,9 @@ def _stop_leftovers() -> None:
 class Child:
     """A child process in its own process group, logging to a file; stopped at exit at the latest."""
 
-    def __init__(self, argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.argv = list(argv)
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -46,29 +46,35 @@ class SchedulerDouble(_Double):
         job = JOB.match(url.path)
         jobs = JOBS.match(url.path)
         if req.method == "GET" and job:
-            if job[1] not in self.jobs or self.hide_from_get:
-                return _error(404, "NOT_FOUND", f"Job not found: {job[1]}")
-            return 200, self.jobs[job[1]]
+            return self.get_job(job[1])
         if req.method == "POST" and jobs:
-            body = json.loads(req.body or b"{}")
-            name = body.get("name", "")
-            if not name.startswith(jobs[1] + "/jobs/"):
-                return _error(400, "INVALID_ARGUMENT", "Job name must be under the parent.")
-            if name in self.jobs:
-                return _error(409, "ALREADY_EXISTS", f"Job {name} already exists.")
-            self.jobs[name] = {**body, "state": "ENABLED"}
-            return 200, self.jobs[name]
+            return self.create_job(jobs[1], json.loads(req.body or b"{}"))
         if req.method == "PATCH" and job:
-            if job[1] not in self.jobs:
-                return _error(404, "NOT_FOUND", f"Job not found: {job[1]}")
-            body = json.loads(req.body or b"{}")
             mask = [m for value in parse_qs(url.query).get("updateMask", []) for m in value.split(",") if m]
-            fields = [_camel(m) for m in mask] or list(body)
-            stored = self.jobs[job[1]]
-            for name in fields:
-                if name in body:
-                    stored[name] = body[name]
-                else:
-                    stored.pop(name, None)
-            return 200, stored
+            return self.patch_job(job[1], json.loads(req.body or b"{}"), mask)
         return _error(404, "NOT_FOUND", f"No route for {req.method} {url.path}")
+
+    def get_job(self, name: str) -> tuple[int, dict[str, Any]]:
+        if name not in self.jobs or self.hide_from_get:
+            return _error(404, "NOT_FOUND", f"Job not found: {name}")
+        return 200, self.jobs[name]
+
+    def create_job(self, parent: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = body.get("name", "")
+        if not name.startswith(parent + "/jobs/"):
+            return _error(400, "INVALID_ARGUMENT", "Job name must be under the parent.")
+        if name in self.jobs:
+            return _error(409, "ALREADY_EXISTS", f"Job {name} already exists.")
+        self.jobs[name] = {**body, "state": "ENABLED"}
+        return 200, self.jobs[name]
+
+    def patch_job(self, name: str, body: dict[str, Any], mask: list[str]) -> tuple[int, dict[str, Any]]:
+        if name not in self.jobs:
+            return _error(404, "NOT_FOUND", f"Job not found: {name}")
+        stored = self.jobs[name]
+        for field_name in [_camel(m) for m in mask] or list(body):
+            if field_name in body:
+                stored[field_name] = body[field_name]
+            else:
+                stored.pop(field_name, None)
+        return 200, stored

@@ -29,8 +29,23 @@ class ServedFunction:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         binary = Path(sys.executable).parent / "functions-framework"
-        argv = [str(binary), "--target", target, "--source", str(source), "--host", "127.0.0.1", "--port", str(self.port)]
-        self.child = Child(argv, log=log_dir / f"{target}-{self.port}.log", env={**os.environ, **env} if inherit else env, cwd=ROOT)
+        argv = [
+            str(binary),
+            "--target",
+            target,
+            "--source",
+            str(source),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self.child = Child(
+            argv,
+            log=log_dir / f"{target}-{self.port}.log",
+            env={**os.environ, **env} if inherit else env,
+            cwd=ROOT,
+        )
         if wait:
             self.wait_ready()
 

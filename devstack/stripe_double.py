@@ -54,12 +54,17 @@ class StripeDouble(_Double):
 
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
         if req.method != "POST" or req.path != SESSIONS_PATH:
-            return 404, _error("invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path}).")
+            return 404, _error(
+                "invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path})."
+            )
         if self.mode == "error":
             return 500, _error("api_error", "An unknown error occurred.")
         if self.mode == "invalid":
             return 400, _error(
-                "invalid_request_error", "No such price: 'price_missing'", code="resource_missing", param="line_items[0][price]"
+                "invalid_request_error",
+                "No such price: 'price_missing'",
+                code="resource_missing",
+                param="line_items[0][price]",
             )
         key = next((v for k, v in req.headers.items() if k.lower() == "idempotency-key"), None)
         with self._lock:
@@ -97,10 +102,19 @@ class StripeDouble(_Double):
         """Mark the session paid and POST its signed `checkout.session.completed`; the failure, if any."""
         if not self.webhook_url:
             return "nothing: the double has no webhook_url"
-        paid = {**session, "status": "complete", "payment_status": "paid", "payment_intent": stripe_events.new_id("pi")}
-        body, headers = stripe_events.delivery(stripe_events.event("checkout.session.completed", paid), self.webhook_secret)
+        paid = {
+            **session,
+            "status": "complete",
+            "payment_status": "paid",
+            "payment_intent": stripe_events.new_id("pi"),
+        }
+        body, headers = stripe_events.delivery(
+            stripe_events.event("checkout.session.completed", paid), self.webhook_secret
+        )
         try:
-            with urllib.request.urlopen(urllib.request.Request(self.webhook_url, data=body, headers=headers), timeout=30):
+            with urllib.request.urlopen(
+                urllib.request.Request(self.webhook_url, data=body, headers=headers), timeout=30
+            ):
                 pass
         except urllib.error.HTTPError as exc:
             return f"{exc.code} {exc.read()[:300].decode(errors='replace')}"
@@ -124,7 +138,9 @@ class StripeDouble(_Double):
             url=(self.url if self.hosted else "https://checkout.stripe.com") + PAY_PATH + session_id,
         )
         session["client_reference_id"] = form.get("client_reference_id")
-        session["metadata"] = {k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata[")}
+        session["metadata"] = {
+            k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata[")
+        }
         session["mode"] = form.get("mode")
         self.sessions[session_id] = session
         return session

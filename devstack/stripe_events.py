@@ -44,8 +44,21 @@ def checkout_session(
     """A Checkout Session object in payment mode, with the metadata `checkout` sets (None leaves a key out)."""
     created = created or int(time.time())
     metadata = {k: v for k, v in (("userId", uid), ("packageId", pack_id)) if v is not None}
-    paid_by = {"address": {"city": None, "country": "US", "line1": None, "line2": None, "postal_code": "94103", "state": None},
-               "email": "buyer@example.com", "name": "Test Buyer", "phone": None, "tax_exempt": "none", "tax_ids": []}  # fmt: skip
+    paid_by = {
+        "address": {
+            "city": None,
+            "country": "US",
+            "line1": None,
+            "line2": None,
+            "postal_code": "94103",
+            "state": None,
+        },
+        "email": "buyer@example.com",
+        "name": "Test Buyer",
+        "phone": None,
+        "tax_exempt": "none",
+        "tax_ids": [],
+    }
     return {
         "id": session_id,
         "object": "checkout.session",
@@ -66,7 +79,12 @@ def checkout_session(
         "currency": "usd",
         "currency_conversion": None,
         "custom_fields": [],
-        "custom_text": {"after_submit": None, "shipping_address": None, "submit": None, "terms_of_service_acceptance": None},
+        "custom_text": {
+            "after_submit": None,
+            "shipping_address": None,
+            "submit": None,
+            "terms_of_service_acceptance": None,
+        },
         "customer": None,
         "customer_creation": "if_required",
         "customer_details": paid_by if status == "complete" else None,
@@ -116,7 +134,9 @@ def checkout_session(
     }
 
 
-def charge(charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, amount_refunded: int = 0) -> dict[str, Any]:
+def charge(
+    charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, amount_refunded: int = 0
+) -> dict[str, Any]:
     """A card Charge object of a Checkout payment; `amount_refunded` is cumulative, as Stripe reports it."""
     created = int(time.time())
     return {
@@ -130,7 +150,14 @@ def charge(charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, am
         "application_fee_amount": None,
         "balance_transaction": new_id("txn"),
         "billing_details": {
-            "address": {"city": None, "country": "US", "line1": None, "line2": None, "postal_code": "94103", "state": None},
+            "address": {
+                "city": None,
+                "country": "US",
+                "line1": None,
+                "line2": None,
+                "postal_code": "94103",
+                "state": None,
+            },
             "email": "buyer@example.com",
             "name": "Test Buyer",
             "phone": None,
@@ -196,17 +223,43 @@ def charge(charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, am
 
 
 def dispute(
-    dispute_id: str, charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, reason: str = "fraudulent"
+    dispute_id: str,
+    charge_id: str,
+    payment_intent: str,
+    amount: int = DEFAULT_AMOUNT,
+    reason: str = "fraudulent",
 ) -> dict[str, Any]:
     """A Dispute object as `charge.dispute.created` carries it."""
     created = int(time.time())
-    evidence_fields = ("access_activity_log", "billing_address", "cancellation_policy", "cancellation_policy_disclosure",
-                       "cancellation_rebuttal", "customer_communication", "customer_email_address", "customer_name",
-                       "customer_purchase_ip", "customer_signature", "duplicate_charge_documentation",
-                       "duplicate_charge_explanation", "duplicate_charge_id", "product_description", "receipt",
-                       "refund_policy", "refund_policy_disclosure", "refund_refusal_explanation", "service_date",
-                       "service_documentation", "shipping_address", "shipping_carrier", "shipping_date",
-                       "shipping_documentation", "shipping_tracking_number", "uncategorized_file", "uncategorized_text")  # fmt: skip
+    evidence_fields = (
+        "access_activity_log",
+        "billing_address",
+        "cancellation_policy",
+        "cancellation_policy_disclosure",
+        "cancellation_rebuttal",
+        "customer_communication",
+        "customer_email_address",
+        "customer_name",
+        "customer_purchase_ip",
+        "customer_signature",
+        "duplicate_charge_documentation",
+        "duplicate_charge_explanation",
+        "duplicate_charge_id",
+        "product_description",
+        "receipt",
+        "refund_policy",
+        "refund_policy_disclosure",
+        "refund_refusal_explanation",
+        "service_date",
+        "service_documentation",
+        "shipping_address",
+        "shipping_carrier",
+        "shipping_date",
+        "shipping_documentation",
+        "shipping_tracking_number",
+        "uncategorized_file",
+        "uncategorized_text",
+    )
     return {
         "id": dispute_id,
         "object": "dispute",
@@ -228,13 +281,18 @@ def dispute(
         "livemode": False,
         "metadata": {},
         "payment_intent": payment_intent,
-        "payment_method_details": {"card": {"brand": "visa", "case_type": "chargeback", "network_reason_code": "10.4"}, "type": "card"},
+        "payment_method_details": {
+            "card": {"brand": "visa", "case_type": "chargeback", "network_reason_code": "10.4"},
+            "type": "card",
+        },
         "reason": reason,
         "status": "needs_response",
     }
 
 
-def refund(refund_id: str, charge_id: str, payment_intent: str, amount: int, status: str = "succeeded") -> dict[str, Any]:
+def refund(
+    refund_id: str, charge_id: str, payment_intent: str, amount: int, status: str = "succeeded"
+) -> dict[str, Any]:
     """A Refund object as `refund.created` / `refund.updated` / `refund.failed` carry it."""
     failed = status == "failed"
     return {
@@ -245,8 +303,14 @@ def refund(refund_id: str, charge_id: str, payment_intent: str, amount: int, sta
         "charge": charge_id,
         "created": int(time.time()),
         "currency": "usd",
-        "destination_details": {"card": {"reference_status": "pending", "reference_type": "acquirer_reference_number", "type": "refund"},
-                                "type": "card"},
+        "destination_details": {
+            "card": {
+                "reference_status": "pending",
+                "reference_type": "acquirer_reference_number",
+                "type": "refund",
+            },
+            "type": "card",
+        },
         "failure_balance_transaction": new_id("txn") if failed else None,
         "failure_reason": "expired_or_canceled_card" if failed else None,
         "metadata": {},
@@ -256,25 +320,46 @@ def refund(refund_id: str, charge_id: str, payment_intent: str, amount: int, sta
         "source_transfer_reversal": None,
         "status": status,
         "transfer_reversal": None,
-    }  # fmt: skip
+    }
 
 
 def refund_event(
-    type: str, refund_id: str, charge_id: str, payment_intent: str, amount: int, status: str = "succeeded", **kw: Any
+    type: str,
+    refund_id: str,
+    charge_id: str,
+    payment_intent: str,
+    amount: int,
+    status: str = "succeeded",
+    **kw: Any,
 ) -> dict[str, Any]:
     """`refund.created`, `refund.updated` or `refund.failed` (sent for every refund since API 2024-10-28)."""
     return event(type, refund(refund_id, charge_id, payment_intent, amount, status), **kw)
 
 
 def dispute_closed(
-    dispute_id: str, charge_id: str, payment_intent: str, status: str, amount: int = DEFAULT_AMOUNT, *, event_id: str | None = None
+    dispute_id: str,
+    charge_id: str,
+    payment_intent: str,
+    status: str,
+    amount: int = DEFAULT_AMOUNT,
+    *,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     """`charge.dispute.closed` with its final status: `won`, `lost` or `warning_closed`."""
-    return event("charge.dispute.closed", {**dispute(dispute_id, charge_id, payment_intent, amount), "status": status}, event_id=event_id)
+    return event(
+        "charge.dispute.closed",
+        {**dispute(dispute_id, charge_id, payment_intent, amount), "status": status},
+        event_id=event_id,
+    )
 
 
 def event(
-    type: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None, livemode: bool = False
+    type: str,
+    obj: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    created: int | None = None,
+    livemode: bool = False,
 ) -> dict[str, Any]:
     """The envelope Stripe posts to a webhook endpoint (a snapshot event)."""
     return {
@@ -291,10 +376,18 @@ def event(
 
 
 def checkout_completed(
-    session_id: str, uid: str | None, pack_id: str | None, payment_intent: str, paid: bool = True, *, event_id: str | None = None
+    session_id: str,
+    uid: str | None,
+    pack_id: str | None,
+    payment_intent: str,
+    paid: bool = True,
+    *,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     """`checkout.session.completed`; `paid=False` is a delayed payment method still in flight."""
-    session = checkout_session(session_id, uid, pack_id, payment_intent=payment_intent, payment_status="paid" if paid else "unpaid")
+    session = checkout_session(
+        session_id, uid, pack_id, payment_intent=payment_intent, payment_status="paid" if paid else "unpaid"
+    )
     return event("checkout.session.completed", session, event_id=event_id)
 
 
@@ -310,14 +403,23 @@ def charge_refunded(
     charge_id: str, payment_intent: str, amount: int, amount_refunded: int, *, event_id: str | None = None
 ) -> dict[str, Any]:
     """`charge.refunded` after a (partial) refund; `amount_refunded` is the total refunded so far."""
-    return event("charge.refunded", charge(charge_id, payment_intent, amount, amount_refunded), event_id=event_id)
+    return event(
+        "charge.refunded", charge(charge_id, payment_intent, amount, amount_refunded), event_id=event_id
+    )
 
 
 def dispute_created(
-    dispute_id: str, charge_id: str, payment_intent: str, amount: int = DEFAULT_AMOUNT, *, event_id: str | None = None
+    dispute_id: str,
+    charge_id: str,
+    payment_intent: str,
+    amount: int = DEFAULT_AMOUNT,
+    *,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
     """`charge.dispute.created`: the buyer's bank opened a chargeback."""
-    return event("charge.dispute.created", dispute(dispute_id, charge_id, payment_intent, amount), event_id=event_id)
+    return event(
+        "charge.dispute.created", dispute(dispute_id, charge_id, payment_intent, amount), event_id=event_id
+    )
 
 
 def encode(evt: dict[str, Any]) -> bytes:

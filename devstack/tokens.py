@@ -15,7 +15,9 @@ def _b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def emulator_id_token(uid: str, project: str, *, email: str | None = None, issued_at: int | None = None) -> str:
+def emulator_id_token(
+    uid: str, project: str, *, email: str | None = None, issued_at: int | None = None
+) -> str:
     now = int(time.time()) if issued_at is None else issued_at
     claims = {
         "iss": f"https://securetoken.google.com/{project}",

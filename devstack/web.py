@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ROOT / "web" / "public"
 
 
-def client_config(project: str, auth_host: str, functions: dict[str, str], packs: dict[str, int]) -> dict[str, Any]:
+def client_config(
+    project: str, auth_host: str, functions: dict[str, str], packs: dict[str, int]
+) -> dict[str, Any]:
     """The page's config.json for a local stack (`packs`: pack id -> credits)."""
     return {
-        "firebase": {"apiKey": "local-emulator", "authDomain": f"{project}.firebaseapp.com", "projectId": project},
+        "firebase": {
+            "apiKey": "local-emulator",
+            "authDomain": f"{project}.firebaseapp.com",
+            "projectId": project,
+        },
         "authEmulator": f"http://{auth_host}",
         "functions": functions,
         "packs": {pack: {"credits": credits} for pack, credits in packs.items()},
@@ -32,7 +38,9 @@ class WebClient:
 
     def __init__(self, config: dict[str, Any] | None = None, port: int = 0) -> None:
         if not (PUBLIC / "app.js").exists():
-            raise RuntimeError(f"{PUBLIC / 'app.js'} is missing: run scripts/setup (it bundles the web client)")
+            raise RuntimeError(
+                f"{PUBLIC / 'app.js'} is missing: run scripts/setup (it bundles the web client)"
+            )
         self.config = config or {}
         client = self
 

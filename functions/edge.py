@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from functions.lib import ids, logs
 from functions.lib.config import get_settings
 from functions.lib.db import firestore_unavailable
-from functions.lib.errors import AppError, InvalidRequest, MethodNotAllowed, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from functions.lib.errors import (
+    AppError,
+    InvalidRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 if TYPE_CHECKING:
     import flask
@@ -126,7 +133,9 @@ def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
     import flask
 
     headers = {**extra_headers, **reply.headers, "Cache-Control": "no-store"}
-    return flask.Response(json.dumps(reply.body), status=reply.status, headers=headers, mimetype="application/json")
+    return flask.Response(
+        json.dumps(reply.body), status=reply.status, headers=headers, mimetype="application/json"
+    )
 
 
 def _stream_response(stream: Stream, extra_headers: dict[str, str]) -> flask.Response:
@@ -173,13 +182,20 @@ def endpoint(
             stream: Stream | None = None
             try:
                 settings = get_settings()
-                logs.bind(function=name, trace=logs.trace_from_header(request.headers.get("X-Cloud-Trace-Context"), settings.project))
+                logs.bind(
+                    function=name,
+                    trace=logs.trace_from_header(
+                        request.headers.get("X-Cloud-Trace-Context"), settings.project
+                    ),
+                )
                 if cors:
                     extra = _cors_headers(request.headers.get("Origin"), methods)
                 if request.method == "OPTIONS" and cors:
                     reply = Reply({}, 204)
                 elif request.method not in methods:
-                    raise MethodNotAllowed(f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)})
+                    raise MethodNotAllowed(
+                        f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)}
+                    )
                 else:
                     # Reading one byte past the limit bounds the work whatever Content-Length claims.
                     raw = request.stream.read(max_body + 1) if request.method != "GET" else b""
@@ -198,13 +214,15 @@ def endpoint(
                 name,
                 request.method,
                 reply.status,
-                extra={"json_fields": {
-                    "outcome": reply.body.get("error", "ok") if reply.status >= 400 else "ok",
-                    "status": reply.status,
-                    "creditsMoved": reply.credits_moved,
-                    "latencyMs": round((time.perf_counter() - started) * 1000, 1),
-                }},
-            )  # fmt: skip
+                extra={
+                    "json_fields": {
+                        "outcome": reply.body.get("error", "ok") if reply.status >= 400 else "ok",
+                        "status": reply.status,
+                        "creditsMoved": reply.credits_moved,
+                        "latencyMs": round((time.perf_counter() - started) * 1000, 1),
+                    }
+                },
+            )
             return response
 
         serve.__name__ = name

@@ -149,7 +149,9 @@ def app() -> Any:
 
     def client(target: str) -> Any:
         if target not in clients:
-            clients[target] = functions_framework.create_app(target=target, source=str(ROOT / "main.py")).test_client()
+            clients[target] = functions_framework.create_app(
+                target=target, source=str(ROOT / "main.py")
+            ).test_client()
         return clients[target]
 
     return client
@@ -198,5 +200,9 @@ def assert_ledger_consistent(db: Any) -> None:
             reversed_users.add(data["userId"])
     balances = {u.id: (u.to_dict() or {}).get("credits", 0) for u in db.collection("users").stream()}
     for uid in set(sums) | set(balances):
-        assert balances.get(uid, 0) == sums.get(uid, 0), f"user {uid}: credits {balances.get(uid)} != ledger sum {sums.get(uid)}"
-        assert balances.get(uid, 0) >= 0 or uid in reversed_users, f"user {uid}: {balances.get(uid)} credits without a reversal"
+        assert balances.get(uid, 0) == sums.get(uid, 0), (
+            f"user {uid}: credits {balances.get(uid)} != ledger sum {sums.get(uid)}"
+        )
+        assert balances.get(uid, 0) >= 0 or uid in reversed_users, (
+            f"user {uid}: {balances.get(uid)} credits without a reversal"
+        )

@@ -25,10 +25,14 @@ def balance(db: Any, uid: str) -> int:
 
 def entries(db: Any, uid: str, type: str | None = None) -> list[dict[str, Any]]:
     docs = [
-        d.to_dict() | {"id": d.id} for d in db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", uid)).stream()
+        d.to_dict() | {"id": d.id}
+        for d in db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", uid)).stream()
     ]
     return [d for d in docs if type is None or d["type"] == type]
 
 
 def generations(db: Any, uid: str) -> list[dict[str, Any]]:
-    return [d.to_dict() | {"id": d.id} for d in db.collection("generations").where(filter=FieldFilter("userId", "==", uid)).stream()]
+    return [
+        d.to_dict() | {"id": d.id}
+        for d in db.collection("generations").where(filter=FieldFilter("userId", "==", uid)).stream()
+    ]

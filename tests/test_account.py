@@ -77,14 +77,20 @@ def give_a_history(app: Any, db: Any, settings: Any, person: Person) -> dict[str
     running, a stored problem event: through the real handlers and domain code."""
     from functions.lib import generations, limits
 
-    ids = {"session": stripe_events.new_id("cs_test"), "pi": stripe_events.new_id("pi"), "charge": stripe_events.new_id("ch")}
+    ids = {
+        "session": stripe_events.new_id("cs_test"),
+        "pi": stripe_events.new_id("pi"),
+        "charge": stripe_events.new_id("ch"),
+    }
     assert app("consent").post("/", json={"version": TERMS}, headers=person.bearer).status_code == 200
     deliver(app, stripe_events.checkout_completed(ids["session"], person.uid, "creator", ids["pi"]))  # +500
     deliver(app, stripe_events.charge_refunded(ids["charge"], ids["pi"], 1000, 100))  # -50
     first = app("generate").post("/", json={"prompt": "a lighthouse"}, headers=person.bearer)
     assert first.status_code == 200, first.json
     ids["project"] = first.json["projectId"]
-    second = app("generate").post("/", json={"prompt": "at dusk", "projectId": ids["project"]}, headers=person.bearer)
+    second = app("generate").post(
+        "/", json={"prompt": "at dusk", "projectId": ids["project"]}, headers=person.bearer
+    )
     assert second.status_code == 200, second.json
     running = generations.charge(db, settings, generations.GenerationRequest(person.uid, "still running"))
     assert isinstance(running, generations.Charge)
@@ -126,7 +132,9 @@ def admin(*argv: str) -> int:
     return main(list(argv))
 
 
-def test_export_has_everything_of_the_caller_and_nothing_of_anyone_else(app: Any, db: Any, settings: Any, accounts: AuthEmulator) -> None:
+def test_export_has_everything_of_the_caller_and_nothing_of_anyone_else(
+    app: Any, db: Any, settings: Any, accounts: AuthEmulator
+) -> None:
     ana, bob = sign_up(accounts, "ana"), sign_up(accounts, "bob")
     give_a_history(app, db, settings, ana)
     bob_ids = give_a_history(app, db, settings, bob)
@@ -175,9 +183,16 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
 
     assert res.status_code == 200, res.json
     report = check("account", "delete", res)
-    assert report["erased"] and report["chargesRefunded"] == 1 and report["projectsDeleted"] == 1 and report["versionsDeleted"] == 2
+    assert (
+        report["erased"]
+        and report["chargesRefunded"] == 1
+        and report["projectsDeleted"] == 1
+        and report["versionsDeleted"] == 2
+    )
     assert report["loginDeleted"] and 0 < report["maxCommitWrites"] <= 500
-    assert report["creditsForfeited"] == balance_before + 50  # what was left once the running charge was refunded
+    assert (
+        report["creditsForfeited"] == balance_before + 50
+    )  # what was left once the running charge was refunded
     # Nothing of the user remains...
     assert all(ids == [] for ids in owned(db, ana.uid).values()), owned(db, ana.uid)
     assert not db.collection("users").document(ana.uid).get().exists
@@ -189,7 +204,9 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
     pseudonyms = {e["userId"] for e in kept.values()}
     [pseudonym] = pseudonyms
     assert pseudonym != ana.uid and pseudonym.startswith("erased_") and ana.uid not in pseudonym
-    closing = db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()
+    closing = (
+        db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()
+    )
     entries = {d.id: d.to_dict() for d in closing}
     assert set(entries) == {*entry_ids, f"refund_{ana_ids['running']}", f"forfeit_{pseudonym}"}
     assert entries[f"forfeit_{pseudonym}"]["amount"] == -report["creditsForfeited"]
@@ -214,7 +231,9 @@ def test_delete_erases_the_user_keeps_the_ledger_under_a_pseudonym_and_leaves_ot
     assert admin("audit") == 0
 
 
-def test_delete_needs_a_recent_sign_in(app: Any, db: Any, accounts: AuthEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delete_needs_a_recent_sign_in(
+    app: Any, db: Any, accounts: AuthEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from functions.lib import auth
 
     ana = sign_up(accounts, "ana")
@@ -241,7 +260,9 @@ def test_forget_of_a_user_with_nothing_writes_nothing_and_a_second_run_changes_n
     second = json.loads(capsys.readouterr().out)
 
     assert first["creditsForfeited"] == 30 and first["entriesPseudonymised"] == 2 and first["loginDeleted"]
-    assert second["creditsForfeited"] == 0 and second["entriesPseudonymised"] == 0 and not second["loginDeleted"]
+    assert (
+        second["creditsForfeited"] == 0 and second["entriesPseudonymised"] == 0 and not second["loginDeleted"]
+    )
     assert {d.id: d.to_dict() for d in db.collection("credit_transactions").stream()} == ledger_after_first
     assert [u.id for u in db.collection("users").stream()] == []
 
@@ -252,8 +273,14 @@ def seed_projects(db: Any, uid: str, projects: int, versions: int) -> None:
         project = db.collection("projects").document(f"{uid}-p{p}")
         batch = db.batch()
         for n in range(versions):
-            batch.set(project.collection("versions").document(f"v{n:04d}"), {"number": n + 1, "prompt": "x", "output": "y" * 200})
-        batch.set(project, {"ownerId": uid, "versionCount": versions, "updatedAt": datetime.now(UTC), "deletingAt": None})
+            batch.set(
+                project.collection("versions").document(f"v{n:04d}"),
+                {"number": n + 1, "prompt": "x", "output": "y" * 200},
+            )
+        batch.set(
+            project,
+            {"ownerId": uid, "versionCount": versions, "updatedAt": datetime.now(UTC), "deletingAt": None},
+        )
         batch.commit()
 
 
@@ -310,9 +337,19 @@ def test_an_erasure_killed_mid_way_is_finished_by_a_second_delete_and_writes_not
     assert again.json["chargesRefunded"] == 0  # refunded once, by the first run
     assert all(ids == [] for ids in owned(db, ana.uid).values())
     pseudonym = marker["pseudonym"]
-    kept = {d.id: d.to_dict() for d in db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()}
+    kept = {
+        d.id: d.to_dict()
+        for d in db.collection("credit_transactions")
+        .where(filter=FieldFilter("userId", "==", pseudonym))
+        .stream()
+    }
     assert sorted(kept) == sorted(
-        [f"grant_seed-{ana.uid}", f"charge_{running.generation_id}", f"refund_{running.generation_id}", f"forfeit_{pseudonym}"]
+        [
+            f"grant_seed-{ana.uid}",
+            f"charge_{running.generation_id}",
+            f"refund_{running.generation_id}",
+            f"forfeit_{pseudonym}",
+        ]
     )
     assert kept[f"forfeit_{pseudonym}"]["amount"] == -200 and sum(e["amount"] for e in kept.values()) == 0
     assert everything_of(db, bob.uid) == bob_before
@@ -327,13 +364,24 @@ def test_a_refund_after_the_erasure_lands_on_the_pseudonym_never_on_the_uid_and_
     assert app("account").delete("/", headers=ana.bearer).status_code == 200
     pseudonym = db.collection("payments").document(ids["pi"]).get().get("userId")
 
-    deliver(app, stripe_events.charge_refunded(ids["charge"], ids["pi"], 1000, 300))  # 20% more of 500 credits
+    deliver(
+        app, stripe_events.charge_refunded(ids["charge"], ids["pi"], 1000, 300)
+    )  # 20% more of 500 credits
 
     assert all(found == [] for found in owned(db, ana.uid).values())
     assert not db.collection("users").document(ana.uid).get().exists
-    kept = [d.to_dict() for d in db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()]
+    kept = [
+        d.to_dict()
+        for d in db.collection("credit_transactions")
+        .where(filter=FieldFilter("userId", "==", pseudonym))
+        .stream()
+    ]
     assert sorted(e["amount"] for e in kept if e["type"] == "reversal") == [-100, -50]
-    assert db.collection("users").document(pseudonym).get().get("credits") == sum(e["amount"] for e in kept) == -100
+    assert (
+        db.collection("users").document(pseudonym).get().get("credits")
+        == sum(e["amount"] for e in kept)
+        == -100
+    )
     assert admin("audit") == 0
 
 

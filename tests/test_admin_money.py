@@ -34,13 +34,22 @@ def test_grant_twice_with_one_id_grants_once(db: Any, capsys: pytest.CaptureFixt
     assert balance(db, "uma") == 40 and [e["id"] for e in entries(db, "uma")] == ["grant_ticket-7"]
 
 
-def test_grant_refuses_a_uid_without_an_auth_account_unless_told(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_grant_refuses_a_uid_without_an_auth_account_unless_told(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     refused = admin("grant", "umaa", "40", "--reason", "typo", "--id", "ticket-8")
     err = capsys.readouterr().err
     phantom = db.document("users/umaa").get().exists
-    allowed = admin("grant", "umaa", "40", "--reason", "migrated user", "--id", "ticket-8", "--allow-unknown-user")
+    allowed = admin(
+        "grant", "umaa", "40", "--reason", "migrated user", "--id", "ticket-8", "--allow-unknown-user"
+    )
 
-    assert refused == 1 and "no Firebase Auth account has uid 'umaa'" in err and "--allow-unknown-user" in err and not phantom
+    assert (
+        refused == 1
+        and "no Firebase Auth account has uid 'umaa'" in err
+        and "--allow-unknown-user" in err
+        and not phantom
+    )
     assert allowed == 0 and balance(db, "umaa") == 40
 
 
@@ -68,7 +77,9 @@ def test_ledger_prints_balance_and_entries(db: Any, capsys: pytest.CaptureFixtur
     assert out.index("grant_b") < out.index("grant_a")
 
 
-def test_audit_passes_on_a_clean_ledger_and_reports_a_corrupted_balance(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_passes_on_a_clean_ledger_and_reports_a_corrupted_balance(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.lib import ledger
 
     for i in range(25):
@@ -79,7 +90,9 @@ def test_audit_passes_on_a_clean_ledger_and_reports_a_corrupted_balance(db: Any,
 
     db.collection("users").document("user07").update({"credits": 999})  # corruption, bypassing the ledger
     db.collection("users").document("user11").update({"credits": -3})
-    db.collection("credit_transactions").document("grant_orphan").set({"userId": "ghost", "type": "grant", "amount": 5})
+    db.collection("credit_transactions").document("grant_orphan").set(
+        {"userId": "ghost", "type": "grant", "amount": 5}
+    )
 
     assert admin("audit") == 4
     out = capsys.readouterr().out
@@ -98,7 +111,9 @@ def test_replay_of_a_fixed_problem_event_credits_once(
     assert payments.handle_event(db, settings, event).action == payments.PROBLEM
     assert balance(db, "wes") == 0
 
-    monkeypatch.setenv("CREDIT_PACKS", '{"legacy": {"credits": 70, "price": "price_legacy"}}')  # the operator's fix
+    monkeypatch.setenv(
+        "CREDIT_PACKS", '{"legacy": {"credits": 70, "price": "price_legacy"}}'
+    )  # the operator's fix
     reset_caches()
     first = admin("replay", event["id"])
     second = admin("replay", event["id"])
@@ -118,14 +133,21 @@ def test_replay_of_an_unknown_event_fails_clearly(db: Any, capsys: pytest.Captur
 
 def test_cli_runs_as_a_module(db: Any) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "functions.admin", "audit"], env=dict(os.environ), cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "functions.admin", "audit"],
+        env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert res.returncode == 0, res.stderr
     assert "audit: 0 users, 0 ledger entries" in res.stdout
 
 
-def test_the_audit_reads_one_moment_so_live_traffic_shows_no_false_difference(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_audit_reads_one_moment_so_live_traffic_shows_no_false_difference(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from functions.lib import audit, ledger
 
     monkeypatch.setattr(audit, "PAGE", 2)  # several pages, so traffic lands between two reads

@@ -18,14 +18,20 @@ def test_a_token_whose_uid_cannot_name_a_document_gets_401(app: Any, db: Any, ui
     method = "post" if target == "generate" else "get"
 
     res = getattr(app(target), method)(
-        "/", json={"prompt": "x"} if method == "post" else None, headers={"Authorization": f"Bearer {token(uid, account=False)}"}
+        "/",
+        json={"prompt": "x"} if method == "post" else None,
+        headers={"Authorization": f"Bearer {token(uid, account=False)}"},
     )
 
     assert res.status_code == 401 and res.json["error"] == "unauthenticated"
     assert [d.id for d in db.collection("users").stream()] == ["victim"]
 
 
-CHECKOUT = {"packId": "starter", "successUrl": "http://localhost:5173/ok", "cancelUrl": "http://localhost:5173/no"}
+CHECKOUT = {
+    "packId": "starter",
+    "successUrl": "http://localhost:5173/ok",
+    "cancelUrl": "http://localhost:5173/no",
+}
 
 
 def admin_auth() -> Any:
@@ -40,7 +46,9 @@ def admin_auth() -> Any:
 def spend(app: Any, uid_token: str) -> tuple[Any, Any]:
     """One generate and one checkout with this token."""
     headers = {"Authorization": f"Bearer {uid_token}"}
-    return app("generate").post("/", json={"prompt": "a fox"}, headers=headers), app("checkout").post("/", json=CHECKOUT, headers=headers)
+    return app("generate").post("/", json={"prompt": "a fox"}, headers=headers), app("checkout").post(
+        "/", json=CHECKOUT, headers=headers
+    )
 
 
 @pytest.fixture
@@ -60,12 +68,18 @@ def test_a_user_disabled_through_the_admin_api_gets_401_on_generate_and_checkout
     generated, checked_out = spend(app, uid_token)
 
     assert [before[0].status_code, before[1].status_code] == [200, 200]
-    assert generated.status_code == 401 and generated.json["error"] == "unauthenticated" and "disabled" in generated.json["message"]
+    assert (
+        generated.status_code == 401
+        and generated.json["error"] == "unauthenticated"
+        and "disabled" in generated.json["message"]
+    )
     assert checked_out.status_code == 401 and checked_out.json["error"] == "unauthenticated"
     assert balance(db, "dora") == 150 and len(stripe_api.sessions_created) == 1
 
 
-def test_a_token_issued_before_the_sessions_were_revoked_gets_401(app: Any, db: Any, stripe_api: Any, no_account_cache: None) -> None:
+def test_a_token_issued_before_the_sessions_were_revoked_gets_401(
+    app: Any, db: Any, stripe_api: Any, no_account_cache: None
+) -> None:
     make_user(db, "rex", credits=200)
     old_token = token("rex", issued_at=int(time.time()) - 60)
     admin, admin_app = admin_auth()
@@ -85,18 +99,24 @@ def test_a_deleted_account_gets_401_on_generate(app: Any, db: Any, no_account_ca
     admin, admin_app = admin_auth()
 
     admin.delete_user("gone", app=admin_app)
-    res = app("generate").post("/", json={"prompt": "a fox"}, headers={"Authorization": f"Bearer {uid_token}"})
+    res = app("generate").post(
+        "/", json={"prompt": "a fox"}, headers={"Authorization": f"Bearer {uid_token}"}
+    )
 
     assert res.status_code == 401 and balance(db, "gone") == 200
 
 
-def test_an_unreachable_auth_service_is_503_and_charges_nothing(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_auth_service_is_503_and_charges_nothing(
+    app: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_user(db, "ivy", credits=200)
     uid_token = token("ivy")
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9")
     reset_caches()
 
-    res = app("generate").post("/", json={"prompt": "a fox"}, headers={"Authorization": f"Bearer {uid_token}"})
+    res = app("generate").post(
+        "/", json={"prompt": "a fox"}, headers={"Authorization": f"Bearer {uid_token}"}
+    )
 
     assert res.status_code == 503 and res.json["error"] == "unavailable" and balance(db, "ivy") == 200
 

@@ -16,22 +16,32 @@ from hypothesis import strategies as st
 from tests.conftest import assert_ledger_consistent, bearer, token
 from tests.helpers import make_user
 
-EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+EXAMPLES = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 USER = "fuzzy"
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40)
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
 )
 
 
 # Values no id field accepts: Firestore refuses them, or they are not Unicode at all.
 HOSTILE_IDS = ["__x__", "a/b", "/", ".", "..", "x" * 501, "\u00e9" * 251, "\ud800", "id\udfff", ""]
 LONE_SURROGATES = ["\ud800", "a \udfff in a prompt", "\udbff\udfff\ud800"]
-not_strings = st.sampled_from([None, 7, True, [], {}, ["\ud800"], {"\ud800": 1}]) | json_values.filter(lambda v: not isinstance(v, str))
+not_strings = st.sampled_from([None, 7, True, [], {}, ["\ud800"], {"\ud800": 1}]) | json_values.filter(
+    lambda v: not isinstance(v, str)
+)
 hostile_ids = st.sampled_from(HOSTILE_IDS) | not_strings
 hostile_text = st.sampled_from([*LONE_SURROGATES, "", "   ", "x" * 8001]) | not_strings
-hostile_urls = st.sampled_from([*HOSTILE_IDS, "http://localhost:5173/\ud800", "javascript:alert(1)"]) | not_strings
+hostile_urls = (
+    st.sampled_from([*HOSTILE_IDS, "http://localhost:5173/\ud800", "javascript:alert(1)"]) | not_strings
+)
 # The fields each function reads, as (any value, a value that field refuses). A generated body
 # uses only these, so it gets past the unknown-field check and reaches field validation, and one
 # of its fields always holds a refused value, so no generated body is a valid request.
@@ -41,7 +51,10 @@ FIELDS: dict[str, dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]
         "projectId": (st.sampled_from(["p1", "missing"]) | hostile_ids, hostile_ids),
     },
     "checkout": {
-        "packId": (st.sampled_from(["starter", "studio"]) | hostile_ids, hostile_ids | st.just("no-such-pack")),
+        "packId": (
+            st.sampled_from(["starter", "studio"]) | hostile_ids,
+            hostile_ids | st.just("no-such-pack"),
+        ),
         "successUrl": (st.just("http://localhost:5173/ok") | hostile_urls, hostile_urls),
         "cancelUrl": (st.just("http://localhost:5173/no") | hostile_urls, hostile_urls),
     },
@@ -58,7 +71,9 @@ def schema_bodies(target: str) -> st.SearchStrategy[bytes]:
         return st.just(b"{}")
     anything = {name: pair[0] for name, pair in fields.items()}
     return st.tuples(st.fixed_dictionaries({}, optional=anything), st.sampled_from(sorted(fields))).flatmap(
-        lambda picked: fields[picked[1]][1].map(lambda bad: json.dumps({**picked[0], picked[1]: bad}).encode())
+        lambda picked: fields[picked[1]][1].map(
+            lambda bad: json.dumps({**picked[0], picked[1]: bad}).encode()
+        )
     )
 
 
@@ -69,8 +84,22 @@ def bodies(target: str) -> st.SearchStrategy[bytes]:
         json_values.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
         schema_bodies(target),
         schema_bodies(target),
-        st.sampled_from([b"\xff\xfe{", b'{"prompt": "\\ud800"', '{"prompt": "caf\u00e9"}'.encode("latin-1"), b"null", b"{}" * 40000]),
-        st.sampled_from([NESTED_60KB, b"[" * 60000, b'{"prompt": "x", "projectId": ' + b'{"a":' * 12000 + b"1" + b"}" * 12001]),
+        st.sampled_from(
+            [
+                b"\xff\xfe{",
+                b'{"prompt": "\\ud800"',
+                '{"prompt": "caf\u00e9"}'.encode("latin-1"),
+                b"null",
+                b"{}" * 40000,
+            ]
+        ),
+        st.sampled_from(
+            [
+                NESTED_60KB,
+                b"[" * 60000,
+                b'{"prompt": "x", "projectId": ' + b'{"a":' * 12000 + b"1" + b"}" * 12001,
+            ]
+        ),
     )
 
 
@@ -85,7 +114,9 @@ content_types = st.sampled_from(
     ]
 )
 # Header values a client can actually send: HTTP clients refuse control characters before sending.
-header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=300)
+header_text = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=300
+)
 auth_headers = st.one_of(
     st.just(None),
     st.sampled_from(["Bearer", "Bearer ", "Basic dXNlcg==", "bearer a.b.c", "Token abc"]),
@@ -113,7 +144,13 @@ def test_generated_bad_requests_get_json_4xx_and_change_nothing(app: Any, db: An
     client = app(target)
 
     @EXAMPLES
-    @given(method=methods, body=bodies(target), content_type=content_types, auth=auth_headers, headers=extra_headers)
+    @given(
+        method=methods,
+        body=bodies(target),
+        content_type=content_types,
+        auth=auth_headers,
+        headers=extra_headers,
+    )
     def run(method: str, body: bytes, content_type: str, auth: str | None, headers: dict[str, str]) -> None:
         hdrs = dict(headers)
         if auth is not None:
@@ -127,7 +164,11 @@ def test_generated_bad_requests_get_json_4xx_and_change_nothing(app: Any, db: An
         assert "Traceback" not in text and 'File "' not in text
         if method not in ("HEAD", "OPTIONS"):
             assert res.status_code >= 400
-            assert res.is_json and isinstance(res.json.get("error"), str) and isinstance(res.json.get("message"), str)
+            assert (
+                res.is_json
+                and isinstance(res.json.get("error"), str)
+                and isinstance(res.json.get("message"), str)
+            )
 
     run()
 
@@ -152,11 +193,15 @@ def test_generated_bad_requests_get_json_4xx_and_change_nothing(app: Any, db: An
         (json.dumps({"prompt": "ok"}).encode(), {"Idempotency-Key": "k" * 201}, "Idempotency-Key"),
     ],
 )
-def test_hostile_generate_requests_are_400_before_any_charge(app: Any, db: Any, body: bytes, headers: dict[str, str], says: str) -> None:
+def test_hostile_generate_requests_are_400_before_any_charge(
+    app: Any, db: Any, body: bytes, headers: dict[str, str], says: str
+) -> None:
     make_user(db, USER, credits=80)
     before = snapshot(db)
 
-    res = app("generate").post("/", data=body, headers={**bearer(USER), **headers}, content_type="application/json")
+    res = app("generate").post(
+        "/", data=body, headers={**bearer(USER), **headers}, content_type="application/json"
+    )
 
     assert res.status_code == 400 and res.json["error"] == "invalid_request", res.get_data(as_text=True)[:300]
     assert says in res.json["message"] or res.json.get("field") == says
@@ -168,14 +213,30 @@ def test_hostile_generate_requests_are_400_before_any_charge(app: Any, db: Any, 
     [
         ({"packId": "__x__"}, {}, "packId"),
         ({"packId": "\ud800"}, {}, None),
-        ({"packId": "starter", "successUrl": "http://localhost:5173/\ud800", "cancelUrl": "http://localhost:5173/"}, {}, None),
         (
-            {"packId": "starter", "successUrl": "http://localhost:5173/", "cancelUrl": "http://localhost:5173/"},
+            {
+                "packId": "starter",
+                "successUrl": "http://localhost:5173/\ud800",
+                "cancelUrl": "http://localhost:5173/",
+            },
+            {},
+            None,
+        ),
+        (
+            {
+                "packId": "starter",
+                "successUrl": "http://localhost:5173/",
+                "cancelUrl": "http://localhost:5173/",
+            },
             {"Idempotency-Key": "__x__"},
             "Idempotency-Key",
         ),
         (
-            {"packId": "starter", "successUrl": "http://localhost:5173/", "cancelUrl": "http://localhost:5173/"},
+            {
+                "packId": "starter",
+                "successUrl": "http://localhost:5173/",
+                "cancelUrl": "http://localhost:5173/",
+            },
             {"Idempotency-Key": "a/b"},
             "Idempotency-Key",
         ),
@@ -184,7 +245,12 @@ def test_hostile_generate_requests_are_400_before_any_charge(app: Any, db: Any, 
 def test_hostile_checkout_requests_are_400_before_stripe(
     app: Any, body: dict[str, Any], headers: dict[str, str], field: str | None
 ) -> None:
-    res = app("checkout").post("/", data=json.dumps(body).encode(), headers={**bearer(USER), **headers}, content_type="application/json")
+    res = app("checkout").post(
+        "/",
+        data=json.dumps(body).encode(),
+        headers={**bearer(USER), **headers},
+        content_type="application/json",
+    )
 
     assert res.status_code == 400 and res.json["error"] == "invalid_request", res.get_data(as_text=True)[:300]
     assert res.json.get("field") == field

@@ -27,7 +27,9 @@ def test_checkout_creates_a_payment_session_for_the_pack(app: Any, db: Any, stri
     res = checkout(app, "alice", {"packId": "creator", "successUrl": SUCCESS, "cancelUrl": CANCEL})
 
     assert res.status_code == 200, res.json
-    assert res.json["sessionId"].startswith("cs_test_") and res.json["url"].startswith("https://checkout.stripe.com/")
+    assert res.json["sessionId"].startswith("cs_test_") and res.json["url"].startswith(
+        "https://checkout.stripe.com/"
+    )
     [sent] = stripe_api.sessions_created
     assert sent.form() == {
         "mode": "payment",
@@ -48,7 +50,9 @@ def test_checkout_creates_a_payment_session_for_the_pack(app: Any, db: Any, stri
     assert_ledger_consistent(db)
 
 
-def test_a_client_idempotency_key_gets_the_same_session_back(app: Any, db: Any, stripe_api: StripeDouble) -> None:
+def test_a_client_idempotency_key_gets_the_same_session_back(
+    app: Any, db: Any, stripe_api: StripeDouble
+) -> None:
     body = {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL}
 
     first = checkout(app, "bob", body, {"Idempotency-Key": "buy-1"})
@@ -63,16 +67,30 @@ def test_a_client_idempotency_key_gets_the_same_session_back(app: Any, db: Any, 
     assert no_key[0].json["sessionId"] != no_key[1].json["sessionId"]
 
 
-def test_an_idempotency_key_reused_for_another_pack_is_422(app: Any, db: Any, stripe_api: StripeDouble) -> None:
-    checkout(app, "dave", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL}, {"Idempotency-Key": "k"})
+def test_an_idempotency_key_reused_for_another_pack_is_422(
+    app: Any, db: Any, stripe_api: StripeDouble
+) -> None:
+    checkout(
+        app,
+        "dave",
+        {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL},
+        {"Idempotency-Key": "k"},
+    )
 
-    res = checkout(app, "dave", {"packId": "studio", "successUrl": SUCCESS, "cancelUrl": CANCEL}, {"Idempotency-Key": "k"})
+    res = checkout(
+        app,
+        "dave",
+        {"packId": "studio", "successUrl": SUCCESS, "cancelUrl": CANCEL},
+        {"Idempotency-Key": "k"},
+    )
 
     assert res.status_code == 422 and res.json["error"] == "idempotency_key_reused"
 
 
 @pytest.mark.parametrize("pack", ["mega", "", None, 7, ["starter"]])
-def test_an_unknown_pack_is_400_and_stripe_is_not_called(app: Any, db: Any, stripe_api: StripeDouble, pack: Any) -> None:
+def test_an_unknown_pack_is_400_and_stripe_is_not_called(
+    app: Any, db: Any, stripe_api: StripeDouble, pack: Any
+) -> None:
     res = checkout(app, "erin", {"packId": pack, "successUrl": SUCCESS, "cancelUrl": CANCEL})
 
     assert res.status_code == 400 and res.json["error"] == "invalid_request" and res.json["field"] == "packId"
@@ -94,7 +112,9 @@ def test_an_unknown_pack_is_400_and_stripe_is_not_called(app: Any, db: Any, stri
         ("successUrl", "https://app.example.com/" + "x" * 3000),
     ],
 )
-def test_a_return_url_off_the_allowed_origins_is_400(app: Any, db: Any, stripe_api: StripeDouble, field: str, url: Any) -> None:
+def test_a_return_url_off_the_allowed_origins_is_400(
+    app: Any, db: Any, stripe_api: StripeDouble, field: str, url: Any
+) -> None:
     body = {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL, field: url}
 
     res = checkout(app, "frank", body)
@@ -104,7 +124,9 @@ def test_a_return_url_off_the_allowed_origins_is_400(app: Any, db: Any, stripe_a
 
 
 def test_unknown_fields_are_400(app: Any, db: Any, stripe_api: StripeDouble) -> None:
-    res = checkout(app, "gina", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL, "credits": 1000000})
+    res = checkout(
+        app, "gina", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL, "credits": 1000000}
+    )
 
     assert res.status_code == 400 and res.json["fields"] == ["credits"]
     assert stripe_api.received == []
@@ -112,38 +134,66 @@ def test_unknown_fields_are_400(app: Any, db: Any, stripe_api: StripeDouble) -> 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-jwt"}], ids=["missing", "garbage"])
 def test_unauthenticated_is_401(app: Any, db: Any, stripe_api: StripeDouble, headers: dict[str, str]) -> None:
-    res = app("checkout").post("/", json={"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL}, headers=headers)
+    res = app("checkout").post(
+        "/", json={"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL}, headers=headers
+    )
 
     assert res.status_code == 401 and res.json["error"] == "unauthenticated"
     assert stripe_api.received == []
 
 
 @pytest.mark.parametrize("mode", ["error", "invalid"])
-def test_a_stripe_error_is_a_clear_502_without_internals(app: Any, db: Any, stripe_api: StripeDouble, mode: str) -> None:
+def test_a_stripe_error_is_a_clear_502_without_internals(
+    app: Any, db: Any, stripe_api: StripeDouble, mode: str
+) -> None:
     stripe_api.mode = mode
 
-    res = checkout(app, "hank", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL}, {"Idempotency-Key": "k"})
+    res = checkout(
+        app,
+        "hank",
+        {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL},
+        {"Idempotency-Key": "k"},
+    )
 
-    assert res.status_code == 502 and res.json["error"] == "upstream_failed" and "nothing was charged" in res.json["message"]
+    assert (
+        res.status_code == 502
+        and res.json["error"] == "upstream_failed"
+        and "nothing was charged" in res.json["message"]
+    )
     text = res.get_data(as_text=True)
-    assert "sk_test" not in text and "price_" not in text and "Traceback" not in text and "unknown error" not in text
+    assert (
+        "sk_test" not in text
+        and "price_" not in text
+        and "Traceback" not in text
+        and "unknown error" not in text
+    )
     # The client retries 5xx answers, always with the same idempotency key, so a retry cannot buy twice.
     keys = {header(r, "Idempotency-Key") for r in stripe_api.sessions_created}
     assert len(stripe_api.sessions_created) == (3 if mode == "error" else 1) and len(keys) == 1
 
 
-def test_without_the_stripe_key_checkout_fails_closed(app: Any, db: Any, stripe_api: StripeDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_stripe_key_checkout_fails_closed(
+    app: Any, db: Any, stripe_api: StripeDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("STRIPE_SECRET_KEY")
     reset_caches()
 
     res = checkout(app, "ivy", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL})
 
-    assert res.status_code == 500 and res.json["error"] == "internal" and "STRIPE" not in res.get_data(as_text=True)
+    assert (
+        res.status_code == 500
+        and res.json["error"] == "internal"
+        and "STRIPE" not in res.get_data(as_text=True)
+    )
     assert stripe_api.received == []
 
 
 def test_without_allowed_origins_checkout_fails_closed(
-    app: Any, db: Any, stripe_api: StripeDouble, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    app: Any,
+    db: Any,
+    stripe_api: StripeDouble,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("ALLOWED_ORIGINS", "")
     reset_caches()
@@ -154,14 +204,21 @@ def test_without_allowed_origins_checkout_fails_closed(
     assert stripe_api.received == []
 
 
-def test_browsers_get_cors_on_the_preflight_and_on_errors(app: Any, db: Any, stripe_api: StripeDouble) -> None:
+def test_browsers_get_cors_on_the_preflight_and_on_errors(
+    app: Any, db: Any, stripe_api: StripeDouble
+) -> None:
     origin = {"Origin": "https://app.example.com"}
 
     preflight = app("checkout").options("/", headers={**origin, "Access-Control-Request-Method": "POST"})
     error = app("checkout").post("/", json={}, headers=origin)
 
-    assert preflight.status_code == 204 and preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-    assert error.status_code == 401 and error.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert (
+        preflight.status_code == 204
+        and preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    )
+    assert (
+        error.status_code == 401 and error.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    )
 
 
 @pytest.mark.no_emulator
@@ -172,6 +229,8 @@ def test_importing_main_loads_no_stripe() -> None:
     from tests.conftest import ROOT
 
     code = "import sys, main; main.generate; assert 'stripe' not in sys.modules, 'stripe imported'"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={**BASE_ENV, "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={**BASE_ENV, "PATH": ""}
+    )
 
     assert result.returncode == 0, result.stderr

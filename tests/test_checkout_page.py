@@ -25,7 +25,10 @@ class WebhookRecorder(_Double):
     status = 200
 
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
-        return self.status, {"received": True} if self.status == 200 else {"error": "invalid_signature", "message": "no"}
+        return self.status, {"received": True} if self.status == 200 else {
+            "error": "invalid_signature",
+            "message": "no",
+        }
 
 
 @pytest.fixture
@@ -40,7 +43,9 @@ def doubles() -> Iterator[tuple[StripeDouble, WebhookRecorder]]:
     webhook.stop()
 
 
-def send(url: str, method: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+def send(
+    url: str, method: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     """One request, redirects not followed."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.netloc, timeout=10)
@@ -68,7 +73,9 @@ def create_session(stripe: StripeDouble) -> tuple[str, str]:
 
 
 @pytest.mark.no_emulator
-def test_pay_delivers_a_signed_completed_event_then_returns_to_the_success_url(doubles: tuple[StripeDouble, WebhookRecorder]) -> None:
+def test_pay_delivers_a_signed_completed_event_then_returns_to_the_success_url(
+    doubles: tuple[StripeDouble, WebhookRecorder],
+) -> None:
     from functions.lib.stripe_api import construct_event
 
     stripe, webhook = doubles
@@ -89,7 +96,9 @@ def test_pay_delivers_a_signed_completed_event_then_returns_to_the_success_url(d
 
 
 @pytest.mark.no_emulator
-def test_a_refused_delivery_shows_an_error_and_paying_again_delivers_again(doubles: tuple[StripeDouble, WebhookRecorder]) -> None:
+def test_a_refused_delivery_shows_an_error_and_paying_again_delivers_again(
+    doubles: tuple[StripeDouble, WebhookRecorder],
+) -> None:
     stripe, webhook = doubles
     _, url = create_session(stripe)
     webhook.status = 400

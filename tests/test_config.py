@@ -14,7 +14,12 @@ BASE = {"GOOGLE_CLOUD_PROJECT": "demo-x"}
 def test_defaults() -> None:
     s = settings_from(BASE)
 
-    assert (s.retention_days, s.stale_charge_after_s, s.sweep_budget_s, s.generator) == (90, 600, 480.0, "gemini")
+    assert (s.retention_days, s.stale_charge_after_s, s.sweep_budget_s, s.generator) == (
+        90,
+        600,
+        480.0,
+        "gemini",
+    )
     assert s.credit_packs["starter"].credits == 100
 
 
@@ -29,7 +34,10 @@ def test_defaults() -> None:
         ({**BASE, "CREDIT_PACKS": "{oops"}, "CREDIT_PACKS"),
         ({**BASE, "CREDIT_PACKS": '{"x": {"credits": -1, "price": "p"}}'}, "CREDIT_PACKS"),
         ({**BASE, "STRIPE_MODE": "production"}, "STRIPE_MODE"),
-        ({**BASE, "STALE_CHARGE_AFTER_S": "59"}, "STALE_CHARGE_AFTER_S"),  # below the default 30 s timeout + 30
+        (
+            {**BASE, "STALE_CHARGE_AFTER_S": "59"},
+            "STALE_CHARGE_AFTER_S",
+        ),  # below the default 30 s timeout + 30
         ({**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "129"}, "STALE_CHARGE_AFTER_S"),
     ],
 )
@@ -41,7 +49,12 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
 
 
 def test_a_charge_is_stale_only_after_the_generation_timeout_plus_30_s() -> None:
-    assert settings_from({**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "130"}).stale_charge_after_s == 130
+    assert (
+        settings_from(
+            {**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "130"}
+        ).stale_charge_after_s
+        == 130
+    )
     assert settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5"}).stale_charge_after_s == 600
     with pytest.raises(ConfigError, match=r"at least 33 \(GENERATION_TIMEOUT_S \+ 30\)"):
         settings_from({**BASE, "GENERATION_TIMEOUT_S": "2.5", "STALE_CHARGE_AFTER_S": "32"})
@@ -53,7 +66,10 @@ def test_the_generate_function_times_out_before_its_charge_can_look_stale() -> N
 
 
 def test_stripe_mode() -> None:
-    assert settings_from(BASE).stripe_mode == "test" and settings_from({**BASE, "STRIPE_MODE": "live"}).stripe_mode == "live"
+    assert (
+        settings_from(BASE).stripe_mode == "test"
+        and settings_from({**BASE, "STRIPE_MODE": "live"}).stripe_mode == "live"
+    )
 
 
 def test_credit_packs_override() -> None:
@@ -67,8 +83,12 @@ def test_missing_secret_names_itself() -> None:
         settings_from(BASE).require("STRIPE_WEBHOOK_SECRET")
 
 
-@pytest.mark.parametrize("variable", ["FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST"])
-@pytest.mark.parametrize("project", [{"GOOGLE_CLOUD_PROJECT": "credits-prod"}, {"GCLOUD_PROJECT": "credits-prod"}, {}])
+@pytest.mark.parametrize(
+    "variable", ["FIRESTORE_EMULATOR_HOST", "FIREBASE_AUTH_EMULATOR_HOST", "CLOUD_TASKS_EMULATOR_HOST"]
+)
+@pytest.mark.parametrize(
+    "project", [{"GOOGLE_CLOUD_PROJECT": "credits-prod"}, {"GCLOUD_PROJECT": "credits-prod"}, {}]
+)
 @pytest.mark.parametrize("deployed", [{}, {"K_SERVICE": "generate"}])
 def test_emulator_switches_with_a_real_project_refuse_to_start_anywhere(
     variable: str, project: dict[str, str], deployed: dict[str, str]
@@ -83,9 +103,19 @@ def test_emulator_switches_work_for_demo_projects_including_the_functions_emulat
     switches = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}
     refuse_unsafe_environment({"GOOGLE_CLOUD_PROJECT": "demo-x", **switches})
     # What `firebase emulators:start` gives each function: K_SERVICE as on Cloud Run, GCLOUD_PROJECT.
-    functions_emulator = {"K_SERVICE": "checkout", "FUNCTION_TARGET": "checkout", "FUNCTIONS_EMULATOR": "true", "GCLOUD_PROJECT": "demo-x"}
+    functions_emulator = {
+        "K_SERVICE": "checkout",
+        "FUNCTION_TARGET": "checkout",
+        "FUNCTIONS_EMULATOR": "true",
+        "GCLOUD_PROJECT": "demo-x",
+    }
     refuse_unsafe_environment(
-        {**functions_emulator, **switches, "STRIPE_SECRET_KEY": "sk_test", "STRIPE_API_BASE": "http://127.0.0.1:12111"}
+        {
+            **functions_emulator,
+            **switches,
+            "STRIPE_SECRET_KEY": "sk_test",
+            "STRIPE_API_BASE": "http://127.0.0.1:12111",
+        }
     )
 
 
@@ -103,7 +133,11 @@ def test_deployed_process_refuses_double_base_urls(variable: str) -> None:
 
 @pytest.mark.parametrize(
     ("target", "variable"),
-    [("stripe_webhook", "STRIPE_WEBHOOK_SECRET"), ("checkout", "STRIPE_SECRET_KEY"), ("generate", "GEMINI_API_KEY")],
+    [
+        ("stripe_webhook", "STRIPE_WEBHOOK_SECRET"),
+        ("checkout", "STRIPE_SECRET_KEY"),
+        ("generate", "GEMINI_API_KEY"),
+    ],
 )
 def test_deployed_function_refuses_to_start_without_its_secret(target: str, variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):

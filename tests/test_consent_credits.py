@@ -13,7 +13,11 @@ def test_consent_get_before_and_after_accepting(app: Any, db: Any) -> None:
     accepted = app("consent").post("/", json={"version": TERMS}, headers=bearer("ann"))
     after = app("consent").get("/", headers=bearer("ann"))
 
-    assert before.status_code == 200 and before.json == {"version": TERMS, "accepted": False, "acceptedAt": None}
+    assert before.status_code == 200 and before.json == {
+        "version": TERMS,
+        "accepted": False,
+        "acceptedAt": None,
+    }
     assert accepted.status_code == 200 and accepted.json["accepted"] is True
     assert after.json["accepted"] is True and after.json["acceptedAt"].startswith("20")
     user = db.collection("users").document("ann").get().to_dict()
@@ -23,7 +27,11 @@ def test_consent_get_before_and_after_accepting(app: Any, db: Any) -> None:
 def test_consent_for_an_old_version_is_400_and_changes_nothing(app: Any, db: Any) -> None:
     res = app("consent").post("/", json={"version": "2019-01-01"}, headers=bearer("ann"))
 
-    assert res.status_code == 400 and res.json["error"] == "invalid_request" and res.json["currentVersion"] == TERMS
+    assert (
+        res.status_code == 400
+        and res.json["error"] == "invalid_request"
+        and res.json["currentVersion"] == TERMS
+    )
     assert not db.collection("users").document("ann").get().exists
 
 

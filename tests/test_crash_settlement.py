@@ -50,7 +50,9 @@ def serve_generate_with_a_hanging_model(model: GeminiDouble, tmp_path: Path) -> 
     )
 
 
-def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db: Any, settings: Any, tmp_path: Path) -> None:
+def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(
+    db: Any, settings: Any, tmp_path: Path
+) -> None:
     make_user(db, "crash", credits=100)
     model = GeminiDouble(delay_s=60).start()
     served = serve_generate_with_a_hanging_model(model, tmp_path)
@@ -58,7 +60,11 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db:
     caller = threading.Thread(target=post_generate, args=(served.url, "crash", outcome))
     try:
         caller.start()
-        wait_until(lambda: [g["status"] for g in generations(db, "crash")] == ["charged"], what="the charge", timeout=30)
+        wait_until(
+            lambda: [g["status"] for g in generations(db, "crash")] == ["charged"],
+            what="the charge",
+            timeout=30,
+        )
         wait_until(lambda: len(model.received) == 1, what="the model call", timeout=30)
 
         served.kill()
@@ -67,7 +73,9 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(db:
         served.stop()
         model.stop()
 
-    assert len(outcome) == 1 and not isinstance(outcome[0], int), "the client got an answer from a killed process"
+    assert len(outcome) == 1 and not isinstance(outcome[0], int), (
+        "the client got an answer from a killed process"
+    )
     [gen] = generations(db, "crash")
     assert gen["status"] == "charged" and balance(db, "crash") == 50
     assert_ledger_consistent(db)
@@ -97,7 +105,10 @@ def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_
     make_user(db, "ben", credits=100)
     model = GeminiDouble(delay_s=60).start()
     served = serve_generate_with_a_hanging_model(model, tmp_path)
-    callers = [threading.Thread(target=post_generate, args=(served.url, uid, [], f"key-{uid}")) for uid in ("ava", "ben")]
+    callers = [
+        threading.Thread(target=post_generate, args=(served.url, uid, [], f"key-{uid}"))
+        for uid in ("ava", "ben")
+    ]
     try:
         for caller in callers:
             caller.start()
@@ -108,7 +119,9 @@ def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_
     finally:
         served.stop()
         model.stop()
-    in_flight = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
+    in_flight = app("generate").post(
+        "/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"}
+    )
     assert in_flight.status_code == 409  # younger than STALE_CHARGE_AFTER_S: it may still be running
     # Let STALE_CHARGE_AFTER_S pass: the charges' createdAt moves back by that much.
     for gen in generations(db, "ava") + generations(db, "ben"):
@@ -117,12 +130,16 @@ def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_
 
     statement = app("credits").get("/", headers=bearer("ava"))
     replay = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
-    replay_again = app("generate").post("/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"})
+    replay_again = app("generate").post(
+        "/", json=PROMPT, headers={**bearer("ben"), "Idempotency-Key": "key-ben"}
+    )
 
     assert statement.status_code == 200 and statement.json["balance"] == 100
     assert [t["type"] for t in statement.json["transactions"]][:2] == ["refund", "charge"]
     assert replay.status_code == 502 and replay.json["error"] == "generation_failed"
-    assert replay.json["refunded"] == 50 and replay.json["balance"] == 100 and replay_again.json == replay.json
+    assert (
+        replay.json["refunded"] == 50 and replay.json["balance"] == 100 and replay_again.json == replay.json
+    )
     assert [g["status"] for g in generations(db, "ava") + generations(db, "ben")] == ["refunded", "refunded"]
     assert len(entries(db, "ava", "refund")) == 1 and len(entries(db, "ben", "refund")) == 1
     assert retention.sweep(db, settings).refunds_settled == 0

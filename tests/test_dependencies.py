@@ -39,7 +39,10 @@ def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
     for block in re.split(r"\n(?=[A-Za-z0-9])", path.read_text()):
         match = ENTRY.match(block)
         if match:
-            entries[canonicalize_name(match[1])] = (match[2], re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+            entries[canonicalize_name(match[1])] = (
+                match[2],
+                re.findall(r"--hash=sha256:([0-9a-f]{64})", block),
+            )
     return entries
 
 
@@ -60,11 +63,18 @@ def closure(top: dict[str, str]) -> dict[str, set[str]]:
     return needed
 
 
-@pytest.mark.parametrize(("source", "lock"), [("requirements.in", "requirements.txt"), ("requirements-dev.in", "requirements-dev.txt")])
-def test_every_locked_package_is_pinned_with_hashes_and_the_inputs_pins_are_kept(source: str, lock: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "lock"),
+    [("requirements.in", "requirements.txt"), ("requirements-dev.in", "requirements-dev.txt")],
+)
+def test_every_locked_package_is_pinned_with_hashes_and_the_inputs_pins_are_kept(
+    source: str, lock: str
+) -> None:
     entries = locked(ROOT / lock)
 
-    assert entries and all(hashes for _, hashes in entries.values()), [n for n, (_, h) in entries.items() if not h]
+    assert entries and all(hashes for _, hashes in entries.values()), [
+        n for n, (_, h) in entries.items() if not h
+    ]
     assert {name: entries.get(name, ("missing",))[0] for name in pins(ROOT / source)} == pins(ROOT / source)
 
 
@@ -73,9 +83,14 @@ def test_the_deployed_lock_is_exactly_the_closure_of_its_input() -> None:
 
     needed = closure(pins(ROOT / "requirements.in"))
 
-    assert set(needed) == set(entries), {"missing from the lock": set(needed) - set(entries), "not needed": set(entries) - set(needed)}
+    assert set(needed) == set(entries), {
+        "missing from the lock": set(needed) - set(entries),
+        "not needed": set(entries) - set(needed),
+    }
     for name in needed:
-        assert metadata.version(name) == entries[name][0], f"{name}: installed {metadata.version(name)}, locked {entries[name][0]}"
+        assert metadata.version(name) == entries[name][0], (
+            f"{name}: installed {metadata.version(name)}, locked {entries[name][0]}"
+        )
 
 
 def test_the_dev_lock_installs_the_deployed_packages_at_their_locked_versions_and_hashes() -> None:

@@ -16,7 +16,17 @@ from functions.lib import deployment
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
-FUNCTIONS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "purgeProject", "settle_charges", "account")
+FUNCTIONS = (
+    "generate",
+    "consent",
+    "credits",
+    "checkout",
+    "stripe_webhook",
+    "retention_sweep",
+    "purgeProject",
+    "settle_charges",
+    "account",
+)
 
 
 def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:
@@ -34,9 +44,22 @@ def tool_dir(tmp_path: Path, *, gcloud: bool = True) -> Path:
     return bin_dir
 
 
-def deploy(tmp_path: Path, *args: str, env: dict[str, str] | None = None, gcloud: bool = True) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": str(tool_dir(tmp_path, gcloud=gcloud)), "HOME": str(tmp_path), **(CONFIG if env is None else env)}
-    return subprocess.run(["bash", str(ROOT / "deploy.sh"), *args], env=full, capture_output=True, text=True, timeout=60, cwd=ROOT)
+def deploy(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, gcloud: bool = True
+) -> subprocess.CompletedProcess[str]:
+    full = {
+        "PATH": str(tool_dir(tmp_path, gcloud=gcloud)),
+        "HOME": str(tmp_path),
+        **(CONFIG if env is None else env),
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy.sh"), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
 
 
 def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path) -> None:
@@ -45,16 +68,27 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "calls").exists()
     out = res.stdout + res.stderr
-    plan = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ") and " runs as " in line}
+    plan = {
+        line.split(":")[0].strip(): line
+        for line in out.splitlines()
+        if line.startswith("  ") and " runs as " in line
+    }
     assert set(FUNCTIONS) <= set(plan)
     for name in plan:
         account = deployment.FUNCTIONS[name].account
-        assert "region europe-west1" in plan[name] and f"runs as {account}@acme-credits-prod.iam.gserviceaccount.com" in plan[name]
+        assert (
+            "region europe-west1" in plan[name]
+            and f"runs as {account}@acme-credits-prod.iam.gserviceaccount.com" in plan[name]
+        )
     assert "invoker private" in plan["retention_sweep"] and "timeout 540 s" in plan["retention_sweep"]
     for public in ("generate", "consent", "credits", "checkout", "stripe_webhook", "account"):
         assert "HTTPS, invoker public" in plan[public]
-    assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith("secrets: STRIPE_SECRET_KEY")
-    assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith("secrets: none")
+    assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith(
+        "secrets: STRIPE_SECRET_KEY"
+    )
+    assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith(
+        "secrets: none"
+    )
     assert (
         "+ tools/firebase/node_modules/.bin/firebase deploy --only functions\\,firestore:rules\\,firestore:indexes --project acme-credits-prod"
         in out
@@ -68,28 +102,47 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     created = [line.split()[5] for line in lines if line.startswith("+ gcloud iam service-accounts create")]
-    assert sorted(created) == sorted({deployment.FUNCTIONS[n].account for n in FUNCTIONS} | {"sweep-scheduler"})
+    assert sorted(created) == sorted(
+        {deployment.FUNCTIONS[n].account for n in FUNCTIONS} | {"sweep-scheduler"}
+    )
     secret_grants = [line for line in lines if line.startswith("+ gcloud secrets add-iam-policy-binding")]
     assert sorted((g.split()[4], g.split()[5]) for g in secret_grants) == [
         ("GEMINI_API_KEY", "--member=serviceAccount:fn-generate@acme-credits-prod.iam.gserviceaccount.com"),
-        ("STRIPE_SECRET_KEY", "--member=serviceAccount:fn-checkout@acme-credits-prod.iam.gserviceaccount.com"),
-        ("STRIPE_WEBHOOK_SECRET", "--member=serviceAccount:fn-stripe-webhook@acme-credits-prod.iam.gserviceaccount.com"),
+        (
+            "STRIPE_SECRET_KEY",
+            "--member=serviceAccount:fn-checkout@acme-credits-prod.iam.gserviceaccount.com",
+        ),
+        (
+            "STRIPE_WEBHOOK_SECRET",
+            "--member=serviceAccount:fn-stripe-webhook@acme-credits-prod.iam.gserviceaccount.com",
+        ),
     ]
     roles = [line for line in lines if "add-iam-policy-binding acme-credits-prod" in line]
     assert not [r for r in roles if "sweep-scheduler" in r]
     narrow = ("--role=roles/datastore.user", "--role=roles/firebaseauth.viewer", "cloudtasks")
     # Only `account` may delete Firebase Auth accounts (an erased user's sign-in).
-    assert all(any(role in r for role in narrow) or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r) for r in roles)
+    assert all(
+        any(role in r for role in narrow) or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r)
+        for r in roles
+    )
     invokers = [line for line in lines if "add-invoker-policy-binding" in line]
-    assert any("add-invoker-policy-binding purgeProject" in i and "fn-retention-sweep@" in i for i in invokers)
-    assert any("service-accounts add-iam-policy-binding fn-retention-sweep@" in line and "serviceAccountUser" in line for line in lines)
+    assert any(
+        "add-invoker-policy-binding purgeProject" in i and "fn-retention-sweep@" in i for i in invokers
+    )
+    assert any(
+        "service-accounts add-iam-policy-binding fn-retention-sweep@" in line and "serviceAccountUser" in line
+        for line in lines
+    )
     assert [i for i in invokers if "sweep-scheduler" in i] == [
         "+ gcloud functions add-invoker-policy-binding retention_sweep --region=us-central1 "
         "--member=serviceAccount:sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com --project=acme-credits-prod --quiet"
     ]
     assert "-m functions.admin schedule --project acme-credits-prod" in res.stdout
     assert "--service-account sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com" in res.stdout
-    assert "ALLOWED_ORIGINS=https://app.example.com,https://www.example.com" in res.stdout and "FUNCTIONS_REGION=us-central1" in res.stdout
+    assert (
+        "ALLOWED_ORIGINS=https://app.example.com,https://www.example.com" in res.stdout
+        and "FUNCTIONS_REGION=us-central1" in res.stdout
+    )
     assert "Stripe webhook URL" in res.stdout
 
 
@@ -98,7 +151,9 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
     env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\n")
     try:
         no_region = deploy(tmp_path / "first", "acme-env-file-test", "--dry-run", env={})
-        env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\nFUNCTIONS_REGION=us-central1\n")
+        env_file.write_text(
+            "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\nFUNCTIONS_REGION=us-central1\n"
+        )
         ok = deploy(tmp_path, "acme-env-file-test", "--dry-run", env={})
         env_file.write_text(
             "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nFUNCTIONS_REGION=us-central1\nSTRIPE_SECRET_KEY=sk_live_oops\n"
@@ -109,7 +164,10 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
 
     assert no_region.returncode != 0 and "FUNCTIONS_REGION=us-central1 is not set" in no_region.stderr
     assert ok.returncode == 0, ok.stderr
-    assert "config for every function, from .env.acme-env-file-test" in ok.stdout and "https://env-file.example.com" in ok.stdout
+    assert (
+        "config for every function, from .env.acme-env-file-test" in ok.stdout
+        and "https://env-file.example.com" in ok.stdout
+    )
     assert leaked.returncode != 0 and "sets STRIPE_SECRET_KEY" in leaked.stderr
 
 
@@ -122,10 +180,16 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
         (("acme-credits-prod", "mars"), CONFIG, "REGION"),
         (("acme-credits-prod",), {"TERMS_VERSION": "v1"}, "ALLOWED_ORIGINS"),
         (("acme-credits-prod",), {"ALLOWED_ORIGINS": "https://a.example"}, "TERMS_VERSION"),
-        (("acme-credits-prod",), {**CONFIG, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}, "FIREBASE_AUTH_EMULATOR_HOST"),
+        (
+            ("acme-credits-prod",),
+            {**CONFIG, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"},
+            "FIREBASE_AUTH_EMULATOR_HOST",
+        ),
     ],
 )
-def test_bad_arguments_and_config_fail_with_a_clear_message(tmp_path: Path, args: tuple[str, ...], env: dict[str, str], named: str) -> None:
+def test_bad_arguments_and_config_fail_with_a_clear_message(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], named: str
+) -> None:
     res = deploy(tmp_path, *args, "--dry-run", env=env)
 
     assert res.returncode != 0

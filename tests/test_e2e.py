@@ -18,8 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.no_emulator
 def test_local_run_journey_passes_and_stops_everything() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))}
-    res = subprocess.run([sys.executable, "-m", "devstack.local_run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "devstack.local_run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
@@ -54,11 +65,19 @@ def _port_free(port: int) -> bool:
 
 @pytest.mark.no_emulator
 def test_sigterm_stops_every_process_the_served_stack_started_and_frees_their_ports() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "devstack.local_run", "--serve", "--no-journey"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     seen: list[str] = []
     try:

@@ -28,7 +28,9 @@ from tests.test_retention import project_exists, seed_project
 WEBHOOK_SECRET = "whsec_emulator_suite"
 
 
-def call(url: str, *, method: str = "POST", body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def call(
+    url: str, *, method: str = "POST", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         # The first call of a function starts its Python worker: allow for a slow cold start.
@@ -41,8 +43,17 @@ def call(url: str, *, method: str = "POST", body: bytes | None = None, headers: 
 @pytest.fixture(scope="module")
 def suite(emulator: FirestoreEmulator) -> Iterator[EmulatorSuite]:
     # SWEEP_INLINE_PROJECTS=1: a night of more than one expired project fans out.
-    env = {"GENERATOR": "offline", "TERMS_VERSION": TERMS, "ALLOWED_ORIGINS": "http://localhost:5173", "SWEEP_INLINE_PROJECTS": "1"}
-    secrets = {"STRIPE_SECRET_KEY": "sk_test_emulator_suite", "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "GEMINI_API_KEY": "unused-offline"}
+    env = {
+        "GENERATOR": "offline",
+        "TERMS_VERSION": TERMS,
+        "ALLOWED_ORIGINS": "http://localhost:5173",
+        "SWEEP_INLINE_PROJECTS": "1",
+    }
+    secrets = {
+        "STRIPE_SECRET_KEY": "sk_test_emulator_suite",
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GEMINI_API_KEY": "unused-offline",
+    }
     suite = EmulatorSuite(
         PROJECT,
         firestore_host=emulator.host,
@@ -55,7 +66,9 @@ def suite(emulator: FirestoreEmulator) -> Iterator[EmulatorSuite]:
     suite.stop()
 
 
-def test_generate_through_the_emulator_suite_needs_consent_then_charges(suite: EmulatorSuite, db: Any) -> None:
+def test_generate_through_the_emulator_suite_needs_consent_then_charges(
+    suite: EmulatorSuite, db: Any
+) -> None:
     uid, id_token = suite.sign_up(f"suite-{uuid.uuid4().hex[:8]}@example.com", "secret123")
     auth = {"Authorization": f"Bearer {id_token}", "Content-Type": "application/json"}
     prompt = json.dumps({"prompt": "a lighthouse through the emulator"}).encode()
@@ -65,7 +78,9 @@ def test_generate_through_the_emulator_suite_needs_consent_then_charges(suite: E
 
     status, body = call(suite.url("consent"), body=json.dumps({"version": TERMS}).encode(), headers=auth)
     assert status == 200 and body["accepted"] is True
-    event = stripe_events.checkout_completed(stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi"))
+    event = stripe_events.checkout_completed(
+        stripe_events.new_id("cs_test"), uid, "starter", stripe_events.new_id("pi")
+    )
     payload, headers = stripe_events.delivery(event, WEBHOOK_SECRET)
     status, body = call(suite.url("stripe_webhook"), body=payload, headers=headers)
     assert status == 200, body
@@ -85,12 +100,19 @@ def test_a_large_night_fans_out_through_the_cloud_tasks_emulator(suite: Emulator
     for project_id in projects:
         seed_project(db, project_id, 600)
 
-    status, body = call(suite.url("retention_sweep"), body=b"{}", headers={"Content-Type": "application/json"})
+    status, body = call(
+        suite.url("retention_sweep"), body=b"{}", headers={"Content-Type": "application/json"}
+    )
 
     assert status == 200, (body, suite.child.log.read_text()[-4000:])
     assert body["complete"] is True and body["projectsEnqueued"] == 3 and body["projectsDeleted"] == 0
     # Each task deletes its project (600 versions: two commits) through the purgeProject function.
-    wait_until(lambda: not any(project_exists(db, p) for p in projects), what="purge tasks", timeout=120, log=suite.child.log)
+    wait_until(
+        lambda: not any(project_exists(db, p) for p in projects),
+        what="purge tasks",
+        timeout=120,
+        log=suite.child.log,
+    )
     assert not any(list(db.collection(f"projects/{p}/versions").list_documents()) for p in projects)
 
 

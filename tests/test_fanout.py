@@ -92,12 +92,22 @@ def test_a_purge_task_stopped_by_its_budget_resumes_when_retried(db: Any, settin
     seed_project(db, "long", 1200, marked=True)
     ticks = iter([0.0, 0.0, 0.0, 0.0, 1000.0])
 
-    stopped = retention.purge_project(db, dataclasses.replace(settings, sweep_budget_s=100), "long", clock=lambda: next(ticks, 1000.0))
+    stopped = retention.purge_project(
+        db, dataclasses.replace(settings, sweep_budget_s=100), "long", clock=lambda: next(ticks, 1000.0)
+    )
     left_after_stop = versions_left(db, "long")
     retried = retention.purge_project(db, settings, "long")
 
-    assert not stopped.complete and 0 < stopped.versions_deleted < 1200 and left_after_stop == 1200 - stopped.versions_deleted
-    assert retried.complete and stopped.versions_deleted + retried.versions_deleted == 1200 and not project_exists(db, "long")
+    assert (
+        not stopped.complete
+        and 0 < stopped.versions_deleted < 1200
+        and left_after_stop == 1200 - stopped.versions_deleted
+    )
+    assert (
+        retried.complete
+        and stopped.versions_deleted + retried.versions_deleted == 1200
+        and not project_exists(db, "long")
+    )
 
 
 def test_task_names_are_queue_safe_and_differ_by_project_and_night() -> None:
@@ -111,13 +121,21 @@ def test_the_task_function_takes_the_request_cloud_tasks_sends(db: Any, app: Any
     seed_project(db, "via-task", 3, marked=True)
     client = app("purgeProject")
     # Cloud Tasks POSTs the task's body as enqueued: firebase-admin's payload, {"data": {...}} here.
-    headers = {"Content-Type": "application/json", "X-CloudTasks-QueueName": "purgeProject", "X-CloudTasks-TaskName": "purge-x"}
+    headers = {
+        "Content-Type": "application/json",
+        "X-CloudTasks-QueueName": "purgeProject",
+        "X-CloudTasks-TaskName": "purge-x",
+    }
 
     ok = client.post("/", json={"data": {"projectId": "via-task"}}, headers=headers)
     unwrapped = client.post("/", json={"projectId": "via-task"}, headers=headers)
     malformed = client.post("/", json={"data": {"projectId": "a/b"}}, headers=headers)
 
-    assert ok.status_code == 200 and ok.json["result"]["projectsDeleted"] == 1 and ok.json["result"]["versionsDeleted"] == 3
+    assert (
+        ok.status_code == 200
+        and ok.json["result"]["projectsDeleted"] == 1
+        and ok.json["result"]["versionsDeleted"] == 3
+    )
     assert not project_exists(db, "via-task")
     # The trap: a bare payload is not the callable protocol, and firebase-functions refuses it.
     assert unwrapped.status_code == 400

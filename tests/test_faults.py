@@ -37,7 +37,9 @@ def frozen(emulator: FirestoreEmulator) -> Iterator[None]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url + "/", data=body, headers={"Content-Type": "application/json", **headers})
+    req = urllib.request.Request(
+        url + "/", data=body, headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as res:
             return res.status, json.loads(res.read())
@@ -45,21 +47,34 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str,
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once(emulator: FirestoreEmulator, db: Any) -> None:
+def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once(
+    emulator: FirestoreEmulator, db: Any
+) -> None:
     from functions.lib.config import get_settings
     from functions.lib.retention import sweep
 
     make_user(db, "fred", credits=100)
     model = GeminiDouble(mode="error500", delay_s=1.5).start()
-    env = {"GENERATOR": "gemini", "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": model.url, "GENERATION_TIMEOUT_S": "10"}
+    env = {
+        "GENERATOR": "gemini",
+        "GEMINI_API_KEY": "k",
+        "GEMINI_BASE_URL": model.url,
+        "GENERATION_TIMEOUT_S": "10",
+    }
     fn = ServedFunction("generate", env=env, log_dir=Path(tempfile.mkdtemp()))
     result: dict[str, Any] = {}
     try:
         worker = threading.Thread(
-            target=lambda: result.update(res=post(fn.url, b'{"prompt": "x"}', {"Authorization": f"Bearer {token('fred')}"}))
+            target=lambda: result.update(
+                res=post(fn.url, b'{"prompt": "x"}', {"Authorization": f"Bearer {token('fred')}"})
+            )
         )
         worker.start()
-        wait_until(lambda: [g["status"] for g in generations(db, "fred")] == ["charged"], what="the charge", timeout=20)
+        wait_until(
+            lambda: [g["status"] for g in generations(db, "fred")] == ["charged"],
+            what="the charge",
+            timeout=20,
+        )
         with frozen(emulator):
             worker.join(timeout=60)
     finally:
@@ -79,7 +94,9 @@ def test_firestore_down_during_the_refund_answers_503_and_the_sweep_refunds_once
     assert_ledger_consistent(db)
 
 
-def test_firestore_down_during_a_webhook_credit_answers_503_then_the_retry_credits_once(emulator: FirestoreEmulator, db: Any) -> None:
+def test_firestore_down_during_a_webhook_credit_answers_503_then_the_retry_credits_once(
+    emulator: FirestoreEmulator, db: Any
+) -> None:
     fn = ServedFunction("stripe_webhook", env={}, log_dir=Path(tempfile.mkdtemp()))
     evt = stripe_events.checkout_completed("cs_test_fault_1", "gus", "starter", "pi_fault_1")
     secret = BASE_ENV["STRIPE_WEBHOOK_SECRET"]

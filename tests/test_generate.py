@@ -33,7 +33,11 @@ def test_initial_generation_charges_50_and_creates_a_project(app: Any, db: Any) 
     assert body["creditsCharged"] == 50 and body["balance"] == 50
     assert "a red fox" in body["output"]
     project = db.collection("projects").document(body["projectId"]).get().to_dict()
-    assert project["ownerId"] == "alice" and project["versionCount"] == 1 and project["latestVersionId"] == body["versionId"]
+    assert (
+        project["ownerId"] == "alice"
+        and project["versionCount"] == 1
+        and project["latestVersionId"] == body["versionId"]
+    )
     version = db.document(f"projects/{body['projectId']}/versions/{body['versionId']}").get().to_dict()
     assert version["number"] == 1 and version["prompt"] == "a red fox" and version["output"] == body["output"]
     [gen] = generations(db, "alice")
@@ -54,7 +58,9 @@ def test_iteration_charges_25_and_adds_a_version(app: Any, db: Any) -> None:
     assert res.json["creditsCharged"] == 25 and res.json["balance"] == 25
     project = db.collection("projects").document(first["projectId"]).get().to_dict()
     assert project["versionCount"] == 2 and project["latestVersionId"] == res.json["versionId"]
-    versions = {v.to_dict()["number"] for v in db.collection(f"projects/{first['projectId']}/versions").stream()}
+    versions = {
+        v.to_dict()["number"] for v in db.collection(f"projects/{first['projectId']}/versions").stream()
+    }
     assert versions == {1, 2}
     assert_ledger_consistent(db)
 
@@ -71,14 +77,18 @@ def test_missing_or_malformed_token_is_401(app: Any, db: Any, headers: dict[str,
     assert res.json["error"] == "unauthenticated" and res.json["message"]
 
 
-def test_unsigned_token_is_401_without_the_emulator_switch(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unsigned_token_is_401_without_the_emulator_switch(
+    app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from tests.conftest import reset_caches
 
     make_user(db, "mallory", credits=100)
     monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST")
     # Application Default Credentials as a developer's laptop has them (never used: the token fails first).
     adc = tmp_path / "adc.json"
-    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}))
+    adc.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"})
+    )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     reset_caches()
 
@@ -110,7 +120,9 @@ def test_bad_bodies_are_4xx_and_change_nothing(app: Any, db: Any, body: Any, sta
     res = post(app, "bob", body)
 
     assert res.status_code == status
-    assert res.json["error"] in ("invalid_request", "payload_too_large") and "Traceback" not in res.get_data(as_text=True)
+    assert res.json["error"] in ("invalid_request", "payload_too_large") and "Traceback" not in res.get_data(
+        as_text=True
+    )
     assert balance(db, "bob") == 100 and generations(db, "bob") == []
 
 
@@ -159,7 +171,9 @@ def test_user_with_no_document_and_consent_is_403_not_500(app: Any, db: Any) -> 
 
 
 @pytest.mark.parametrize("owner", ["someone-else", None], ids=["not-owner", "missing"])
-def test_iteration_on_a_project_the_caller_does_not_own_is_404_without_charge(app: Any, db: Any, owner: str | None) -> None:
+def test_iteration_on_a_project_the_caller_does_not_own_is_404_without_charge(
+    app: Any, db: Any, owner: str | None
+) -> None:
     make_user(db, "erin", credits=100)
     project_id = "missing-project"
     if owner:
@@ -184,21 +198,32 @@ def test_iteration_on_a_project_marked_for_deletion_is_404(app: Any, db: Any) ->
     assert res.status_code == 404 and balance(db, "erin") == 50
 
 
-@pytest.mark.parametrize(("mode", "reason"), [("error500", "model_unavailable"), ("error429", "rate_limited"), ("hang", "timeout")])
-def test_model_failure_refunds_exactly_once_and_answers_502(app: Any, db: Any, gemini: Any, mode: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("error500", "model_unavailable"), ("error429", "rate_limited"), ("hang", "timeout")]
+)
+def test_model_failure_refunds_exactly_once_and_answers_502(
+    app: Any, db: Any, gemini: Any, mode: str, reason: str
+) -> None:
     make_user(db, "fay", credits=60)
     gemini.mode = mode
 
     res = post(app, "fay", {"prompt": "x"})
 
     assert res.status_code == 502
-    assert res.json["error"] == "generation_failed" and res.json["refunded"] == 50 and res.json["balance"] == 60
+    assert (
+        res.json["error"] == "generation_failed" and res.json["refunded"] == 50 and res.json["balance"] == 60
+    )
     assert res.json["reason"] == reason
     [gen] = generations(db, "fay")
     assert gen["status"] == "refunded" and gen["error"] == reason
     assert len(entries(db, "fay", "refund")) == 1 and len(entries(db, "fay", "charge")) == 1
     assert balance(db, "fay") == 60
-    events = [e.to_dict() for e in db.collection("analytics_events").where(filter=FieldFilter("type", "==", "credits_refunded")).stream()]
+    events = [
+        e.to_dict()
+        for e in db.collection("analytics_events")
+        .where(filter=FieldFilter("type", "==", "credits_refunded"))
+        .stream()
+    ]
     assert len(events) == 1 and events[0]["userId"] == "fay"
     assert_ledger_consistent(db)
 
@@ -223,7 +248,11 @@ def test_a_generation_logs_no_per_request_info_noise_from_google_genai(
         res = post(app, "gus", {"prompt": "hello"})
 
     assert res.status_code == 200
-    assert [r.getMessage() for r in caplog.records if r.name.startswith("google_genai") and r.levelno >= logging.INFO] == []
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("google_genai") and r.levelno >= logging.INFO
+    ] == []
 
 
 def test_idempotency_key_replay_charges_once_and_answers_the_same(app: Any, db: Any) -> None:
@@ -275,7 +304,9 @@ def test_idempotency_key_while_first_request_runs_is_409(app: Any, db: Any, gemi
         first_res = first.result()
 
     assert first_res.status_code == 200
-    assert second.status_code == 409 and second.json["error"] == "in_progress" and second.headers["Retry-After"]
+    assert (
+        second.status_code == 409 and second.json["error"] == "in_progress" and second.headers["Retry-After"]
+    )
     assert balance(db, "jo") == 50
 
 
@@ -316,7 +347,9 @@ def test_cors_preflight_and_headers_on_errors(app: Any, db: Any) -> None:
 
 
 @pytest.mark.parametrize("fault", ["resent", "lost"])
-def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(app: Any, db: Any, fault: str) -> None:
+def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(
+    app: Any, db: Any, fault: str
+) -> None:
     """The charge commit is applied but its answer is lost: either the client library re-sends it
     (which then fails as already existing) or the call ends in DeadlineExceeded. The request must
     still find its own charge and finish, not answer 409 or leave the credits held until the sweep."""

@@ -10,13 +10,31 @@ from functions.lib.errors import InvalidRequest
 pytestmark = pytest.mark.no_emulator
 
 
-@pytest.mark.parametrize("value", ["p1", "a" * 500, "\u00e9" * 250, "_x_", "___", "__x", "x__", "evt_1", "a.b", "..."])
+@pytest.mark.parametrize(
+    "value", ["p1", "a" * 500, "\u00e9" * 250, "_x_", "___", "__x", "x__", "evt_1", "a.b", "..."]
+)
 def test_storable_ids_pass(value: str) -> None:
     assert ids.is_doc_id(value) and ids.require_doc_id(value, "id") == value
 
 
 @pytest.mark.parametrize(
-    "value", ["", "/", "a/b", ".", "..", "__x__", "____", "a" * 501, "\u00e9" * 251, "\ud800", "ok\udfff", None, 7, ["a"]]
+    "value",
+    [
+        "",
+        "/",
+        "a/b",
+        ".",
+        "..",
+        "__x__",
+        "____",
+        "a" * 501,
+        "\u00e9" * 251,
+        "\ud800",
+        "ok\udfff",
+        None,
+        7,
+        ["a"],
+    ],
 )
 def test_ids_firestore_cannot_store_are_refused_naming_the_field(value: object) -> None:
     assert not ids.is_doc_id(value)

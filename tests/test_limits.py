@@ -15,18 +15,29 @@ from functions.lib.errors import RateLimited
 from tests.conftest import bearer
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
-BODY = {"packId": "starter", "successUrl": "http://localhost:5173/ok", "cancelUrl": "http://localhost:5173/no"}
+BODY = {
+    "packId": "starter",
+    "successUrl": "http://localhost:5173/ok",
+    "cancelUrl": "http://localhost:5173/no",
+}
 
 
 def test_the_window_fills_then_reopens_when_it_ends(db: Any) -> None:
-    taken = [limits.take_checkout_slot(db, "una", limit=3, window_s=600, now=T0 + timedelta(seconds=s)) for s in (0, 10, 20)]
+    taken = [
+        limits.take_checkout_slot(db, "una", limit=3, window_s=600, now=T0 + timedelta(seconds=s))
+        for s in (0, 10, 20)
+    ]
 
     with pytest.raises(RateLimited) as err:
         limits.take_checkout_slot(db, "una", limit=3, window_s=600, now=T0 + timedelta(seconds=100))
     reopened = limits.take_checkout_slot(db, "una", limit=3, window_s=600, now=T0 + timedelta(seconds=600))
 
     assert taken == [1, 2, 3] and reopened == 1
-    assert err.value.status == 429 and err.value.headers["Retry-After"] == "500" and err.value.details["limit"] == 3
+    assert (
+        err.value.status == 429
+        and err.value.headers["Retry-After"] == "500"
+        and err.value.details["limit"] == 3
+    )
 
 
 def test_concurrent_requests_never_take_more_than_the_limit(db: Any) -> None:

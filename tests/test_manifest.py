@@ -35,13 +35,17 @@ def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: di
     for name, endpoint in endpoints.items():
         assert endpoint["entryPoint"] == name
         assert endpoint["platform"] == "gcfv2" and endpoint["region"] == ["europe-west1"], name
-        assert endpoint["cpu"] == 1 and endpoint["availableMemoryMb"] >= 256 and endpoint["maxInstances"] >= 1, name
+        assert (
+            endpoint["cpu"] == 1 and endpoint["availableMemoryMb"] >= 256 and endpoint["maxInstances"] >= 1
+        ), name
 
 
 def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest: dict[str, Any]) -> None:
     endpoints = manifest["endpoints"]
 
-    secrets = {name: sorted(s["key"] for s in e["secretEnvironmentVariables"]) for name, e in endpoints.items()}
+    secrets = {
+        name: sorted(s["key"] for s in e["secretEnvironmentVariables"]) for name, e in endpoints.items()
+    }
     assert secrets["generate"] == ["GEMINI_API_KEY"]
     assert secrets["checkout"] == ["STRIPE_SECRET_KEY"]
     assert secrets["stripe_webhook"] == ["STRIPE_WEBHOOK_SECRET"]
@@ -51,15 +55,24 @@ def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest
     assert len(set(accounts.values())) == len(accounts)
 
 
-def test_the_purge_task_function_has_a_letters_only_queue_with_retries_and_rate_limits(manifest: dict[str, Any]) -> None:
+def test_the_purge_task_function_has_a_letters_only_queue_with_retries_and_rate_limits(
+    manifest: dict[str, Any],
+) -> None:
     purge = manifest["endpoints"]["purgeProject"]
 
     assert "httpsTrigger" not in purge
     queue = purge["taskQueueTrigger"]
-    assert queue["retryConfig"] == {"maxAttempts": 10, "minBackoffSeconds": 30, "maxBackoffSeconds": 600, "maxDoublings": 4}
+    assert queue["retryConfig"] == {
+        "maxAttempts": 10,
+        "minBackoffSeconds": 30,
+        "maxBackoffSeconds": 600,
+        "maxDoublings": 4,
+    }
     assert queue["rateLimits"] == {"maxConcurrentDispatches": 6, "maxDispatchesPerSecond": 5}
     assert purge["entryPoint"].isalpha()  # a queue id takes no underscore
-    assert purge["concurrency"] == 1 and purge["maxInstances"] == queue["rateLimits"]["maxConcurrentDispatches"]
+    assert (
+        purge["concurrency"] == 1 and purge["maxInstances"] == queue["rateLimits"]["maxConcurrentDispatches"]
+    )
     assert purge["timeoutSeconds"] > settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"}).sweep_budget_s
     assert "cloudtasks.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
 
@@ -67,9 +80,16 @@ def test_the_purge_task_function_has_a_letters_only_queue_with_retries_and_rate_
 def test_the_settlement_job_runs_on_a_schedule_of_at_most_15_minutes(manifest: dict[str, Any]) -> None:
     job = manifest["endpoints"]["settle_charges"]
 
-    assert job["scheduleTrigger"]["schedule"] == "every 10 minutes" and job["scheduleTrigger"]["timeZone"] == "Etc/UTC"
+    assert (
+        job["scheduleTrigger"]["schedule"] == "every 10 minutes"
+        and job["scheduleTrigger"]["timeZone"] == "Etc/UTC"
+    )
     assert job["scheduleTrigger"]["retryConfig"] == {}  # the next run, 10 minutes on, is the retry
-    assert job["maxInstances"] == 1 and job["serviceAccountEmail"] == "fn-settle-charges@" and not job["secretEnvironmentVariables"]
+    assert (
+        job["maxInstances"] == 1
+        and job["serviceAccountEmail"] == "fn-settle-charges@"
+        and not job["secretEnvironmentVariables"]
+    )
     assert "cloudscheduler.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
 
 
@@ -81,7 +101,9 @@ def test_options_match_the_documented_limits(manifest: dict[str, Any]) -> None:
     # A live generation must never look stale to the settlement job, and must outlast its model call.
     assert defaults.generation_timeout_s + 30 <= generate["timeoutSeconds"] < 600
     assert generate["timeoutSeconds"] < defaults.stale_charge_after_s
-    assert endpoints["retention_sweep"]["maxInstances"] == 1 and endpoints["retention_sweep"]["concurrency"] == 1
+    assert (
+        endpoints["retention_sweep"]["maxInstances"] == 1 and endpoints["retention_sweep"]["concurrency"] == 1
+    )
     assert endpoints["retention_sweep"]["timeoutSeconds"] > defaults.sweep_budget_s
 
 

@@ -34,7 +34,9 @@ def entry_points() -> set[str]:
 def check(target: str, method: str, res: Any) -> dict[str, Any]:
     """Assert the response's status is documented for the operation and its body matches the schema."""
     responses = SPEC["paths"][f"/{target}"][method]["responses"]
-    assert str(res.status_code) in responses, f"{method.upper()} /{target} answered undocumented {res.status_code}"
+    assert str(res.status_code) in responses, (
+        f"{method.upper()} /{target} answered undocumented {res.status_code}"
+    )
     documented = responses[str(res.status_code)]
     if "$ref" in documented:
         documented = SPEC["components"]["responses"][documented["$ref"].rsplit("/", 1)[1]]
@@ -53,7 +55,9 @@ def test_every_entry_point_is_documented_and_nothing_else() -> None:
 def test_every_error_code_is_in_the_spec() -> None:
     from functions.lib import errors
 
-    codes = {cls.code for cls in vars(errors).values() if inspect.isclass(cls) and issubclass(cls, errors.AppError)}
+    codes = {
+        cls.code for cls in vars(errors).values() if inspect.isclass(cls) and issubclass(cls, errors.AppError)
+    }
     assert codes <= set(SPEC["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
 
 
@@ -80,9 +84,17 @@ def test_generate_consent_credits_responses_match_the_spec(app: Any, db: Any) ->
     check("consent", "post", app("consent").post("/", json={"version": "old"}, headers=bearer("olga")))  # 400
     check("consent", "post", app("consent").post("/", json={"version": TERMS}, headers=bearer("olga")))
     ok = check("generate", "post", gen.post("/", json={"prompt": "x"}, headers=bearer("olga")))
-    check("generate", "post", gen.post("/", json={"prompt": "y", "projectId": ok["projectId"]}, headers=bearer("olga")))  # 402
+    check(
+        "generate",
+        "post",
+        gen.post("/", json={"prompt": "y", "projectId": ok["projectId"]}, headers=bearer("olga")),
+    )  # 402
     check("generate", "post", gen.post("/", json={"prompt": 1}, headers=bearer("olga")))  # 400
-    check("generate", "post", gen.post("/", data="x" * 70000, headers=bearer("olga"), content_type="application/json"))  # 413
+    check(
+        "generate",
+        "post",
+        gen.post("/", data="x" * 70000, headers=bearer("olga"), content_type="application/json"),
+    )  # 413
     credits = check("credits", "get", app("credits").get("/", headers=bearer("olga")))
     assert credits["balance"] == 10
 

@@ -83,14 +83,23 @@ def test_a_refund_by_id_takes_the_pack_back_once_however_often_it_is_announced(a
 
     assert results == ["reversed", "duplicate", "duplicate", "unchanged"]
     [reversal] = entries(db, "ann", "reversal")
-    assert reversal["id"] == "reversal_re_ann" and reversal["amount"] == -STARTER and reversal["balanceAfter"] == 0
-    assert reversal["metadata"]["stripeRefundId"] == "re_ann" and reversal["metadata"]["stripePaymentIntentId"] == pi
+    assert (
+        reversal["id"] == "reversal_re_ann"
+        and reversal["amount"] == -STARTER
+        and reversal["balanceAfter"] == 0
+    )
+    assert (
+        reversal["metadata"]["stripeRefundId"] == "re_ann"
+        and reversal["metadata"]["stripePaymentIntentId"] == pi
+    )
     assert balance(db, "ann") == 0
     assert_ledger_consistent(db)
 
 
 @pytest.mark.parametrize("charge_first", [True, False])
-def test_charge_refunded_and_refund_created_for_one_refund_take_it_back_once_in_either_order(app: Any, db: Any, charge_first: bool) -> None:
+def test_charge_refunded_and_refund_created_for_one_refund_take_it_back_once_in_either_order(
+    app: Any, db: Any, charge_first: bool
+) -> None:
     pi = buy(app, "bo")
     events = [charge_refunded(pi, PAID), refund_created("re_bo", pi)]
 
@@ -105,11 +114,15 @@ def test_charge_refunded_and_refund_created_for_one_refund_take_it_back_once_in_
 def test_both_announcements_of_one_refund_delivered_concurrently_take_it_back_once(app: Any, db: Any) -> None:
     pi = buy(app, "cy")
     make_user(db, "cy", credits=400)  # credits from elsewhere, which the refund must leave alone
-    deliveries = [se.delivery(e, SECRET) for e in (charge_refunded(pi, PAID), refund_created("re_cy", pi))] * 3
+    deliveries = [
+        se.delivery(e, SECRET) for e in (charge_refunded(pi, PAID), refund_created("re_cy", pi))
+    ] * 3
     flask_app = app("stripe_webhook").application
 
     with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda d: flask_app.test_client().post("/", data=d[0], headers=d[1]), deliveries))
+        results = list(
+            pool.map(lambda d: flask_app.test_client().post("/", data=d[0], headers=d[1]), deliveries)
+        )
 
     assert [r.status_code for r in results] == [200] * 6
     assert [r.json["outcome"] for r in results].count("reversed") == 1
@@ -125,7 +138,12 @@ def test_partial_refunds_by_id_are_pro_rata_and_never_exceed_the_pack(app: Any, 
     rest = outcome(app, refund_created("re_dee3", pi, 1))  # 999 + 1: the whole payment
 
     assert thirds == ["reversed"] * 3 and rest == "reversed"
-    assert [e["amount"] for e in sorted(entries(db, "dee", "reversal"), key=lambda e: e["id"])] == [-33, -33, -33, -1]
+    assert [e["amount"] for e in sorted(entries(db, "dee", "reversal"), key=lambda e: e["id"])] == [
+        -33,
+        -33,
+        -33,
+        -1,
+    ]
     assert balance(db, "dee") == 1
     assert_ledger_consistent(db)
 
@@ -141,7 +159,9 @@ def test_a_cumulative_charge_refunded_counts_each_partial_refund_once(app: Any, 
     assert_ledger_consistent(db)
 
 
-def test_a_refund_that_fails_gives_its_credits_back_once_and_a_new_refund_takes_its_own_share(app: Any, db: Any) -> None:
+def test_a_refund_that_fails_gives_its_credits_back_once_and_a_new_refund_takes_its_own_share(
+    app: Any, db: Any
+) -> None:
     pi = buy(app, "fay")
 
     steps = [
@@ -149,7 +169,9 @@ def test_a_refund_that_fails_gives_its_credits_back_once_and_a_new_refund_takes_
         outcome(app, charge_refunded(pi, 500)),
         outcome(app, refund_failed("re_fay1", pi, 500)),
         outcome(app, refund_failed("re_fay1", pi, 500)),  # redelivered
-        outcome(app, se.refund_event("refund.updated", "re_fay1", "ch_" + pi, pi, 500, "pending")),  # stale, late
+        outcome(
+            app, se.refund_event("refund.updated", "re_fay1", "ch_" + pi, pi, 500, "pending")
+        ),  # stale, late
         outcome(app, refund_created("re_fay2", pi, 200)),
         outcome(app, charge_refunded(pi, 200)),
     ]
@@ -176,18 +198,30 @@ def test_a_canceled_refund_announced_only_by_charge_refunded_is_given_back(app: 
 # --- disputes -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "final"), [("won", STARTER - 40), ("lost", 0), ("warning_closed", STARTER - 40)])
-def test_a_dispute_takes_back_what_is_left_and_only_a_won_one_gives_it_back(app: Any, db: Any, status: str, final: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "final"), [("won", STARTER - 40), ("lost", 0), ("warning_closed", STARTER - 40)]
+)
+def test_a_dispute_takes_back_what_is_left_and_only_a_won_one_gives_it_back(
+    app: Any, db: Any, status: str, final: int
+) -> None:
     pi = buy(app, "hal")
     outcome(app, refund_created("re_hal", pi, 400))
     closed = se.dispute_closed("dp_hal", "ch_" + pi, pi, status)
 
     opened = outcome(app, se.dispute_created("dp_hal", "ch_" + pi, pi))
     during = balance(db, "hal")
-    results = [outcome(app, closed), outcome(app, closed), outcome(app, se.dispute_created("dp_hal", "ch_" + pi, pi))]
+    results = [
+        outcome(app, closed),
+        outcome(app, closed),
+        outcome(app, se.dispute_created("dp_hal", "ch_" + pi, pi)),
+    ]
 
     assert opened == "reversed" and during == 0
-    assert results == (["reinstated", "duplicate", "duplicate"] if status != "lost" else ["unchanged", "duplicate", "duplicate"])
+    assert results == (
+        ["reinstated", "duplicate", "duplicate"]
+        if status != "lost"
+        else ["unchanged", "duplicate", "duplicate"]
+    )
     assert [e["amount"] for e in entries(db, "hal", "reversal") if e["id"] == "reversal_dp_hal"] == [-60]
     assert balance(db, "hal") == final
     assert_ledger_consistent(db)
@@ -196,7 +230,10 @@ def test_a_dispute_takes_back_what_is_left_and_only_a_won_one_gives_it_back(app:
 def test_a_refund_after_a_lost_dispute_takes_nothing_more(app: Any, db: Any) -> None:
     pi = buy(app, "ida")
 
-    steps = [outcome(app, se.dispute_closed("dp_ida", "ch_" + pi, pi, "lost")), outcome(app, refund_created("re_ida", pi))]
+    steps = [
+        outcome(app, se.dispute_closed("dp_ida", "ch_" + pi, pi, "lost")),
+        outcome(app, refund_created("re_ida", pi)),
+    ]
 
     assert steps == ["reversed", "unchanged"]
     assert sum(e["amount"] for e in entries(db, "ida", "reversal")) == -STARTER and balance(db, "ida") == 0
@@ -216,20 +253,30 @@ def test_a_refund_takes_back_its_whole_share_even_when_the_credits_were_spent(ap
 
     assert balance(db, "jan") == -50
     assert short.status_code == 402
-    assert short.json == {**short.json, "error": "insufficient_credits", "balance": -50, "required": 50, "shortfall": 100}
+    assert short.json == {
+        **short.json,
+        "error": "insufficient_credits",
+        "balance": -50,
+        "required": 50,
+        "shortfall": 100,
+    }
     assert len(entries(db, "jan", "charge")) == 1
     buy(app, "jan")
     assert balance(db, "jan") == 50
     assert_ledger_consistent(db)
 
 
-def test_a_full_refund_while_a_generation_holds_credits_leaves_exactly_nothing(app: Any, db: Any, gemini: Any) -> None:
+def test_a_full_refund_while_a_generation_holds_credits_leaves_exactly_nothing(
+    app: Any, db: Any, gemini: Any
+) -> None:
     pi = buy(app, "kai")
     make_user(db, "kai")
     gemini.mode, gemini.gate = "error500", threading.Event()
     answer: list[Any] = []
     generate = app("generate").application.test_client()
-    caller = threading.Thread(target=lambda: answer.append(generate.post("/", json={"prompt": "slow"}, headers=bearer("kai"))))
+    caller = threading.Thread(
+        target=lambda: answer.append(generate.post("/", json={"prompt": "slow"}, headers=bearer("kai")))
+    )
 
     caller.start()
     wait_until(lambda: len(gemini.received) == 1, what="the model call", timeout=30)
@@ -249,9 +296,15 @@ def test_a_full_refund_while_a_generation_holds_credits_leaves_exactly_nothing(a
 
 
 @pytest.mark.parametrize("early_kind", ["refund", "dispute"])
-def test_an_event_before_its_purchase_is_parked_then_applied_once_when_the_purchase_lands(app: Any, db: Any, early_kind: str) -> None:
+def test_an_event_before_its_purchase_is_parked_then_applied_once_when_the_purchase_lands(
+    app: Any, db: Any, early_kind: str
+) -> None:
     pi = se.new_id("pi")
-    early = refund_created("re_lee", pi) if early_kind == "refund" else se.dispute_created("dp_lee", "ch_" + pi, pi)
+    early = (
+        refund_created("re_lee", pi)
+        if early_kind == "refund"
+        else se.dispute_created("dp_lee", "ch_" + pi, pi)
+    )
     purchase = se.checkout_completed(se.new_id("cs_test"), "lee", "starter", pi)
 
     parked = deliver(app, early)
@@ -260,7 +313,11 @@ def test_an_event_before_its_purchase_is_parked_then_applied_once_when_the_purch
     credited = outcome(app, purchase)
     redelivered = outcome(app, purchase)
 
-    assert parked.status_code == 200 and parked.json == {"received": True, "outcome": "parked", "problem": "purchase_not_found"}
+    assert parked.status_code == 200 and parked.json == {
+        "received": True,
+        "outcome": "parked",
+        "problem": "purchase_not_found",
+    }
     assert again.status_code == 200 and again.json["outcome"] == "parked"
     assert stored["status"] == "open" and stored["paymentIntentId"] == pi
     assert (credited, redelivered) == ("credited", "duplicate")
@@ -296,9 +353,15 @@ def test_a_refund_racing_its_purchase_applies_exactly_once(app: Any, db: Any) ->
 
 
 @pytest.mark.parametrize(
-    "event", [refund_created("re_foreign", "pi_foreign"), se.dispute_created("dp_foreign", "ch_foreign", "pi_foreign")]
+    "event",
+    [
+        refund_created("re_foreign", "pi_foreign"),
+        se.dispute_created("dp_foreign", "ch_foreign", "pi_foreign"),
+    ],
 )
-def test_an_event_for_a_payment_this_app_never_sold_is_acknowledged_and_changes_nothing(app: Any, db: Any, event: dict[str, Any]) -> None:
+def test_an_event_for_a_payment_this_app_never_sold_is_acknowledged_and_changes_nothing(
+    app: Any, db: Any, event: dict[str, Any]
+) -> None:
     make_user(db, "ned", credits=70)
 
     res = deliver(app, event)
@@ -313,11 +376,15 @@ def test_an_event_for_a_payment_this_app_never_sold_is_acknowledged_and_changes_
 
 
 @pytest.mark.parametrize("mode", ["test", "live"])
-def test_an_event_of_the_other_mode_credits_nothing_and_is_stored(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+def test_an_event_of_the_other_mode_credits_nothing_and_is_stored(
+    app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
     monkeypatch.setenv("STRIPE_MODE", mode)
     reset_caches()
     session = se.checkout_session(se.new_id("cs"), "ola", "starter", payment_intent=se.new_id("pi"))
-    event = se.event("checkout.session.completed", {**session, "livemode": mode == "test"}, livemode=mode == "test")
+    event = se.event(
+        "checkout.session.completed", {**session, "livemode": mode == "test"}, livemode=mode == "test"
+    )
 
     res = deliver(app, event)
 
@@ -338,7 +405,9 @@ def test_a_stored_event_keeps_what_a_replay_needs_and_no_personal_data(app: Any,
     buy_event = se.checkout_completed(se.new_id("cs_test"), "pia", "starter", pi)
     deliver(app, buy_event)
 
-    assert not {"buyer@example.com", "Test Buyer", "94103", "billing_details", "4242"} & set(_strings(json.loads(stored["payload"])))
+    assert not {"buyer@example.com", "Test Buyer", "94103", "billing_details", "4242"} & set(
+        _strings(json.loads(stored["payload"]))
+    )
     assert json.loads(stored["payload"])["data"]["object"]["amount_refunded"] == PAID
     assert balance(db, "pia") == 0  # the stored copy was enough to apply it
     assert payments.replay_problem(db, get_settings(), charge["id"]).action == "duplicate"
@@ -383,7 +452,9 @@ def test_refund_gives_credits_only_to_the_generations_own_user(db: Any, settings
     assert [g["status"] for g in generations(db, "quy")] == ["charged"]
 
 
-def test_refunds_and_reinstatements_land_while_the_balance_stays_below_zero(app: Any, db: Any, settings: Any) -> None:
+def test_refunds_and_reinstatements_land_while_the_balance_stays_below_zero(
+    app: Any, db: Any, settings: Any
+) -> None:
     from functions.lib import generations as gens
     from functions.lib import settlement
 
@@ -394,12 +465,16 @@ def test_refunds_and_reinstatements_land_while_the_balance_stays_below_zero(app:
     taken = outcome(app, refund_created("re_sal1", pi))
     after_refund = balance(db, "sal")
 
-    settled = settlement.settle_stale_charges(db, settings, now=datetime.now(UTC) + timedelta(seconds=settings.stale_charge_after_s + 1))
+    settled = settlement.settle_stale_charges(
+        db, settings, now=datetime.now(UTC) + timedelta(seconds=settings.stale_charge_after_s + 1)
+    )
     given_back = outcome(app, refund_failed("re_sal1", pi))
 
     assert taken == "reversed" and after_refund == -100
     assert settled.refunds_settled == 2 and given_back == "reinstated"
-    assert [e["balanceAfter"] for e in sorted(entries(db, "sal", "refund"), key=lambda e: e["balanceAfter"])] == [-50, 0]
+    assert [
+        e["balanceAfter"] for e in sorted(entries(db, "sal", "refund"), key=lambda e: e["balanceAfter"])
+    ] == [-50, 0]
     assert balance(db, "sal") == STARTER
     assert_ledger_consistent(db)
 
@@ -423,7 +498,10 @@ def test_a_charge_refunded_that_lists_its_refunds_applies_each_by_id(app: Any, d
     charge = se.charge("ch_" + pi, pi, PAID, 300)
     charge["refunds"] = {
         "object": "list",
-        "data": [se.refund("re_uli1", "ch_" + pi, pi, 300, "succeeded"), se.refund("re_uli2", "ch_" + pi, pi, 200, "failed")],
+        "data": [
+            se.refund("re_uli1", "ch_" + pi, pi, 300, "succeeded"),
+            se.refund("re_uli2", "ch_" + pi, pi, 200, "failed"),
+        ],
     }
     listed = se.event("charge.refunded", charge)
 
@@ -448,7 +526,10 @@ def test_a_dispute_closed_as_prevented_gives_its_credits_back(app: Any, db: Any)
 
 def test_every_parked_announcement_is_taken_off_the_record_once_applied(app: Any, db: Any) -> None:
     pi = se.new_id("pi")
-    early = [refund_created("re_wes", pi), se.refund_event("refund.updated", "re_wes", "ch_" + pi, pi, PAID, "succeeded")]
+    early = [
+        refund_created("re_wes", pi),
+        se.refund_event("refund.updated", "re_wes", "ch_" + pi, pi, PAID, "succeeded"),
+    ]
     for event in early:
         assert outcome(app, event) == "parked"
 
@@ -460,7 +541,9 @@ def test_every_parked_announcement_is_taken_off_the_record_once_applied(app: Any
     assert balance(db, "wes") == 0
 
 
-def test_a_ledger_entry_the_record_does_not_account_for_is_stored_for_an_operator_not_retried(app: Any, db: Any) -> None:
+def test_a_ledger_entry_the_record_does_not_account_for_is_stored_for_an_operator_not_retried(
+    app: Any, db: Any
+) -> None:
     from functions.lib import ledger
 
     pi = buy(app, "xia")

@@ -110,7 +110,9 @@ class Credits(RuleBasedStateMachine):
         for uid in USERS:
             terms.accept(self.db, uid, TERMS, TERMS)
         self.payments = [Payment(n) for n in range(PAYMENTS)]
-        self.generations: dict[str, tuple[str, int, str]] = {}  # id -> (uid, cost, charged | succeeded | refunded)
+        self.generations: dict[
+            str, tuple[str, int, str]
+        ] = {}  # id -> (uid, cost, charged | succeeded | refunded)
         self.projects: dict[str, list[str]] = {uid: [] for uid in USERS}
         self.later = datetime.now(UTC) + timedelta(seconds=self.settings.stale_charge_after_s + 60)
 
@@ -118,7 +120,9 @@ class Credits(RuleBasedStateMachine):
 
     def model_balance(self, uid: str) -> int:
         bought = sum(PACKS[p.pack] - p.taken_back() for p in self.payments if p.credited and p.uid == uid)
-        spent = sum(cost for owner, cost, status in self.generations.values() if owner == uid and status != "refunded")
+        spent = sum(
+            cost for owner, cost, status in self.generations.values() if owner == uid and status != "refunded"
+        )
         return bought - spent
 
     def deliver(self, event: dict[str, Any]) -> None:
@@ -155,7 +159,11 @@ class Credits(RuleBasedStateMachine):
         p.told_refunds.setdefault(refund_id, False)
         return se.refund_event("refund.created", refund_id, p.charge, p.pi, p.amount_of(refund_id), "pending")
 
-    @rule(n=st.integers(0, PAYMENTS - 1), share=st.sampled_from([0.25, 0.5, 1.0]), announce=st.sampled_from(["refund", "charge", "both"]))
+    @rule(
+        n=st.integers(0, PAYMENTS - 1),
+        share=st.sampled_from([0.25, 0.5, 1.0]),
+        announce=st.sampled_from(["refund", "charge", "both"]),
+    )
     def refund(self, n: int, share: float, announce: str) -> None:
         p = self.payments[n]
         made = self.new_refund(p, share)
@@ -225,7 +233,11 @@ class Credits(RuleBasedStateMachine):
         assert affordable
         return result
 
-    @rule(uid=st.sampled_from(USERS), fate=st.sampled_from(["succeeds", "fails", "crashes"]), iterate=st.booleans())
+    @rule(
+        uid=st.sampled_from(USERS),
+        fate=st.sampled_from(["succeeds", "fails", "crashes"]),
+        iterate=st.booleans(),
+    )
     def generate(self, uid: str, fate: str, iterate: bool) -> None:
         from functions.lib import generations
         from functions.lib.errors import GenerationFailed
@@ -325,7 +337,9 @@ class Credits(RuleBasedStateMachine):
     def every_balance_equals_the_model(self) -> None:
         if not hasattr(self, "db"):
             return
-        stored = {u.id: int((u.to_dict() or {}).get("credits", 0)) for u in self.db.collection("users").stream()}
+        stored = {
+            u.id: int((u.to_dict() or {}).get("credits", 0)) for u in self.db.collection("users").stream()
+        }
         assert {uid: stored.get(uid, 0) for uid in USERS} == {uid: self.model_balance(uid) for uid in USERS}
         assert_ledger_consistent(self.db)
 
@@ -349,5 +363,7 @@ class Credits(RuleBasedStateMachine):
 
 
 # In CI: 15 examples of up to 20 steps each (about 25 s on this machine, see the README).
-Credits.TestCase.settings = settings(max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck))
+Credits.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=20, deadline=None, suppress_health_check=list(HealthCheck)
+)
 TestCreditsAgainstTheModel = Credits.TestCase

@@ -17,27 +17,51 @@ from tests.helpers import balance, entries, make_user
 
 OLD = datetime.now(UTC) - timedelta(days=120)
 RECENT = datetime.now(UTC) - timedelta(days=10)
-CONTRACT_KEYS = {"complete", "projectsDeleted", "versionsDeleted", "commits", "maxCommitWrites", "refundsSettled", "elapsedMs"}
+CONTRACT_KEYS = {
+    "complete",
+    "projectsDeleted",
+    "versionsDeleted",
+    "commits",
+    "maxCommitWrites",
+    "refundsSettled",
+    "elapsedMs",
+}
 # Added beside the contract's keys: projects left for the next pass because they kept conflicting.
 EXTRA_KEYS = {"projectsDeferred"}
 
 
-def seed_project(db: Any, project_id: str, versions: int, *, updated: datetime = OLD, marked: bool = False) -> None:
+def seed_project(
+    db: Any, project_id: str, versions: int, *, updated: datetime = OLD, marked: bool = False
+) -> None:
     """A project with `versions` versions, written directly in commits of at most 500 (versions are not money)."""
     project = db.collection("projects").document(project_id)
     batch, pending = db.batch(), 0
     for n in range(versions):
-        batch.set(project.collection("versions").document(f"v{n:05d}"), {
-            "number": n + 1, "prompt": f"prompt {n}", "output": "output", "generationId": f"g{n}", "createdAt": updated,
-        })  # fmt: skip
+        batch.set(
+            project.collection("versions").document(f"v{n:05d}"),
+            {
+                "number": n + 1,
+                "prompt": f"prompt {n}",
+                "output": "output",
+                "generationId": f"g{n}",
+                "createdAt": updated,
+            },
+        )
         pending += 1
         if pending == 500:
             batch.commit()
             batch, pending = db.batch(), 0
-    batch.set(project, {
-        "ownerId": "owner", "createdAt": updated, "updatedAt": updated, "versionCount": versions,
-        "latestVersionId": f"v{versions - 1:05d}" if versions else None, "deletingAt": updated if marked else None,
-    })  # fmt: skip
+    batch.set(
+        project,
+        {
+            "ownerId": "owner",
+            "createdAt": updated,
+            "updatedAt": updated,
+            "versionCount": versions,
+            "latestVersionId": f"v{versions - 1:05d}" if versions else None,
+            "deletingAt": updated if marked else None,
+        },
+    )
     batch.commit()
 
 
@@ -79,7 +103,9 @@ def created_at(db: Any, generation_id: str) -> datetime:
     ("versions", "commit_sizes"),
     [(0, [1]), (1, [2]), (499, [500]), (500, [499, 2]), (501, [499, 3]), (1200, [499, 499, 203])],
 )
-def test_expired_project_is_deleted_in_commits_of_at_most_500(db: Any, settings: Any, versions: int, commit_sizes: list[int]) -> None:
+def test_expired_project_is_deleted_in_commits_of_at_most_500(
+    db: Any, settings: Any, versions: int, commit_sizes: list[int]
+) -> None:
     seed_project(db, "old", versions)
     seed_project(db, "fresh", 3, updated=RECENT)
     counting = CountingCommit()
@@ -90,9 +116,15 @@ def test_expired_project_is_deleted_in_commits_of_at_most_500(db: Any, settings:
     assert not project_exists(db, "old") and versions_left(db, "old") == 0
     assert project_exists(db, "fresh") and versions_left(db, "fresh") == 3
     assert report.body() == {
-        "complete": True, "projectsDeleted": 1, "versionsDeleted": versions, "commits": len(commit_sizes),
-        "maxCommitWrites": max(commit_sizes), "refundsSettled": 0, "projectsDeferred": 0, "elapsedMs": report.elapsed_ms,
-    }  # fmt: skip
+        "complete": True,
+        "projectsDeleted": 1,
+        "versionsDeleted": versions,
+        "commits": len(commit_sizes),
+        "maxCommitWrites": max(commit_sizes),
+        "refundsSettled": 0,
+        "projectsDeferred": 0,
+        "elapsedMs": report.elapsed_ms,
+    }
 
 
 def test_fresh_projects_are_untouched(db: Any, settings: Any) -> None:
@@ -118,7 +150,9 @@ def test_project_touched_after_it_was_found_expired_is_kept(app: Any, db: Any, s
     def iterate_when_found(event: str, fields: dict[str, Any]) -> None:
         # The sweep has found the project expired but not marked it yet: an iteration lands now.
         if event == "expired" and fields["projectId"] == project_id:
-            res = app("generate").post("/", json={"prompt": "v2", "projectId": project_id}, headers=bearer("alice"))
+            res = app("generate").post(
+                "/", json={"prompt": "v2", "projectId": project_id}, headers=bearer("alice")
+            )
             iterations.append(res.status_code)
 
     report = retention.sweep(db, settings, progress=iterate_when_found)
@@ -131,7 +165,9 @@ def test_project_touched_after_it_was_found_expired_is_kept(app: Any, db: Any, s
     assert_ledger_consistent(db)
 
 
-def test_mark_rechecks_expiry_and_iteration_on_a_marked_project_is_404(app: Any, db: Any, settings: Any) -> None:
+def test_mark_rechecks_expiry_and_iteration_on_a_marked_project_is_404(
+    app: Any, db: Any, settings: Any
+) -> None:
     make_user(db, "bob", credits=100)
     project_id = app("generate").post("/", json={"prompt": "v1"}, headers=bearer("bob")).json["projectId"]
     ref = db.collection("projects").document(project_id)
@@ -144,10 +180,14 @@ def test_mark_rechecks_expiry_and_iteration_on_a_marked_project_is_404(app: Any,
 
     assert res.status_code == 404 and res.json["error"] == "project_not_found"
     assert balance(db, "bob") == 50
-    assert retention.mark_for_deletion(db, db.collection("projects").document("nope"), cutoff) == retention.GONE
+    assert (
+        retention.mark_for_deletion(db, db.collection("projects").document("nope"), cutoff) == retention.GONE
+    )
 
 
-def test_run_stopped_by_its_budget_resumes_and_finishes(db: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_stopped_by_its_budget_resumes_and_finishes(
+    db: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seed_project(db, "big", 1200)
     seed_project(db, "small", 3)
     now = [0.0]
@@ -159,7 +199,13 @@ def test_run_stopped_by_its_budget_resumes_and_finishes(db: Any, settings: Any, 
 
     from dataclasses import replace
 
-    first = retention.sweep(db, replace(settings, sweep_budget_s=2.5), clock=lambda: now[0], commit=commit_taking_one_second, workers=1)
+    first = retention.sweep(
+        db,
+        replace(settings, sweep_budget_s=2.5),
+        clock=lambda: now[0],
+        commit=commit_taking_one_second,
+        workers=1,
+    )
 
     # Each commit "takes" 1 s: after two, a third would end past 2.5 s, so the pass stops cleanly.
     assert first.complete is False and first.commits == 2 and first.elapsed_ms == 2000
@@ -196,7 +242,9 @@ def test_stale_charges_are_refunded_exactly_once_and_fresh_ones_left_alone(db: A
 
     assert first.refunds_settled == 2 and first.complete and again.refunds_settled == 0
     statuses = {g: db.collection("generations").document(g).get().to_dict() for g in stale + fresh}
-    assert [statuses[g]["status"] for g in stale] == ["refunded", "refunded"] and statuses[fresh[0]]["status"] == "charged"
+    assert [statuses[g]["status"] for g in stale] == ["refunded", "refunded"] and statuses[fresh[0]][
+        "status"
+    ] == "charged"
     assert all(statuses[g]["error"] == "stale_charge" for g in stale)
     refunds = entries(db, "carol", "refund")
     assert sorted(e["id"] for e in refunds) == sorted(f"refund_{g}" for g in stale)
@@ -204,7 +252,9 @@ def test_stale_charges_are_refunded_exactly_once_and_fresh_ones_left_alone(db: A
     assert_ledger_consistent(db)
 
 
-def test_two_concurrent_sweeps_delete_each_document_once_and_refund_each_charge_once(db: Any, settings: Any) -> None:
+def test_two_concurrent_sweeps_delete_each_document_once_and_refund_each_charge_once(
+    db: Any, settings: Any
+) -> None:
     for i in range(3):
         seed_project(db, f"p{i}", 700)
     for uid in ("dan", "erin"):
@@ -247,11 +297,17 @@ def test_old_analytics_events_are_deleted(db: Any, settings: Any) -> None:
     old = datetime.now(UTC) - timedelta(days=settings.analytics_retention_days + 1)
     batch = db.batch()
     for i in range(503):
-        batch.set(db.collection("analytics_events").document(f"old{i}"), {"type": "x", "userId": None, "properties": {}, "createdAt": old})
+        batch.set(
+            db.collection("analytics_events").document(f"old{i}"),
+            {"type": "x", "userId": None, "properties": {}, "createdAt": old},
+        )
         if i == 498:
             batch.commit()
             batch = db.batch()
-    batch.set(db.collection("analytics_events").document("recent"), {"type": "x", "userId": None, "properties": {}, "createdAt": RECENT})
+    batch.set(
+        db.collection("analytics_events").document("recent"),
+        {"type": "x", "userId": None, "properties": {}, "createdAt": RECENT},
+    )
     batch.commit()
     counting = CountingCommit()
 
@@ -276,8 +332,14 @@ def test_dry_run_reports_and_changes_nothing(db: Any, settings: Any) -> None:
     assert (report.projects_deleted, report.versions_deleted, report.refunds_settled) == (2, 16, 1)
     assert sorted(f["projectId"] for e, f in events if e == "would_delete_project") == ["old", "stuck"]
     assert ("would_refund", {"generationId": gen, "userId": "fay"}) in events
-    assert versions_left(db, "old") == 12 and db.collection("projects").document("old").get().get("deletingAt") is None
-    assert db.collection("generations").document(gen).get().get("status") == "charged" and balance(db, "fay") == 50
+    assert (
+        versions_left(db, "old") == 12
+        and db.collection("projects").document("old").get().get("deletingAt") is None
+    )
+    assert (
+        db.collection("generations").document(gen).get().get("status") == "charged"
+        and balance(db, "fay") == 50
+    )
 
 
 def test_handler_answers_the_contract_body(app: Any, db: Any) -> None:
@@ -289,14 +351,22 @@ def test_handler_answers_the_contract_body(app: Any, db: Any) -> None:
     assert res.status_code == 200
     assert set(res.json) == CONTRACT_KEYS | EXTRA_KEYS
     assert {k: v for k, v in res.json.items() if k != "elapsedMs"} == {
-        "complete": True, "projectsDeleted": 1, "versionsDeleted": 3, "commits": 1, "maxCommitWrites": 4, "refundsSettled": 0, "projectsDeferred": 0,
-    }  # fmt: skip
+        "complete": True,
+        "projectsDeleted": 1,
+        "versionsDeleted": 3,
+        "commits": 1,
+        "maxCommitWrites": 4,
+        "refundsSettled": 0,
+        "projectsDeferred": 0,
+    }
     assert isinstance(res.json["elapsedMs"], int) and res.json["elapsedMs"] >= 0
     assert not project_exists(db, "old") and project_exists(db, "fresh")
     assert app("retention_sweep").get("/").status_code == 405
 
 
-def test_zero_budget_deletes_nothing_and_reports_incomplete(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zero_budget_deletes_nothing_and_reports_incomplete(
+    app: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.conftest import reset_caches
 
     seed_project(db, "old", 3)
@@ -307,8 +377,16 @@ def test_zero_budget_deletes_nothing_and_reports_incomplete(app: Any, db: Any, m
 
     assert res.status_code == 200
     assert res.json["complete"] is False
-    assert (res.json["projectsDeleted"], res.json["versionsDeleted"], res.json["commits"], res.json["refundsSettled"]) == (0, 0, 0, 0)
-    assert versions_left(db, "old") == 3 and db.collection("projects").document("old").get().get("deletingAt") is None
+    assert (
+        res.json["projectsDeleted"],
+        res.json["versionsDeleted"],
+        res.json["commits"],
+        res.json["refundsSettled"],
+    ) == (0, 0, 0, 0)
+    assert (
+        versions_left(db, "old") == 3
+        and db.collection("projects").document("old").get().get("deletingAt") is None
+    )
 
 
 @pytest.mark.no_emulator
@@ -316,10 +394,17 @@ def test_analytics_retention_is_configurable() -> None:
     from functions.lib.config import settings_from
 
     assert settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x"}).analytics_retention_days == 400
-    assert settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x", "ANALYTICS_RETENTION_DAYS": "30"}).analytics_retention_days == 30
+    assert (
+        settings_from(
+            {"GOOGLE_CLOUD_PROJECT": "demo-x", "ANALYTICS_RETENTION_DAYS": "30"}
+        ).analytics_retention_days
+        == 30
+    )
 
 
-def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_deletes(db: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_deletes(
+    db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.admin import cli as admin
 
     seed_project(db, "old", 600)
@@ -338,13 +423,21 @@ def test_admin_sweep_dry_run_prints_what_it_would_delete_then_the_real_run_delet
     real = capsys.readouterr().out.splitlines()
     assert "project old deleted: 600 versions deleted by this run" in real
     assert json.loads(real[-1]) | {"elapsedMs": 0} == {
-        "complete": True, "projectsDeleted": 1, "versionsDeleted": 600, "commits": 2, "maxCommitWrites": 499,
-        "refundsSettled": 0, "projectsDeferred": 0, "elapsedMs": 0,
-    }  # fmt: skip
+        "complete": True,
+        "projectsDeleted": 1,
+        "versionsDeleted": 600,
+        "commits": 2,
+        "maxCommitWrites": 499,
+        "refundsSettled": 0,
+        "projectsDeferred": 0,
+        "elapsedMs": 0,
+    }
     assert not project_exists(db, "old") and project_exists(db, "fresh")
 
 
-def test_admin_sweep_stopped_by_the_budget_exits_3(db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_sweep_stopped_by_the_budget_exits_3(
+    db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from functions.admin import cli as admin
     from tests.conftest import reset_caches
 
@@ -384,11 +477,19 @@ def test_one_structured_log_line_per_pass(db: Any, settings: Any, caplog: pytest
 
     [record] = [r for r in caplog.records if r.name == "retention"]
     assert record.getMessage() == "retention sweep complete"
-    assert record.json_fields == {**report.body(), "eventsDeleted": 0, "problemsDeleted": 0, "limitsDeleted": 0, "dryRun": False}  # type: ignore[attr-defined]
+    assert record.json_fields == {
+        **report.body(),
+        "eventsDeleted": 0,
+        "problemsDeleted": 0,
+        "limitsDeleted": 0,
+        "dryRun": False,
+    }  # type: ignore[attr-defined]
     assert record.json_fields["projectsDeleted"] == 1 and record.json_fields["versionsDeleted"] == 2  # type: ignore[attr-defined]
 
 
-def test_a_project_that_keeps_conflicting_is_left_for_the_next_pass_and_the_rest_is_swept(db: Any, settings: Any) -> None:
+def test_a_project_that_keeps_conflicting_is_left_for_the_next_pass_and_the_rest_is_swept(
+    db: Any, settings: Any
+) -> None:
     from google.api_core import exceptions as gexc
 
     seed_project(db, "busy", 3)
@@ -410,8 +511,12 @@ def test_a_project_that_keeps_conflicting_is_left_for_the_next_pass_and_the_rest
 
 def test_ended_checkout_windows_are_deleted_and_running_ones_kept(db: Any, settings: Any) -> None:
     now = datetime.now(UTC)
-    db.collection("checkout_limits").document("ended").set({"windowStart": 0, "count": 3, "expiresAt": now - timedelta(minutes=1)})
-    db.collection("checkout_limits").document("running").set({"windowStart": 0, "count": 1, "expiresAt": now + timedelta(hours=1)})
+    db.collection("checkout_limits").document("ended").set(
+        {"windowStart": 0, "count": 3, "expiresAt": now - timedelta(minutes=1)}
+    )
+    db.collection("checkout_limits").document("running").set(
+        {"windowStart": 0, "count": 1, "expiresAt": now + timedelta(hours=1)}
+    )
 
     report = retention.sweep(db, settings, now=now)
 

@@ -67,7 +67,14 @@ def token(uid: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "path", ["/users/u1", "/credit_transactions/purchase_u1", "/generations/g_u1", "/projects/p_u1", "/projects/p_u1/versions/v1"]
+    "path",
+    [
+        "/users/u1",
+        "/credit_transactions/purchase_u1",
+        "/generations/g_u1",
+        "/projects/p_u1",
+        "/projects/p_u1/versions/v1",
+    ],
 )
 def test_a_user_reads_their_own_documents(rest: RestClient, path: str) -> None:
     assert rest.call("GET", path, token("u1")) == 200
@@ -124,13 +131,25 @@ def test_a_user_can_query_their_own_ledger_but_not_everyones(rest: RestClient) -
 )
 def test_every_client_write_to_money_and_records_is_denied(rest: RestClient, method: str, path: str) -> None:
     uid = "new-user" if "new-user" in path else "u1"
-    body = {"fields": {"credits": {"integerValue": "1000000"}, "userId": {"stringValue": uid}}} if method == "PATCH" else None
+    body = (
+        {"fields": {"credits": {"integerValue": "1000000"}, "userId": {"stringValue": uid}}}
+        if method == "PATCH"
+        else None
+    )
 
     assert rest.call(method, path, token(uid), body) == 403
 
 
-def test_an_erased_users_ledger_is_readable_by_no_sign_in_not_even_one_named_like_its_pseudonym(rest: RestClient) -> None:
-    own = {"fieldFilter": {"field": {"fieldPath": "userId"}, "op": "EQUAL", "value": {"stringValue": "erased_0f3a"}}}
+def test_an_erased_users_ledger_is_readable_by_no_sign_in_not_even_one_named_like_its_pseudonym(
+    rest: RestClient,
+) -> None:
+    own = {
+        "fieldFilter": {
+            "field": {"fieldPath": "userId"},
+            "op": "EQUAL",
+            "value": {"stringValue": "erased_0f3a"},
+        }
+    }
     query = {"structuredQuery": {"from": [{"collectionId": "credit_transactions"}], "where": own}}
 
     assert rest.call("GET", "/credit_transactions/forfeit_erased_0f3a", token("erased_0f3a")) == 403

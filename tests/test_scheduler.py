@@ -78,17 +78,32 @@ def test_second_upsert_updates_the_same_job_instead_of_adding_one(api: Scheduler
     client = client_for(api)
     upsert_job(client, JOB)
     changed = SweepJob(
-        project="acme-credits", region="europe-west1", url=URL, service_account=SA, schedule="30 2 * * *", time_zone="Europe/Paris"
+        project="acme-credits",
+        region="europe-west1",
+        url=URL,
+        service_account=SA,
+        schedule="30 2 * * *",
+        time_zone="Europe/Paris",
     )
 
     result = upsert_job(client, changed)
 
     assert result.action == "updated"
-    assert api.requests() == [("GET", f"/v1/{NAME}"), ("POST", f"/v1/{PARENT}/jobs"), ("GET", f"/v1/{NAME}"), ("PATCH", f"/v1/{NAME}")]
+    assert api.requests() == [
+        ("GET", f"/v1/{NAME}"),
+        ("POST", f"/v1/{PARENT}/jobs"),
+        ("GET", f"/v1/{NAME}"),
+        ("PATCH", f"/v1/{NAME}"),
+    ]
     patch = api.received[3]
-    assert parse_qs(urlsplit(patch.path).query)["updateMask"] == ["description,schedule,timeZone,httpTarget,retryConfig,attemptDeadline"]
+    assert parse_qs(urlsplit(patch.path).query)["updateMask"] == [
+        "description,schedule,timeZone,httpTarget,retryConfig,attemptDeadline"
+    ]
     body = json.loads(patch.body)
-    assert body == {k: v for k, v in EXPECTED_JOB.items() if k != "name"} | {"schedule": "30 2 * * *", "timeZone": "Europe/Paris"}
+    assert body == {k: v for k, v in EXPECTED_JOB.items() if k != "name"} | {
+        "schedule": "30 2 * * *",
+        "timeZone": "Europe/Paris",
+    }
     assert list(api.jobs) == [NAME]
     assert api.jobs[NAME]["schedule"] == "30 2 * * *" and api.jobs[NAME]["timeZone"] == "Europe/Paris"
     assert api.jobs[NAME]["state"] == "ENABLED"
@@ -102,7 +117,11 @@ def test_create_that_loses_a_race_updates_instead(api: SchedulerDouble) -> None:
     result = upsert_job(client, JOB)
 
     assert result.action == "updated"
-    assert api.requests()[2:] == [("GET", f"/v1/{NAME}"), ("POST", f"/v1/{PARENT}/jobs"), ("PATCH", f"/v1/{NAME}")]
+    assert api.requests()[2:] == [
+        ("GET", f"/v1/{NAME}"),
+        ("POST", f"/v1/{PARENT}/jobs"),
+        ("PATCH", f"/v1/{NAME}"),
+    ]
     assert list(api.jobs) == [NAME]
 
 
@@ -124,10 +143,22 @@ def test_a_bad_spec_fails_before_any_request(api: SchedulerDouble, job: SweepJob
     assert api.received == []
 
 
-def test_schedule_command_creates_then_updates(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
+def test_schedule_command_creates_then_updates(
+    api: SchedulerDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.admin import cli as admin
 
-    argv = ["schedule", "--project", "acme-credits", "--region", "europe-west1", "--url", URL, "--service-account", SA]
+    argv = [
+        "schedule",
+        "--project",
+        "acme-credits",
+        "--region",
+        "europe-west1",
+        "--url",
+        URL,
+        "--service-account",
+        SA,
+    ]
     argv += ["--api-endpoint", api.url]
 
     assert admin.main(argv) == 0
@@ -139,24 +170,54 @@ def test_schedule_command_creates_then_updates(api: SchedulerDouble, capsys: pyt
     assert list(api.jobs) == [NAME] and api.jobs[NAME]["schedule"] == "15 4 * * *"
 
 
-def test_schedule_command_rejects_a_bad_url_without_calling_the_api(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
+def test_schedule_command_rejects_a_bad_url_without_calling_the_api(
+    api: SchedulerDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.admin import cli as admin
 
-    argv = ["schedule", "--project", "p", "--region", "r", "--url", "ftp://x", "--service-account", SA, "--api-endpoint", api.url]
+    argv = [
+        "schedule",
+        "--project",
+        "p",
+        "--region",
+        "r",
+        "--url",
+        "ftp://x",
+        "--service-account",
+        SA,
+        "--api-endpoint",
+        api.url,
+    ]
 
     assert admin.main(argv) == admin.EXIT_FAILED
     assert "sweep URL" in capsys.readouterr().err and api.received == []
 
 
-def test_schedule_command_reports_a_refusal_by_the_api(api: SchedulerDouble, capsys: pytest.CaptureFixture[str]) -> None:
+def test_schedule_command_reports_a_refusal_by_the_api(
+    api: SchedulerDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
     from functions.admin import cli as admin
 
     api.mode = "denied"
-    argv = ["schedule", "--project", "acme-credits", "--region", "europe-west1", "--url", URL, "--service-account", SA]
+    argv = [
+        "schedule",
+        "--project",
+        "acme-credits",
+        "--region",
+        "europe-west1",
+        "--url",
+        URL,
+        "--service-account",
+        SA,
+    ]
 
     assert admin.main([*argv, "--api-endpoint", api.url]) == admin.EXIT_FAILED
     err = capsys.readouterr().err
-    assert err.startswith("schedule failed: Cloud Scheduler answered 403") and "The caller does not have permission" in err and NAME in err
+    assert (
+        err.startswith("schedule failed: Cloud Scheduler answered 403")
+        and "The caller does not have permission" in err
+        and NAME in err
+    )
 
 
 def test_importing_the_entry_points_does_not_load_the_scheduler_library() -> None:

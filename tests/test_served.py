@@ -33,20 +33,50 @@ DEPLOYED = {"GOOGLE_CLOUD_PROJECT": REAL_PROJECT}
     ("target", "env", "named"),
     [
         # An emulator switch with a real project: refused whether or not the process looks deployed.
-        ("generate", {**DEPLOYED, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099", "GENERATOR": "offline"}, "FIREBASE_AUTH_EMULATOR_HOST"),
-        ("credits", {**DEPLOYED, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "K_SERVICE": "credits"}, "FIRESTORE_EMULATOR_HOST"),
-        # Deployed (K_SERVICE, real project): a double's base URL would receive the live key.
-        ("checkout", {**DEPLOYED, "K_SERVICE": "checkout", "STRIPE_API_BASE": "http://127.0.0.1:9"}, "STRIPE_API_BASE"),
         (
             "generate",
-            {**DEPLOYED, "K_SERVICE": "generate", "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": "http://127.0.0.1:9"},
+            {**DEPLOYED, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099", "GENERATOR": "offline"},
+            "FIREBASE_AUTH_EMULATOR_HOST",
+        ),
+        (
+            "credits",
+            {**DEPLOYED, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "K_SERVICE": "credits"},
+            "FIRESTORE_EMULATOR_HOST",
+        ),
+        # Deployed (K_SERVICE, real project): a double's base URL would receive the live key.
+        (
+            "checkout",
+            {**DEPLOYED, "K_SERVICE": "checkout", "STRIPE_API_BASE": "http://127.0.0.1:9"},
+            "STRIPE_API_BASE",
+        ),
+        (
+            "generate",
+            {
+                **DEPLOYED,
+                "K_SERVICE": "generate",
+                "GEMINI_API_KEY": "k",
+                "GEMINI_BASE_URL": "http://127.0.0.1:9",
+            },
             "GEMINI_BASE_URL",
         ),
-        ("generate", {"K_SERVICE": "generate", "GOOGLE_CLOUD_PROJECT": "demo-x", "GENERATOR": "gemini"}, "GEMINI_API_KEY"),
+        (
+            "generate",
+            {"K_SERVICE": "generate", "GOOGLE_CLOUD_PROJECT": "demo-x", "GENERATOR": "gemini"},
+            "GEMINI_API_KEY",
+        ),
     ],
 )
-def test_process_with_unsafe_config_refuses_to_start_naming_the_variable(target: str, env: dict[str, str], named: str) -> None:
-    unsafe = ("FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GEMINI_API_KEY", "STRIPE_API_BASE", "GEMINI_BASE_URL", "K_SERVICE")
+def test_process_with_unsafe_config_refuses_to_start_naming_the_variable(
+    target: str, env: dict[str, str], named: str
+) -> None:
+    unsafe = (
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "FIRESTORE_EMULATOR_HOST",
+        "GEMINI_API_KEY",
+        "STRIPE_API_BASE",
+        "GEMINI_BASE_URL",
+        "K_SERVICE",
+    )
     base = {k: v for k, v in os.environ.items() if k not in unsafe}
     full = {**base, "FUNCTION_TARGET": target, **env}
     fn = ServedFunction(target, env=full, log_dir=Path(tempfile.mkdtemp()), wait=False, inherit=False)
@@ -86,7 +116,10 @@ def test_one_request_logs_one_summary_line_in_cloud_logging_shape(db: Any) -> No
     assert len(summaries) == 1
     [summary] = summaries
     assert summary["severity"] == "INFO" and summary["message"].startswith("generate POST 200")
-    assert summary["logging.googleapis.com/trace"] == "projects/demo-credits-test/traces/0123456789abcdef0123456789abcdef"
+    assert (
+        summary["logging.googleapis.com/trace"]
+        == "projects/demo-credits-test/traces/0123456789abcdef0123456789abcdef"
+    )
     assert summary["function"] == "generate" and summary["uid"] == "logan"
     assert summary["outcome"] == "ok" and summary["status"] == 200 and summary["creditsMoved"] == -50
     assert isinstance(summary["latencyMs"], float)

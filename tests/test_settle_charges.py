@@ -11,7 +11,9 @@ from tests.conftest import assert_ledger_consistent
 from tests.helpers import balance, entries, generations, make_user
 
 
-def test_the_scheduled_job_refunds_stale_charges_once_and_leaves_live_ones(db: Any, settings: Any, app: Any) -> None:
+def test_the_scheduled_job_refunds_stale_charges_once_and_leaves_live_ones(
+    db: Any, settings: Any, app: Any
+) -> None:
     make_user(db, "crashed", credits=100)
     stale = charge(db, settings, GenerationRequest("crashed", "killed mid-generation"))
     live = charge(db, settings, GenerationRequest("crashed", "still running"))

@@ -32,7 +32,9 @@ def post_raw(app: Any, body: bytes, headers: dict[str, str]) -> Any:
     return app("stripe_webhook").post("/", data=body, headers={"Content-Type": "application/json", **headers})
 
 
-def buy(app: Any, uid: str, *, pack: str = "starter", session: str | None = None, pi: str | None = None) -> tuple[str, str]:
+def buy(
+    app: Any, uid: str, *, pack: str = "starter", session: str | None = None, pi: str | None = None
+) -> tuple[str, str]:
     """A paid Checkout Session delivered and credited; returns (session id, payment intent id)."""
     session, pi = session or se.new_id("cs_test"), pi or se.new_id("pi")
     res = deliver(app, se.checkout_completed(session, uid, pack, pi))
@@ -56,7 +58,14 @@ def payment(db: Any, pi: str) -> dict[str, Any]:
 def spend(db: Any, uid: str, credits: int) -> None:
     from functions.lib import ledger
 
-    ledger.post(db, uid, type=ledger.CHARGE, ref=f"spend-{uid}-{credits}", amount=-credits, metadata={"reason": "test spend"})
+    ledger.post(
+        db,
+        uid,
+        type=ledger.CHARGE,
+        ref=f"spend-{uid}-{credits}",
+        amount=-credits,
+        metadata={"reason": "test spend"},
+    )
 
 
 # --- verification -------------------------------------------------------------------------------
@@ -84,7 +93,9 @@ def test_a_paid_session_credits_its_pack_and_creates_the_user(app: Any, db: Any)
 
 
 def test_credits_come_from_the_server_catalog_not_the_amount_paid(app: Any, db: Any) -> None:
-    session = se.checkout_session("cs_test_cheap", "alice", "studio", payment_intent="pi_cheap", amount_total=1)
+    session = se.checkout_session(
+        "cs_test_cheap", "alice", "studio", payment_intent="pi_cheap", amount_total=1
+    )
 
     res = deliver(app, se.event("checkout.session.completed", session))
 
@@ -93,7 +104,9 @@ def test_credits_come_from_the_server_catalog_not_the_amount_paid(app: Any, db: 
 
 
 def test_wrong_secret_is_400_and_changes_nothing(app: Any, db: Any) -> None:
-    res = deliver(app, se.checkout_completed("cs_test_w", "mallory", "studio", "pi_w"), secret="whsec_attacker")
+    res = deliver(
+        app, se.checkout_completed("cs_test_w", "mallory", "studio", "pi_w"), secret="whsec_attacker"
+    )
 
     assert res.status_code == 400 and res.json["error"] == "invalid_signature"
     assert balance(db, "mallory") == 0 and entries(db, "mallory") == []
@@ -217,7 +230,11 @@ def test_the_same_session_delivered_twice_credits_once(app: Any, db: Any) -> Non
     first, again = deliver(app, event), deliver(app, event)
     other_event_id = deliver(app, se.checkout_completed("cs_test_dup", "gina", "starter", "pi_dup"))
 
-    assert [first.json["outcome"], again.json["outcome"], other_event_id.json["outcome"]] == ["credited", "duplicate", "duplicate"]
+    assert [first.json["outcome"], again.json["outcome"], other_event_id.json["outcome"]] == [
+        "credited",
+        "duplicate",
+        "duplicate",
+    ]
     assert all(r.status_code == 200 for r in (first, again, other_event_id))
     assert balance(db, "gina") == STARTER and len(entries(db, "gina")) == 1
     assert len(analytics(db, "credits_purchased")) == 1
@@ -229,7 +246,9 @@ def test_ten_concurrent_deliveries_of_one_session_credit_once(app: Any, db: Any)
     flask_app = app("stripe_webhook").application
 
     with ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(lambda _: flask_app.test_client().post("/", data=body, headers=headers), range(10)))
+        results = list(
+            pool.map(lambda _: flask_app.test_client().post("/", data=body, headers=headers), range(10))
+        )
 
     assert [r.status_code for r in results] == [200] * 10
     assert sorted(r.json["outcome"] for r in results) == ["credited"] + ["duplicate"] * 9
@@ -239,7 +258,9 @@ def test_ten_concurrent_deliveries_of_one_session_credit_once(app: Any, db: Any)
 
 
 @pytest.mark.parametrize("async_first", [False, True])
-def test_completed_and_async_succeeded_for_one_session_credit_once(app: Any, db: Any, async_first: bool) -> None:
+def test_completed_and_async_succeeded_for_one_session_credit_once(
+    app: Any, db: Any, async_first: bool
+) -> None:
     events = [
         se.checkout_completed("cs_test_both", "ivy", "starter", "pi_both"),
         se.async_payment_succeeded("cs_test_both", "ivy", "starter", "pi_both"),
@@ -255,7 +276,13 @@ def test_completed_and_async_succeeded_for_one_session_credit_once(app: Any, db:
 
 
 @pytest.mark.parametrize(
-    "type", ["customer.created", "checkout.session.expired", "checkout.session.async_payment_failed", "charge.succeeded"]
+    "type",
+    [
+        "customer.created",
+        "checkout.session.expired",
+        "checkout.session.async_payment_failed",
+        "charge.succeeded",
+    ],
 )
 def test_unknown_or_irrelevant_event_types_are_200_and_change_nothing(app: Any, db: Any, type: str) -> None:
     event = se.event(type, se.checkout_session("cs_test_x", "jack", "starter", payment_intent="pi_x"))
@@ -270,7 +297,12 @@ def test_unknown_or_irrelevant_event_types_are_200_and_change_nothing(app: Any, 
 
 @pytest.mark.parametrize(
     ("uid", "pack", "reason"),
-    [("kim", "mega", "unknown_pack"), ("kim", None, "unknown_pack"), (None, "starter", "no_user"), ("a/b", "starter", "no_user")],
+    [
+        ("kim", "mega", "unknown_pack"),
+        ("kim", None, "unknown_pack"),
+        (None, "starter", "no_user"),
+        ("a/b", "starter", "no_user"),
+    ],
 )
 def test_a_session_without_a_known_pack_or_user_is_stored_for_operators(
     app: Any, db: Any, uid: str | None, pack: str | None, reason: str
@@ -283,16 +315,31 @@ def test_a_session_without_a_known_pack_or_user_is_stored_for_operators(
     assert res.status_code == 200 and res.json == {"received": True, "outcome": "problem", "problem": reason}
     assert again.status_code == 200
     stored = problem(db, event["id"])
-    assert stored is not None and stored["reason"] == reason and stored["status"] == "open" and stored["deliveries"] == 2
+    assert (
+        stored is not None
+        and stored["reason"] == reason
+        and stored["status"] == "open"
+        and stored["deliveries"] == 2
+    )
     kept = json.loads(stored["payload"])
-    assert kept["id"] == event["id"] and kept["type"] == event["type"] and kept["data"]["object"]["id"] == "cs_test_bad"
-    assert "buyer@example.com" not in stored["payload"] and "Test Buyer" not in stored["payload"] and "94103" not in stored["payload"]
+    assert (
+        kept["id"] == event["id"]
+        and kept["type"] == event["type"]
+        and kept["data"]["object"]["id"] == "cs_test_bad"
+    )
+    assert (
+        "buyer@example.com" not in stored["payload"]
+        and "Test Buyer" not in stored["payload"]
+        and "94103" not in stored["payload"]
+    )
     assert list(db.collection("credit_transactions").stream()) == []
     assert_ledger_consistent(db)
 
 
 def test_a_paid_session_with_no_payment_required_is_not_credited(app: Any, db: Any) -> None:
-    session = se.checkout_session("cs_test_free", "lena", "starter", payment_intent=None, payment_status="no_payment_required")
+    session = se.checkout_session(
+        "cs_test_free", "lena", "starter", payment_intent=None, payment_status="no_payment_required"
+    )
     event = se.event("checkout.session.completed", session)
 
     res = deliver(app, event)
@@ -324,14 +371,19 @@ def test_a_firestore_outage_answers_5xx_and_the_retry_credits_once(
     assert_ledger_consistent(db)
 
 
-def test_a_stored_problem_replays_once_its_cause_is_fixed(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stored_problem_replays_once_its_cause_is_fixed(
+    app: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from functions.lib import payments
     from functions.lib.config import get_settings
 
     event = se.checkout_completed("cs_test_new_pack", "nina", "mega", "pi_new_pack")
     assert deliver(app, event).json["outcome"] == "problem"
     monkeypatch.setenv(
-        "CREDIT_PACKS", json.dumps({"starter": {"credits": 100, "price": "price_s"}, "mega": {"credits": 9000, "price": "price_m"}})
+        "CREDIT_PACKS",
+        json.dumps(
+            {"starter": {"credits": 100, "price": "price_s"}, "mega": {"credits": 9000, "price": "price_m"}}
+        ),
     )
     reset_caches()
 

@@ -52,7 +52,9 @@ LOCAL_FILES = {
 
 
 def tracked() -> list[str]:
-    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    return subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
 
 
 def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tmp_path: Path) -> None:
@@ -70,8 +72,11 @@ def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tm
 
     res = subprocess.run(
         ["node", "-e", PACKAGE, str(source), json.dumps(functions)],
-        capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], "FIREBASE_TOOLS": str(FIREBASE_TOOLS)},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], "FIREBASE_TOOLS": str(FIREBASE_TOOLS)},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     zip_path = Path(res.stdout.split("ZIP=")[1].strip())
     with zipfile.ZipFile(zip_path) as upload:
@@ -79,4 +84,6 @@ def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tm
     zip_path.unlink()
 
     code = {name for name in tracked() if name.startswith("functions/") and name.endswith(".py")}
-    assert uploaded == {"main.py", "requirements.txt", *code}, {"unexpected": uploaded - {"main.py", "requirements.txt", *code}}
+    assert uploaded == {"main.py", "requirements.txt", *code}, {
+        "unexpected": uploaded - {"main.py", "requirements.txt", *code}
+    }

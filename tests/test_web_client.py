@@ -47,7 +47,9 @@ def calls_in_source() -> set[tuple[str, str]]:
     """Every `request("<function>", "<METHOD>"` in the page's source: the only way it calls the backend."""
     calls = set()
     for path in SRC.glob("*.js"):
-        calls |= {(fn, method) for fn, method in re.findall(r'request\("(\w+)", "([A-Z]+)"', path.read_text())}
+        calls |= {
+            (fn, method) for fn, method in re.findall(r'request\("(\w+)", "([A-Z]+)"', path.read_text())
+        }
     return calls
 
 
@@ -88,7 +90,11 @@ def test_every_error_code_gets_a_sentence_and_a_next_step() -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The local stack of `scripts/run-local --serve`, web client included; os.environ restored after."""
     saved = dict(os.environ)
-    for key in [k for k in os.environ if k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))]:
+    for key in [
+        k
+        for k in os.environ
+        if k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))
+    ]:
         del os.environ[key]
     local = Stack(tmp_path_factory.mktemp("web-stack"))
     try:
@@ -130,7 +136,12 @@ class Traffic:
 
     def __init__(self, stack: Stack) -> None:
         self.by_origin = {fn.url: target for target, fn in stack.functions.items()}
-        self.allowed_origins = {*self.by_origin, stack.web.origin, stack.stripe.url, f"http://{stack.auth.host}"}
+        self.allowed_origins = {
+            *self.by_origin,
+            stack.web.origin,
+            stack.stripe.url,
+            f"http://{stack.auth.host}",
+        }
         self.calls: list[tuple[str, str, int, str | None]] = []
         self.elsewhere: list[str] = []
 
@@ -178,7 +189,11 @@ def answer_409_once(page: Any, url: str, origin: str, keys: list[str]) -> None:
     def handle(route: Any) -> None:
         if route.request.method == "POST" and not keys:
             keys.append(route.request.headers.get("idempotency-key"))
-            headers = {"Retry-After": "1", "Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Retry-After"}
+            headers = {
+                "Retry-After": "1",
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Retry-After",
+            }
             body = {"error": "in_progress", "message": "This request is still being processed."}
             route.fulfill(status=409, headers=headers, content_type="application/json", body=json.dumps(body))
         else:
@@ -260,7 +275,9 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
     generates = [(status, key) for fn, _, status, key in traffic.calls if fn == "generate"]
     assert [status for status, _ in generates] == [403, 402, 409, 200, 200, 502]
     keys = [key for _, key in generates]
-    assert refused_keys == [keys[2]] and keys[2] == keys[3], "the 409 retry reuses its click's Idempotency-Key"
+    assert refused_keys == [keys[2]] and keys[2] == keys[3], (
+        "the 409 retry reuses its click's Idempotency-Key"
+    )
     assert len(set(keys)) == 5 and None not in keys, "one Idempotency-Key per click"
     assert traffic.statuses("checkout") == [200]
     undocumented = {(fn, m) for fn, m, _, _ in traffic.calls if m.lower() not in SPEC["paths"][f"/{fn}"]}

@@ -57,12 +57,21 @@ def iam_lines(manifest: dict[str, Any]) -> list[str]:
     """Accounts, roles, per-secret access and private invokers for the declared functions and the scheduler."""
     lines = []
     declared = manifest["endpoints"]
-    for name, spec in [*((n, deployment.FUNCTIONS[n]) for n in sorted(declared)), ("scheduler", deployment.SCHEDULER)]:
+    for name, spec in [
+        *((n, deployment.FUNCTIONS[n]) for n in sorted(declared)),
+        ("scheduler", deployment.SCHEDULER),
+    ]:
         lines.append(f"account {spec.account}")
         lines.extend(f"role {spec.account} {role}" for role in spec.roles)
-        secrets = [s["key"] for s in declared[name].get("secretEnvironmentVariables") or []] if name in declared else []
+        secrets = (
+            [s["key"] for s in declared[name].get("secretEnvironmentVariables") or []]
+            if name in declared
+            else []
+        )
         lines.extend(f"secret {spec.account} {secret}" for secret in secrets)
-        lines.extend(f"invoker {spec.account} {function}" for function in spec.invokes if function in declared)
+        lines.extend(
+            f"invoker {spec.account} {function}" for function in spec.invokes if function in declared
+        )
         if spec.acts_as_itself:
             lines.append(f"actas {spec.account} {spec.account}")
     return lines
@@ -72,12 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("project")
     parser.add_argument("region")
-    parser.add_argument("--iam", action="store_true", help="print IAM steps for deploy.sh instead of the plan")
+    parser.add_argument(
+        "--iam", action="store_true", help="print IAM steps for deploy.sh instead of the plan"
+    )
     args = parser.parse_args(argv)
-    manifest = discover(env={"FUNCTIONS_REGION": args.region, "GCLOUD_PROJECT": args.project, "PATH": os.environ.get("PATH", "")})
+    manifest = discover(
+        env={
+            "FUNCTIONS_REGION": args.region,
+            "GCLOUD_PROJECT": args.project,
+            "PATH": os.environ.get("PATH", ""),
+        }
+    )
     unknown = sorted(set(manifest["endpoints"]) - set(deployment.FUNCTIONS))
     if unknown:
-        print(f"deploy plan: {', '.join(unknown)} not in functions/lib/deployment.py FUNCTIONS", file=sys.stderr)
+        print(
+            f"deploy plan: {', '.join(unknown)} not in functions/lib/deployment.py FUNCTIONS", file=sys.stderr
+        )
         return 1
     print("\n".join(iam_lines(manifest) if args.iam else plan_lines(manifest, args.project)))
     return 0

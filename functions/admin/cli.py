@@ -45,13 +45,19 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 
 PROGRESS_EVERY_S = 2.0
 
 
-_WHAT = {"events_deleted": "analytics events", "problems_deleted": "stored Stripe events", "limits_deleted": "ended checkout windows"}
+_WHAT = {
+    "events_deleted": "analytics events",
+    "problems_deleted": "stored Stripe events",
+    "limits_deleted": "ended checkout windows",
+}
 
 
 class SweepPrinter:
     """Turns sweep progress events into lines for a person watching; chunk progress is throttled."""
 
-    def __init__(self, out: TextIO, *, every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, out: TextIO, *, every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.out = out
         self.every_s = every_s
         self.clock = clock
@@ -64,31 +70,41 @@ class SweepPrinter:
             print(text, file=self.out, flush=True)
 
     def __call__(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "would_refund":
-            self.line(f"would refund generation {fields['generationId']} (user {fields['userId']})")
-        elif event == "would_delete_project":
-            self.line(f"would delete project {fields['projectId']} ({fields['versions']} versions)")
-        elif event == "would_delete":
-            self.line(f"would delete {fields['count']} {_WHAT[fields['what']]}")
-        elif event == "refunded":
-            self.line(f"refunded generation {fields['generationId']}: {fields['amount']} credits to {fields['userId']}")
-        elif event == "project":
-            state = "deleted" if fields["deleted"] else "finished by another sweep"
-            self.line(f"project {fields['projectId']} {state}: {fields['versionsDeleted']} versions deleted by this run")
-        elif event == "chunk":
-            now = self.clock()
-            with self._lock:
-                due = now - self.last >= self.every_s
-                if due:
-                    self.last = now
+        if event == "chunk":
+            self.chunk(fields)
+        elif event in _LINES:
+            self.line(_LINES[event](fields))
+
+    def chunk(self, fields: dict[str, Any]) -> None:
+        now = self.clock()
+        with self._lock:
+            due = now - self.last >= self.every_s
             if due:
-                self.line(f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far ({now - self.started:.1f} s)")
-        elif event == "deleted":
-            self.line(f"{_WHAT[fields['what']]} deleted: {fields['count']}")
-        elif event == "deferred":
-            self.line(f"project {fields['projectId']} kept conflicting with other writers: left for the next run")
-        elif event == "stopped":
-            self.line(f"stopping: the time budget is spent after {fields['elapsedMs'] / 1000:.1f} s; the next run resumes")
+                self.last = now
+        if due:
+            self.line(
+                f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far ({now - self.started:.1f} s)"
+            )
+
+
+# One line per progress event of a sweep or settlement pass (chunks are throttled: SweepPrinter.chunk).
+_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "would_refund": lambda f: f"would refund generation {f['generationId']} (user {f['userId']})",
+    "would_delete_project": lambda f: f"would delete project {f['projectId']} ({f['versions']} versions)",
+    "would_delete": lambda f: f"would delete {f['count']} {_WHAT[f['what']]}",
+    "refunded": lambda f: f"refunded generation {f['generationId']}: {f['amount']} credits to {f['userId']}",
+    "project": lambda f: (
+        f"project {f['projectId']} {'deleted' if f['deleted'] else 'finished by another sweep'}: "
+        f"{f['versionsDeleted']} versions deleted by this run"
+    ),
+    "deleted": lambda f: f"{_WHAT[f['what']]} deleted: {f['count']}",
+    "deferred": lambda f: (
+        f"project {f['projectId']} kept conflicting with other writers: left for the next run"
+    ),
+    "stopped": lambda f: (
+        f"stopping: the time budget is spent after {f['elapsedMs'] / 1000:.1f} s; the next run resumes"
+    ),
+}
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -98,7 +114,9 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     out: TextIO = sys.stdout
-    where = f"emulator {settings.firestore_emulator_host}" if settings.firestore_emulator_host else "Firestore"
+    where = (
+        f"emulator {settings.firestore_emulator_host}" if settings.firestore_emulator_host else "Firestore"
+    )
     print(
         f"{'DRY RUN (nothing is changed): ' if args.dry_run else ''}sweeping project {settings.project} on {where}: "
         f"projects idle > {settings.retention_days} d, charges older than {settings.stale_charge_after_s} s, "
@@ -106,7 +124,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         file=out,
         flush=True,
     )
-    report = sweep(db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(out), workers=args.workers)
+    report = sweep(
+        db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(out), workers=args.workers
+    )
     verb = "would delete" if args.dry_run else "deleted"
     print(
         f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions), {report.events_deleted} analytics events "
@@ -123,9 +143,18 @@ def run_sweep(args: argparse.Namespace) -> int:
 def add_sweep(subparsers: Any) -> None:
     from functions.lib.retention import DEFAULT_WORKERS
 
-    cmd = subparsers.add_parser("sweep", help="run one retention pass (or --dry-run to list what it would do)")
-    cmd.add_argument("--dry-run", action="store_true", help="write nothing; print what would be deleted and refunded")
-    cmd.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"projects deleted at once (default {DEFAULT_WORKERS})")
+    cmd = subparsers.add_parser(
+        "sweep", help="run one retention pass (or --dry-run to list what it would do)"
+    )
+    cmd.add_argument(
+        "--dry-run", action="store_true", help="write nothing; print what would be deleted and refunded"
+    )
+    cmd.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"projects deleted at once (default {DEFAULT_WORKERS})",
+    )
     cmd.set_defaults(run=run_sweep)
 
 
@@ -139,7 +168,9 @@ def run_settle(args: argparse.Namespace) -> int:
         f"{settings.stale_charge_after_s} s in project {settings.project}",
         flush=True,
     )
-    report = settlement.settle_stale_charges(db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(sys.stdout))
+    report = settlement.settle_stale_charges(
+        db.get_client(), settings, dry_run=args.dry_run, progress=SweepPrinter(sys.stdout)
+    )
     print(
         f"{'would refund' if args.dry_run else 'refunded'} {report.refunds_settled} stale charges"
         + (f"; {report.deferred} left for the next run" if report.deferred else ""),
@@ -150,8 +181,12 @@ def run_settle(args: argparse.Namespace) -> int:
 
 
 def add_settle(subparsers: Any) -> None:
-    cmd = subparsers.add_parser("settle", help="refund stale charges now (what the settlement job does every 15 minutes)")
-    cmd.add_argument("--dry-run", action="store_true", help="write nothing; list the charges that would be refunded")
+    cmd = subparsers.add_parser(
+        "settle", help="refund stale charges now (what the settlement job does every 15 minutes)"
+    )
+    cmd.add_argument(
+        "--dry-run", action="store_true", help="write nothing; list the charges that would be refunded"
+    )
     cmd.set_defaults(run=run_settle)
 
 
@@ -180,7 +215,11 @@ def run_schedule(args: argparse.Namespace) -> int:
     try:
         result = upsert_job(scheduler_client(api_endpoint=args.api_endpoint, credentials=credentials), job)
     except (gexc.GoogleAPICallError, http_errors.ConnectionError) as exc:
-        why = f"answered {exc.code} {exc.message}" if isinstance(exc, gexc.GoogleAPICallError) else "is unreachable"
+        why = (
+            f"answered {exc.code} {exc.message}"
+            if isinstance(exc, gexc.GoogleAPICallError)
+            else "is unreachable"
+        )
         print(f"schedule failed: Cloud Scheduler {why} (job {job.name})", file=sys.stderr)
         return EXIT_FAILED
     print(
@@ -193,19 +232,41 @@ def run_schedule(args: argparse.Namespace) -> int:
 def add_schedule(subparsers: Any) -> None:
     from functions.lib import scheduler
 
-    cmd = subparsers.add_parser("schedule", help="create or update the Cloud Scheduler job that calls retention_sweep")
+    cmd = subparsers.add_parser(
+        "schedule", help="create or update the Cloud Scheduler job that calls retention_sweep"
+    )
     cmd.add_argument("--project", required=True, help="Google Cloud project id")
     cmd.add_argument("--region", required=True, help="Cloud Scheduler location, e.g. us-central1")
     cmd.add_argument("--url", required=True, help="the retention_sweep function's HTTPS URL")
-    cmd.add_argument("--service-account", required=True, help="email of the service account the job's OIDC token is minted for")
-    cmd.add_argument("--schedule", default=scheduler.DEFAULT_SCHEDULE, help=f"cron expression (default '{scheduler.DEFAULT_SCHEDULE}')")
-    cmd.add_argument("--time-zone", default=scheduler.DEFAULT_TIME_ZONE, help=f"tz database name (default {scheduler.DEFAULT_TIME_ZONE})")
-    cmd.add_argument("--job-id", default=scheduler.DEFAULT_JOB_ID, help=f"job id (default {scheduler.DEFAULT_JOB_ID})")
+    cmd.add_argument(
+        "--service-account",
+        required=True,
+        help="email of the service account the job's OIDC token is minted for",
+    )
+    cmd.add_argument(
+        "--schedule",
+        default=scheduler.DEFAULT_SCHEDULE,
+        help=f"cron expression (default '{scheduler.DEFAULT_SCHEDULE}')",
+    )
+    cmd.add_argument(
+        "--time-zone",
+        default=scheduler.DEFAULT_TIME_ZONE,
+        help=f"tz database name (default {scheduler.DEFAULT_TIME_ZONE})",
+    )
+    cmd.add_argument(
+        "--job-id", default=scheduler.DEFAULT_JOB_ID, help=f"job id (default {scheduler.DEFAULT_JOB_ID})"
+    )
     cmd.add_argument("--audience", help="OIDC audience (default: the URL)")
     cmd.add_argument(
-        "--attempt-deadline", type=int, default=scheduler.DEFAULT_ATTEMPT_DEADLINE_S, help="seconds Cloud Scheduler waits for an answer"
+        "--attempt-deadline",
+        type=int,
+        default=scheduler.DEFAULT_ATTEMPT_DEADLINE_S,
+        help="seconds Cloud Scheduler waits for an answer",
     )
-    cmd.add_argument("--api-endpoint", help="call this Cloud Scheduler endpoint without credentials (a local double) instead of Google's")
+    cmd.add_argument(
+        "--api-endpoint",
+        help="call this Cloud Scheduler endpoint without credentials (a local double) instead of Google's",
+    )
     cmd.set_defaults(run=run_schedule)
 
 
@@ -226,7 +287,9 @@ def run_grant(args: argparse.Namespace) -> int:
     if posted.applied:
         print(f"granted {posted.amount} credits to {args.user} ({posted.entry_id}); balance {posted.balance}")
     else:
-        print(f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; balance {posted.balance}")
+        print(
+            f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; balance {posted.balance}"
+        )
     return EXIT_OK
 
 
@@ -235,9 +298,13 @@ def add_grant(subparsers: Any) -> None:
     cmd.add_argument("user", help="the user's uid")
     cmd.add_argument("amount", type=int, help="credits to add (positive)")
     cmd.add_argument("--reason", required=True, help="why, stored on the ledger entry")
-    cmd.add_argument("--id", required=True, help="grant id: the same id never grants twice (e.g. a ticket number)")
     cmd.add_argument(
-        "--allow-unknown-user", action="store_true", help="grant even if no Firebase Auth account has this uid (refused by default)"
+        "--id", required=True, help="grant id: the same id never grants twice (e.g. a ticket number)"
+    )
+    cmd.add_argument(
+        "--allow-unknown-user",
+        action="store_true",
+        help="grant even if no Firebase Auth account has this uid (refused by default)",
     )
     cmd.set_defaults(run=run_grant)
 
@@ -246,7 +313,9 @@ def run_ledger(args: argparse.Namespace) -> int:
     from functions.lib import db, ledger
 
     statement = ledger.statement(db.get_client(), args.user, limit=args.limit)
-    print(f"user {args.user}: balance {statement.balance}; latest {len(statement.transactions)} entries, newest first")
+    print(
+        f"user {args.user}: balance {statement.balance}; latest {len(statement.transactions)} entries, newest first"
+    )
     for entry in statement.transactions:
         meta = " ".join(f"{k}={v}" for k, v in sorted(entry["metadata"].items()))
         print(
@@ -269,7 +338,10 @@ def run_audit(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     def progress(report: AuditReport) -> None:
-        print(f"... {report.users} users, {report.entries} ledger entries checked, {len(report.differences)} differences", flush=True)
+        print(
+            f"... {report.users} users, {report.entries} ledger entries checked, {len(report.differences)} differences",
+            flush=True,
+        )
 
     report = audit(db.get_client(), progress, every=args.progress_every)
     for d in report.differences:
@@ -284,7 +356,9 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def add_audit(subparsers: Any) -> None:
     cmd = subparsers.add_parser("audit", help="check balance == sum of ledger and >= 0 for every user")
-    cmd.add_argument("--progress-every", type=int, default=1000, help="print progress every N users (default 1000)")
+    cmd.add_argument(
+        "--progress-every", type=int, default=1000, help="print progress every N users (default 1000)"
+    )
     cmd.set_defaults(run=run_audit)
 
 
@@ -294,12 +368,16 @@ def run_replay(args: argparse.Namespace) -> int:
 
     outcome = payments.replay_problem(db.get_client(), get_settings(), args.event_id)
     detail = f"; problem: {outcome.problem}" if outcome.problem else ""
-    print(f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits for {outcome.uid or 'no user'}{detail}")
+    print(
+        f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits for {outcome.uid or 'no user'}{detail}"
+    )
     return EXIT_FAILED if outcome.action == payments.PROBLEM else EXIT_OK
 
 
 def add_replay(subparsers: Any) -> None:
-    cmd = subparsers.add_parser("replay", help="run a stored problem Stripe event again through the webhook's code path")
+    cmd = subparsers.add_parser(
+        "replay", help="run a stored problem Stripe event again through the webhook's code path"
+    )
     cmd.add_argument("event_id", help="the Stripe event id (evt_...) in stripe_event_problems")
     cmd.set_defaults(run=run_replay)
 
@@ -315,17 +393,24 @@ def run_export(args: argparse.Namespace) -> int:
             written += len(piece)
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
-                print(f"... {written} characters written ({last - started:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"... {written} characters written ({last - started:.1f} s)", file=sys.stderr, flush=True
+                )
         out.write("\n")
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"exported user {args.user}: {written} characters in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    print(
+        f"exported user {args.user}: {written} characters in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
 def add_export(subparsers: Any) -> None:
-    cmd = subparsers.add_parser("export", help="everything kept about a user, as one JSON document (what account GET answers)")
+    cmd = subparsers.add_parser(
+        "export", help="everything kept about a user, as one JSON document (what account GET answers)"
+    )
     cmd.add_argument("user", help="the user's uid")
     cmd.add_argument("--out", help="write to this file instead of stdout")
     cmd.set_defaults(run=run_export)
@@ -340,14 +425,20 @@ def run_forget(args: argparse.Namespace) -> int:
         detail = ", ".join(f"{k} {v}" for k, v in fields.items())
         print(f"{event}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
 
-    print(f"erasing user {args.user} (running this again finishes an interrupted erasure)", file=sys.stderr, flush=True)
+    print(
+        f"erasing user {args.user} (running this again finishes an interrupted erasure)",
+        file=sys.stderr,
+        flush=True,
+    )
     report = user_data.erase(db.get_client(), args.user, delete_login=auth.delete_login, progress=progress)
     print(json.dumps(report.body()))
     return EXIT_OK
 
 
 def add_forget(subparsers: Any) -> None:
-    cmd = subparsers.add_parser("forget", help="erase a user as account DELETE does: data deleted, ledger kept under a pseudonym")
+    cmd = subparsers.add_parser(
+        "forget", help="erase a user as account DELETE does: data deleted, ledger kept under a pseudonym"
+    )
     cmd.add_argument("user", help="the user's uid")
     cmd.set_defaults(run=run_forget)
 
@@ -366,7 +457,9 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m functions.admin", description="Operator commands for the credits backend.")
+    parser = argparse.ArgumentParser(
+        prog="python -m functions.admin", description="Operator commands for the credits backend."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
@@ -389,5 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not firestore_unavailable(exc):
             raise
-        print(f"{args.command} failed: Firestore is unreachable ({type(exc).__name__}); run it again later", file=sys.stderr)
+        print(
+            f"{args.command} failed: Firestore is unreachable ({type(exc).__name__}); run it again later",
+            file=sys.stderr,
+        )
         return EXIT_FAILED

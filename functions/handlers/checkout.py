@@ -26,7 +26,9 @@ class CheckoutRequest:
 def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
     """An absolute http(s) URL on one of ALLOWED_ORIGINS: Stripe sends the buyer there, so no open redirects."""
     if not settings.allowed_origins:
-        raise ConfigError("ALLOWED_ORIGINS", "ALLOWED_ORIGINS is empty: checkout cannot accept any return URL")
+        raise ConfigError(
+            "ALLOWED_ORIGINS", "ALLOWED_ORIGINS is empty: checkout cannot accept any return URL"
+        )
     url = body.get(field)
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise InvalidRequest(f"'{field}' must be a URL of at most {MAX_URL_CHARS} characters.", field=field)
@@ -36,7 +38,12 @@ def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
     except ValueError:
         raise InvalidRequest(f"'{field}' is not a valid URL.", field=field) from None
     allowed = {o.lower() for o in settings.allowed_origins}
-    if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None or origin.lower() not in allowed:
+    if (
+        parts.scheme not in ("http", "https")
+        or parts.username is not None
+        or parts.password is not None
+        or origin.lower() not in allowed
+    ):
         raise InvalidRequest(f"'{field}' must be on one of the app's origins.", field=field)
     return url
 
@@ -49,8 +56,15 @@ def parse(settings: Settings, call: Call) -> CheckoutRequest:
     pack_id = body.get("packId")
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:
-        raise InvalidRequest(f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId")
-    return CheckoutRequest(pack, return_url(settings, body, "successUrl"), return_url(settings, body, "cancelUrl"), call.idempotency_key())
+        raise InvalidRequest(
+            f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId"
+        )
+    return CheckoutRequest(
+        pack,
+        return_url(settings, body, "successUrl"),
+        return_url(settings, body, "cancelUrl"),
+        call.idempotency_key(),
+    )
 
 
 @endpoint("checkout", methods=("POST",))
@@ -61,10 +75,18 @@ def handle(call: Call) -> dict[str, Any]:
     settings = get_settings()
     req = parse(settings, call)
     limits.take_checkout_slot(
-        db.get_client(), uid, limit=settings.checkout_limit, window_s=settings.checkout_window_s, now=datetime.now(UTC)
+        db.get_client(),
+        uid,
+        limit=settings.checkout_limit,
+        window_s=settings.checkout_window_s,
+        now=datetime.now(UTC),
     )
     session = stripe_api.create_checkout_session(
-        settings, uid=uid, pack=req.pack, success_url=req.success_url, cancel_url=req.cancel_url,
+        settings,
+        uid=uid,
+        pack=req.pack,
+        success_url=req.success_url,
+        cancel_url=req.cancel_url,
         idempotency_key=stripe_api.checkout_idempotency_key(uid, req.idempotency_key),
-    )  # fmt: skip
+    )
     return {"url": session.url, "sessionId": session.id}

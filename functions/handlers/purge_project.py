@@ -30,5 +30,7 @@ def handle(data: Any) -> dict[str, Any]:
         return {"error": "invalid_task"}
     report = purge_project(db.get_client(), get_settings(), project_id)
     if not report.complete:
-        raise PurgeUnfinished(f"project {project_id}: stopped with versions left after {report.versions_deleted}; retrying")
+        raise PurgeUnfinished(
+            f"project {project_id}: stopped with versions left after {report.versions_deleted}; retrying"
+        )
     return {"projectId": project_id, **report.body()}

@@ -22,6 +22,12 @@ BUDGET_S = 240
 def run() -> dict[str, Any]:
     logs.configure()
     deadline = time.monotonic() + BUDGET_S
-    report = settle_stale_charges(db.get_client(), get_settings(), has_time=lambda: time.monotonic() < deadline)
-    log.info("settlement pass %s", "complete" if report.complete else "left work", extra={"json_fields": report.body()})
+    report = settle_stale_charges(
+        db.get_client(), get_settings(), has_time=lambda: time.monotonic() < deadline
+    )
+    log.info(
+        "settlement pass %s",
+        "complete" if report.complete else "left work",
+        extra={"json_fields": report.body()},
+    )
     return report.body()

@@ -24,5 +24,9 @@ def handle(call: Call) -> Reply:
     logs.bind(stripeEventId=event["id"], stripeEventType=event["type"])
     outcome = payments.handle_event(db.get_client(), settings, event)
     logs.bind(uid=outcome.uid)
-    body = {"received": True, "outcome": outcome.action, **({"problem": outcome.problem} if outcome.problem else {})}
+    body = {
+        "received": True,
+        "outcome": outcome.action,
+        **({"problem": outcome.problem} if outcome.problem else {}),
+    }
     return Reply(body, credits_moved=outcome.credits)

@@ -24,7 +24,13 @@ CREDITS_REINSTATED = "credits_reinstated"
 
 
 def stage_event(
-    client: Client, batch: WriteBatch, type: str, uid: str | None, properties: dict[str, Any], *, event_id: str | None = None
+    client: Client,
+    batch: WriteBatch,
+    type: str,
+    uid: str | None,
+    properties: dict[str, Any],
+    *,
+    event_id: str | None = None,
 ) -> None:
     """Stage an event in `batch`. A deterministic `event_id` keeps a retried step from logging twice."""
     from google.cloud.firestore import SERVER_TIMESTAMP

@@ -57,7 +57,12 @@ class _Sum:
 
 def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
     """One `_Sum` per user, in uid order, from one paged scan."""
-    query = client.collection(schema.LEDGER).order_by("userId").order_by("__name__").select(["userId", "amount", "type"])
+    query = (
+        client.collection(schema.LEDGER)
+        .order_by("userId")
+        .order_by("__name__")
+        .select(["userId", "amount", "type"])
+    )
     current: _Sum | None = None
     for snap in db.pages(query, PAGE, read_time=read_time):
         uid, amount, kind = snap.get("userId"), int(snap.get("amount") or 0), snap.get("type")
@@ -68,7 +73,13 @@ def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
         if current is None:
             current = _Sum(uid, amount, 1, reversal, forfeit)
         else:
-            current = _Sum(uid, current.total + amount, current.entries + 1, current.reversed or reversal, current.closed or forfeit)
+            current = _Sum(
+                uid,
+                current.total + amount,
+                current.entries + 1,
+                current.reversed or reversal,
+                current.closed or forfeit,
+            )
     if current is not None:
         yield current
 
@@ -80,7 +91,11 @@ def _balances(client: Client, read_time: datetime) -> Iterator[tuple[str, int]]:
 
 
 def audit(
-    client: Client, progress: Callable[[AuditReport], None] | None = None, *, every: int = 1000, read_time: datetime | None = None
+    client: Client,
+    progress: Callable[[AuditReport], None] | None = None,
+    *,
+    every: int = 1000,
+    read_time: datetime | None = None,
 ) -> AuditReport:
     """Check every user against the ledger as of `read_time` (default: now, by the database's clock);
     `progress(report)` is called every `every` users."""
@@ -88,32 +103,33 @@ def audit(
     report = AuditReport()
     sums = _ledger_sums(client, at)
     pending = next(sums, None)
-
-    def check(uid: str, credits: int | None, found: _Sum | None) -> None:
-        total = found.total if found is not None else 0
-        if found is not None:
-            report.entries += found.entries
-        if credits is None and found is not None and found.closed and total == 0:
-            report.closed_accounts += 1
-        elif credits is None:
-            report.differences.append(Difference(uid, NO_USER, None, total))
-        elif credits != total:
-            report.differences.append(Difference(uid, MISMATCH, credits, total))
-        if credits is not None and credits < 0 and not (found is not None and found.reversed):
-            report.differences.append(Difference(uid, NEGATIVE, credits, total))
-
     for uid, credits in _balances(client, at):
-        while pending is not None and pending.uid < uid:
-            check(pending.uid, None, pending)
+        while pending is not None and pending.uid < uid:  # ledger entries of a user with no document
+            _check(report, pending.uid, None, pending)
             pending = next(sums, None)
         found = None
         if pending is not None and pending.uid == uid:
             found, pending = pending, next(sums, None)
-        check(uid, credits, found)
+        _check(report, uid, credits, found)
         report.users += 1
         if progress is not None and report.users % every == 0:
             progress(report)
     while pending is not None:
-        check(pending.uid, None, pending)
+        _check(report, pending.uid, None, pending)
         pending = next(sums, None)
     return report
+
+
+def _check(report: AuditReport, uid: str, credits: int | None, found: _Sum | None) -> None:
+    """Add one user's differences to `report`; `credits` None: no user document; `found` None: no entries."""
+    total = found.total if found is not None else 0
+    if found is not None:
+        report.entries += found.entries
+    if credits is None and found is not None and found.closed and total == 0:
+        report.closed_accounts += 1
+    elif credits is None:
+        report.differences.append(Difference(uid, NO_USER, None, total))
+    elif credits != total:
+        report.differences.append(Difference(uid, MISMATCH, credits, total))
+    if credits is not None and credits < 0 and not (found is not None and found.reversed):
+        report.differences.append(Difference(uid, NEGATIVE, credits, total))

@@ -80,7 +80,13 @@ def verify_id_token(token: str) -> dict[str, Any]:
     except auth.CertificateFetchError as exc:
         log.warning("could not fetch Firebase token certificates: %s", type(exc).__name__)
         raise Unavailable("Could not verify the ID token right now; retry shortly.") from exc
-    except (ValueError, auth.InvalidIdTokenError, auth.ExpiredIdTokenError, auth.RevokedIdTokenError, auth.UserDisabledError):
+    except (
+        ValueError,
+        auth.InvalidIdTokenError,
+        auth.ExpiredIdTokenError,
+        auth.RevokedIdTokenError,
+        auth.UserDisabledError,
+    ):
         raise Unauthenticated("The ID token is invalid or expired.") from None
     uid = claims.get("uid") or claims.get("sub")
     if not ids.is_doc_id(uid):
@@ -110,7 +116,9 @@ def lookup_account(uid: str) -> AccountState:
     except (firebase_admin.exceptions.FirebaseError, OSError) as exc:
         log.warning("could not look up the Firebase Auth account: %s", type(exc).__name__)
         raise Unavailable("Could not check the account right now; retry shortly.") from exc
-    return AccountState(exists=True, disabled=bool(user.disabled), valid_after_ms=int(user.tokens_valid_after_timestamp or 0))
+    return AccountState(
+        exists=True, disabled=bool(user.disabled), valid_after_ms=int(user.tokens_valid_after_timestamp or 0)
+    )
 
 
 class AccountStates:
@@ -120,7 +128,9 @@ class AccountStates:
     may both look it up, which is harmless.
     """
 
-    def __init__(self, lookup: Callable[[str], AccountState], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, lookup: Callable[[str], AccountState], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.lookup = lookup
         self.clock = clock
         self._states: OrderedDict[str, tuple[float, AccountState]] = OrderedDict()
@@ -196,7 +206,8 @@ def authenticate_recent_sign_in(authorization: str | None, *, within_s: int | No
     signed_in = claims.get("auth_time")
     if not isinstance(signed_in, int | float) or time.time() - signed_in > limit:
         raise Unauthenticated(
-            f"This action needs a sign-in from the last {max(limit, 60) // 60} minutes; sign in again.", reason="stale_sign_in"
+            f"This action needs a sign-in from the last {max(limit, 60) // 60} minutes; sign in again.",
+            reason="stale_sign_in",
         )
     return uid
 

@@ -120,13 +120,25 @@ def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
         except json.JSONDecodeError as exc:
             raise ConfigError("CREDIT_PACKS", f"CREDIT_PACKS is not valid JSON: {exc.msg}") from None
     if not isinstance(catalog, dict) or not catalog:
-        raise ConfigError("CREDIT_PACKS", 'CREDIT_PACKS must be a JSON object like {"starter": {"credits": 100, "price": "price_..."}}')
+        raise ConfigError(
+            "CREDIT_PACKS",
+            'CREDIT_PACKS must be a JSON object like {"starter": {"credits": 100, "price": "price_..."}}',
+        )
     packs = {}
     for pack_id, spec in catalog.items():
         credits = spec.get("credits") if isinstance(spec, dict) else None
         price = spec.get("price") if isinstance(spec, dict) else None
-        if not isinstance(credits, int) or isinstance(credits, bool) or credits <= 0 or not isinstance(price, str) or not price:
-            raise ConfigError("CREDIT_PACKS", f"CREDIT_PACKS entry {pack_id!r} needs a positive integer 'credits' and a 'price' id")
+        if (
+            not isinstance(credits, int)
+            or isinstance(credits, bool)
+            or credits <= 0
+            or not isinstance(price, str)
+            or not price
+        ):
+            raise ConfigError(
+                "CREDIT_PACKS",
+                f"CREDIT_PACKS entry {pack_id!r} needs a positive integer 'credits' and a 'price' id",
+            )
         packs[pack_id] = CreditPack(pack_id, credits, price)
     return packs
 
@@ -159,7 +171,9 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         gemini_model=env.get("GEMINI_MODEL", "").strip() or "gemini-2.5-flash",
         gemini_base_url=env.get("GEMINI_BASE_URL") or None,
         generation_timeout_s=timeout_s,
-        stale_charge_after_s=_int(env, "STALE_CHARGE_AFTER_S", 600, minimum=stale_minimum, why="GENERATION_TIMEOUT_S + 30"),
+        stale_charge_after_s=_int(
+            env, "STALE_CHARGE_AFTER_S", 600, minimum=stale_minimum, why="GENERATION_TIMEOUT_S + 30"
+        ),
         terms_version=env.get("TERMS_VERSION", "").strip() or "2026-01-01",
         retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
         sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
@@ -198,7 +212,9 @@ def deploy_region(env: Mapping[str, str] = os.environ) -> str:
     """FUNCTIONS_REGION: where every function is declared (read when the Firebase CLI discovers them)."""
     region = env.get("FUNCTIONS_REGION", "").strip() or "us-central1"
     if not all(part.isalnum() for part in region.split("-")) or region.count("-") != 1:
-        raise ConfigError("FUNCTIONS_REGION", f"FUNCTIONS_REGION must be a region like us-central1, got {region!r}")
+        raise ConfigError(
+            "FUNCTIONS_REGION", f"FUNCTIONS_REGION must be a region like us-central1, got {region!r}"
+        )
     return region
 
 
@@ -238,7 +254,11 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
     if overrides and not is_demo:
         raise ConfigError(overrides[0], f"refusing to start: {', '.join(overrides)} set {where}")
     target = env.get("FUNCTION_TARGET", "")
-    required = [s for s in required_secrets(target) if s != "GEMINI_API_KEY" or env.get("GENERATOR", "gemini") == "gemini"]
+    required = [
+        s
+        for s in required_secrets(target)
+        if s != "GEMINI_API_KEY" or env.get("GENERATOR", "gemini") == "gemini"
+    ]
     missing = [name for name in required if not env.get(name)]
     if missing:
         raise ConfigError(missing[0], f"refusing to start {target}: {', '.join(missing)} not set {where}")

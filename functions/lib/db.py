@@ -48,7 +48,10 @@ def rpc() -> dict[str, Any]:
     from google.api_core.retry import Retry, if_exception_type
 
     transient = if_exception_type(gexc.ServiceUnavailable, gexc.InternalServerError, gexc.DeadlineExceeded)
-    return {"retry": Retry(predicate=transient, initial=0.05, maximum=0.5, multiplier=2, timeout=RPC_TIMEOUT_S), "timeout": RPC_TIMEOUT_S}
+    return {
+        "retry": Retry(predicate=transient, initial=0.05, maximum=0.5, multiplier=2, timeout=RPC_TIMEOUT_S),
+        "timeout": RPC_TIMEOUT_S,
+    }
 
 
 @functools.cache
@@ -83,7 +86,9 @@ def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnaps
     return [by_path[ref.path] for ref in refs]
 
 
-def pages(query: Query, page_size: int = 100, *, read_time: datetime | None = None) -> Iterator[DocumentSnapshot]:
+def pages(
+    query: Query, page_size: int = 100, *, read_time: datetime | None = None
+) -> Iterator[DocumentSnapshot]:
     """Every result of `query` (which must have a total order), `page_size` at a time.
 
     Each page is its own short RPC continuing after the last snapshot of the one before, so no

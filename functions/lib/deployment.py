@@ -52,7 +52,9 @@ FUNCTIONS: dict[str, Deployed] = {
     "checkout": Deployed("fn-checkout", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_VIEWER)),
     "stripe_webhook": Deployed("fn-stripe-webhook", ("STRIPE_WEBHOOK_SECRET",), (DATASTORE_USER,)),
     # Enqueues purge tasks with an OIDC token of its own account, which the task function accepts.
-    SWEEP_FUNCTION: Deployed("fn-retention-sweep", (), (DATASTORE_USER, TASKS_ENQUEUER), (PURGE_FUNCTION,), acts_as_itself=True),
+    SWEEP_FUNCTION: Deployed(
+        "fn-retention-sweep", (), (DATASTORE_USER, TASKS_ENQUEUER), (PURGE_FUNCTION,), acts_as_itself=True
+    ),
     "settle_charges": Deployed("fn-settle-charges", (), (DATASTORE_USER,)),
     PURGE_FUNCTION: Deployed("fn-purge-project", (), (DATASTORE_USER,)),
     "account": Deployed("fn-account", (), (DATASTORE_USER, AUTH_ADMIN)),

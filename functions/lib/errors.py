@@ -14,7 +14,9 @@ class AppError(Exception):
     code = "internal"
     message = "Something went wrong on our side."
 
-    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None, **details: Any) -> None:
+    def __init__(
+        self, message: str | None = None, *, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
         self.message = message or type(self).message
         self.details = details
         self.headers = headers or {}
@@ -29,11 +31,18 @@ class InvalidRequest(AppError):
 
 
 class InvalidSignature(InvalidRequest):
-    code, message = "invalid_signature", "The Stripe-Signature header is missing, malformed, stale or does not match the body."
+    code, message = (
+        "invalid_signature",
+        "The Stripe-Signature header is missing, malformed, stale or does not match the body.",
+    )
 
 
 class Unauthenticated(AppError):
-    status, code, message = 401, "unauthenticated", "A valid Firebase ID token is required in the Authorization header."
+    status, code, message = (
+        401,
+        "unauthenticated",
+        "A valid Firebase ID token is required in the Authorization header.",
+    )
 
 
 class InsufficientCredits(AppError):
@@ -57,7 +66,11 @@ class MethodNotAllowed(AppError):
 
 
 class InProgress(AppError):
-    status, code, message = 409, "in_progress", "A request with this Idempotency-Key is still running; retry later."
+    status, code, message = (
+        409,
+        "in_progress",
+        "A request with this Idempotency-Key is still running; retry later.",
+    )
 
 
 class PayloadTooLarge(AppError):
@@ -69,14 +82,24 @@ class UnsupportedMediaType(AppError):
 
 
 class IdempotencyKeyReused(AppError):
-    status, code, message = 422, "idempotency_key_reused", "This Idempotency-Key was used with a different request body."
+    status, code, message = (
+        422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request body.",
+    )
 
 
 class RateLimited(AppError):
-    status, code, message = 429, "rate_limited", "Too many requests; retry after the number of seconds in Retry-After."
+    status, code, message = (
+        429,
+        "rate_limited",
+        "Too many requests; retry after the number of seconds in Retry-After.",
+    )
 
     def __init__(self, message: str | None = None, *, retry_after_s: int, **details: Any) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, retryAfterSeconds=retry_after_s, **details)
+        super().__init__(
+            message, headers={"Retry-After": str(retry_after_s)}, retryAfterSeconds=retry_after_s, **details
+        )
 
 
 class GenerationFailed(AppError):
@@ -97,7 +120,10 @@ class Unavailable(AppError):
 class Contention(Unavailable):
     """Optimistic retries ran out: other writes kept winning. Nothing was written."""
 
-    code, message = "busy", "Too many simultaneous requests on this account; nothing was charged. Retry shortly."
+    code, message = (
+        "busy",
+        "Too many simultaneous requests on this account; nothing was charged. Retry shortly.",
+    )
 
 
 class ConfigError(AppError):

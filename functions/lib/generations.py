@@ -130,7 +130,9 @@ def _generations(client: Client) -> Any:
     return client.collection(GENERATIONS)
 
 
-def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot, stale_before: datetime) -> Completed:
+def _replay(
+    client: Client, req: GenerationRequest, gen: DocumentSnapshot, stale_before: datetime
+) -> Completed:
     """Answer a repeated Idempotency-Key from the stored generation, or raise what it ended as."""
     data = gen.to_dict() or {}
     if data.get("userId") != req.uid or data.get("requestHash") != req.fingerprint():
@@ -142,10 +144,25 @@ def _replay(client: Client, req: GenerationRequest, gen: DocumentSnapshot, stale
             raise _Stale()  # its process died: settle it now instead of answering 409 until a job does
         raise InProgress(headers={"Retry-After": "2"})
     if status == REFUNDED:
-        raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
-    version = client.collection(PROJECTS).document(data["projectId"]).collection(VERSIONS).document(data["versionId"]).get(**db.rpc())
+        raise GenerationFailed(
+            refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error")
+        )
+    version = (
+        client.collection(PROJECTS)
+        .document(data["projectId"])
+        .collection(VERSIONS)
+        .document(data["versionId"])
+        .get(**db.rpc())
+    )
     output = (version.to_dict() or {}).get("output", "") if version.exists else ""
-    return Completed(data["projectId"], data["versionId"], output, int(data["cost"]), int(data["balanceAfterCharge"]), replayed=True)
+    return Completed(
+        data["projectId"],
+        data["versionId"],
+        output,
+        int(data["cost"]),
+        int(data["balanceAfterCharge"]),
+        replayed=True,
+    )
 
 
 def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge | Completed:
@@ -183,13 +200,20 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
             try:
                 return db.commit_optimistically(plan, attempts=1)
             except Unavailable:
-                raise Unavailable("Could not confirm the charge; if credits were taken they will be refunded automatically.") from None
+                raise Unavailable(
+                    "Could not confirm the charge; if credits were taken they will be refunded automatically."
+                ) from None
     except _Stale:
         return _settle_stale_replay(client, req, generation_id, plan)
 
 
 def _existing(
-    client: Client, req: GenerationRequest, gen: DocumentSnapshot, project: DocumentSnapshot | None, token: str, stale_before: datetime
+    client: Client,
+    req: GenerationRequest,
+    gen: DocumentSnapshot,
+    project: DocumentSnapshot | None,
+    token: str,
+    stale_before: datetime,
 ) -> Charge | Completed:
     """The generation already exists: this call's own charge (its commit's answer was lost), or a replay."""
     data = gen.to_dict() or {}
@@ -232,9 +256,13 @@ def _stage_charge(
         if not project.exists or fields.get("ownerId") != req.uid or fields.get("deletingAt") is not None:
             raise ProjectNotFound()
         version_count = int(fields.get("versionCount") or 0)
-        batch.update(project.reference, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project))
+        batch.update(
+            project.reference, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project)
+        )
     metadata = {"generationId": generation_id, "projectId": project_id}
-    balance = ledger.stage_entry(client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost, metadata=metadata)
+    balance = ledger.stage_entry(
+        client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost, metadata=metadata
+    )
     record = {
         "userId": req.uid,
         "projectId": project_id,
@@ -251,7 +279,17 @@ def _stage_charge(
     batch.create(_generations(client).document(generation_id), record)
 
     def charged(commit_time: datetime) -> Charge:
-        return Charge(generation_id, project_id, req.kind, cost, balance, req.prompt, req.uid, commit_time, version_count)
+        return Charge(
+            generation_id,
+            project_id,
+            req.kind,
+            cost,
+            balance,
+            req.prompt,
+            req.uid,
+            commit_time,
+            version_count,
+        )
 
     return db.Plan(batch=batch, then=charged)
 
@@ -286,8 +324,12 @@ def complete(client: Client, ch: Charge, output: str) -> Completed:
         if data.get("status") == SUCCEEDED:
             return db.Plan(Completed(ch.project_id, data["versionId"], output, ch.cost, ch.balance))
         if data.get("status") != CHARGED:
-            raise GenerationFailed(refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error"))
-        if ch.kind == ITERATION and (not project.exists or (project.to_dict() or {}).get("deletingAt") is not None):
+            raise GenerationFailed(
+                refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error")
+            )
+        if ch.kind == ITERATION and (
+            not project.exists or (project.to_dict() or {}).get("deletingAt") is not None
+        ):
             raise _ProjectGone()
         count = int((project.to_dict() or {}).get("versionCount") or 0) if project.exists else 0
         return _stage_completion(client, ch, output, count, gen.update_time, project.update_time)
@@ -296,7 +338,12 @@ def complete(client: Client, ch: Charge, output: str) -> Completed:
 
 
 def _stage_completion(
-    client: Client, ch: Charge, output: str, version_count: int, gen_time: datetime, project_time: datetime | None
+    client: Client,
+    ch: Charge,
+    output: str,
+    version_count: int,
+    gen_time: datetime,
+    project_time: datetime | None,
 ) -> db.Plan[Completed]:
     """The success batch: the version, the project (created, or updated under a precondition) and the
     generation's status, under a precondition on the generation as charged."""
@@ -304,12 +351,21 @@ def _stage_completion(
 
     project_ref = client.collection(PROJECTS).document(ch.project_id)
     number, version_id = version_count + 1, ch.generation_id
-    version = {"number": number, "prompt": ch.prompt, "output": output, "generationId": ch.generation_id, "createdAt": SERVER_TIMESTAMP}
+    version = {
+        "number": number,
+        "prompt": ch.prompt,
+        "output": output,
+        "generationId": ch.generation_id,
+        "createdAt": SERVER_TIMESTAMP,
+    }
     batch = client.batch()
     batch.create(project_ref.collection(VERSIONS).document(version_id), version)
     project_fields = {"updatedAt": SERVER_TIMESTAMP, "versionCount": number, "latestVersionId": version_id}
     if ch.kind == INITIAL:
-        batch.create(project_ref, {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields})
+        batch.create(
+            project_ref,
+            {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields},
+        )
     else:
         batch.update(project_ref, project_fields, option=client.write_option(last_update_time=project_time))
     batch.update(
@@ -318,7 +374,9 @@ def _stage_completion(
         option=client.write_option(last_update_time=gen_time),
     )
     props = {"generationId": ch.generation_id, "projectId": ch.project_id, "kind": ch.kind, "cost": ch.cost}
-    analytics.stage_event(client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded")
+    analytics.stage_event(
+        client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded"
+    )
     return db.Plan(Completed(ch.project_id, version_id, output, ch.cost, ch.balance), batch)
 
 
@@ -335,25 +393,42 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
             raise NotFound(f"No generation {generation_id}.")
         data = gen.to_dict() or {}
         if data.get("userId") != uid:
-            raise NotFound(f"No generation {generation_id} for this user.")  # credits go back only to who paid
+            raise NotFound(
+                f"No generation {generation_id} for this user."
+            )  # credits go back only to who paid
         cost = int(data.get("cost") or 0)
         if data.get("status") != CHARGED:
-            return db.Plan(Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user)))
+            return db.Plan(
+                Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user))
+            )
         batch = client.batch()
         metadata = {"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason}
-        balance = ledger.stage_entry(client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost, metadata=metadata)
+        balance = ledger.stage_entry(
+            client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost, metadata=metadata
+        )
         batch.update(
             gen_ref,
-            {"status": REFUNDED, "error": reason, "balanceAfterRefund": balance, "updatedAt": SERVER_TIMESTAMP},
+            {
+                "status": REFUNDED,
+                "error": reason,
+                "balanceAfterRefund": balance,
+                "updatedAt": SERVER_TIMESTAMP,
+            },
             option=db.precondition(client, gen),
         )
         props = {"generationId": generation_id, "amount": cost, "reason": reason}
-        analytics.stage_event(client, batch, analytics.CREDITS_REFUNDED, uid, props, event_id=f"{generation_id}-refunded")
+        analytics.stage_event(
+            client, batch, analytics.CREDITS_REFUNDED, uid, props, event_id=f"{generation_id}-refunded"
+        )
         return db.Plan(Refund(generation_id, True, REFUNDED, cost, balance), batch)
 
     result = db.commit_optimistically(plan)
     if result.applied:
-        analytics.emitted(analytics.CREDITS_REFUNDED, uid, {"generationId": generation_id, "amount": result.amount, "reason": reason})
+        analytics.emitted(
+            analytics.CREDITS_REFUNDED,
+            uid,
+            {"generationId": generation_id, "amount": result.amount, "reason": reason},
+        )
     return result
 
 
@@ -363,7 +438,9 @@ def _fail(client: Client, ch: Charge, reason: str) -> GenerationFailed | Unavail
         settled = refund(client, ch.generation_id, ch.uid, reason)
     except Exception:
         log.exception("refund of %s failed; the sweep will settle it", ch.generation_id)
-        return Unavailable("The generation failed and the refund could not be recorded yet; it will be refunded automatically.")
+        return Unavailable(
+            "The generation failed and the refund could not be recorded yet; it will be refunded automatically."
+        )
     if settled.status == SUCCEEDED:  # the completion had committed after all
         return Unavailable("The generation finished but its answer was lost; look for it in the project.")
     return GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=reason)
@@ -391,6 +468,8 @@ def generate(client: Client, settings: Settings, provider: Provider, req: Genera
         log.exception("saving generation %s failed", charged.generation_id)
         raise _fail(client, charged, "save_failed") from exc
     analytics.emitted(
-        analytics.GENERATION_SUCCEEDED, req.uid, {"generationId": charged.generation_id, "kind": req.kind, "cost": charged.cost}
+        analytics.GENERATION_SUCCEEDED,
+        req.uid,
+        {"generationId": charged.generation_id, "kind": req.kind, "cost": charged.cost},
     )
     return done

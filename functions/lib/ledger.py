@@ -176,7 +176,9 @@ def close_account(client: Client, uid: str, pseudonym: str, reason: str) -> Post
         else:
             ref = pseudonym
         batch = client.batch()
-        after = stage_entry(client, batch, user, type=FORFEIT, ref=ref, amount=-balance, metadata={"reason": reason})
+        after = stage_entry(
+            client, batch, user, type=FORFEIT, ref=ref, amount=-balance, metadata={"reason": reason}
+        )
         return db.Plan(Posted(entry_id(FORFEIT, ref), True, after, -balance), batch)
 
     return db.commit_optimistically(plan)
@@ -204,7 +206,10 @@ def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement
 
     user = client.collection(USERS).document(uid).get(**db.rpc())
     query = (
-        client.collection(LEDGER).where(filter=db.where("userId", "==", uid)).order_by("createdAt", direction=Query.DESCENDING).limit(limit)
+        client.collection(LEDGER)
+        .where(filter=db.where("userId", "==", uid))
+        .order_by("createdAt", direction=Query.DESCENDING)
+        .limit(limit)
     )
     entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream(**db.rpc())]
     return Statement(balance_of(user), entries)

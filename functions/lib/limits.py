@@ -43,7 +43,11 @@ def take_checkout_slot(client: Client, uid: str, *, limit: int, window_s: int, n
                 limit=limit,
                 windowSeconds=window_s,
             )
-        fields = {"windowStart": window_start, "count": used + 1, "expiresAt": datetime.fromtimestamp(window_end, UTC)}
+        fields = {
+            "windowStart": window_start,
+            "count": used + 1,
+            "expiresAt": datetime.fromtimestamp(window_end, UTC),
+        }
         batch = client.batch()
         if snap.exists:
             batch.update(ref, fields, option=db.precondition(client, snap))

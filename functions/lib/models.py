@@ -68,15 +68,25 @@ class GeminiProvider:
 
         # No tools are passed, so automatic function calling has nothing to do; left on, google-genai
         # logs "AFC is enabled with max remote calls: 10" at INFO on every generation.
-        return types.GenerateContentConfig(automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+        return types.GenerateContentConfig(
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)
+        )
 
     def generate(self, prompt: str) -> str:
         from google.genai import errors
 
         try:
-            response = self._client.models.generate_content(model=self.model, contents=prompt, config=self._config)
+            response = self._client.models.generate_content(
+                model=self.model, contents=prompt, config=self._config
+            )
         except errors.APIError as exc:
-            reason = "rate_limited" if exc.code == 429 else "model_unavailable" if (exc.code or 0) >= 500 else "model_rejected"
+            reason = (
+                "rate_limited"
+                if exc.code == 429
+                else "model_unavailable"
+                if (exc.code or 0) >= 500
+                else "model_rejected"
+            )
             log.warning("gemini answered %s", exc.code)
             raise ModelError(reason) from exc
         except Exception as exc:
@@ -99,7 +109,10 @@ def provider_for(settings: Settings) -> Provider:
     if settings.generator == "offline":
         return OfflineProvider()
     return GeminiProvider(
-        settings.require("GEMINI_API_KEY"), settings.gemini_model, settings.generation_timeout_s, settings.gemini_base_url
+        settings.require("GEMINI_API_KEY"),
+        settings.gemini_model,
+        settings.generation_timeout_s,
+        settings.gemini_base_url,
     )
 
 

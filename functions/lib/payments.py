@@ -70,7 +70,13 @@ IGNORED, PROBLEM = "ignored", "problem"
 PURCHASE_NOT_FOUND = "purchase_not_found"
 # A refund's status, as Stripe names it, to what it means for the credits.
 ACTIVE, FAILED = "active", "failed"
-_REFUND_STATUS = {"pending": ACTIVE, "requires_action": ACTIVE, "succeeded": ACTIVE, "failed": FAILED, "canceled": FAILED}
+_REFUND_STATUS = {
+    "pending": ACTIVE,
+    "requires_action": ACTIVE,
+    "succeeded": ACTIVE,
+    "failed": FAILED,
+    "canceled": FAILED,
+}
 # A dispute's credits are taken back while it is open or lost, and given back when it is won (an
 # inquiry that closes without a chargeback, `warning_closed`, took no money either).
 OPEN, WON, LOST = "open", "won", "lost"
@@ -164,7 +170,9 @@ class PaymentRecord:
         if any(status in (OPEN, LOST) for status in self.disputes.values()):
             return self.credits
         if not self.amount or self.amount <= 0:
-            raise EventProblem("unknown_payment_amount", "the payment's amount is unknown, so a refund cannot be shared out")
+            raise EventProblem(
+                "unknown_payment_amount", "the payment's amount is unknown, so a refund cannot be shared out"
+            )
         refunded = min(self.refunded_amount(), self.amount)
         return self.credits * refunded // self.amount
 
@@ -237,7 +245,9 @@ class _Credited:
     parked: list[str]
 
 
-def credit_checkout_session(client: Client, settings: Settings, session: dict[str, Any], event_id: str) -> Outcome:
+def credit_checkout_session(
+    client: Client, settings: Settings, session: dict[str, Any], event_id: str
+) -> Outcome:
     """Credit a paid Checkout Session's pack exactly once (`purchase_{sessionId}`), then apply any
     refund or dispute of its payment that arrived first.
 
@@ -253,8 +263,12 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
     pack_id = metadata.get("packageId")
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:
-        raise EventProblem("unknown_pack", f"metadata.packageId {pack_id!r} is not in the credit pack catalog")
-    payment_intent = _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
+        raise EventProblem(
+            "unknown_pack", f"metadata.packageId {pack_id!r} is not in the credit pack catalog"
+        )
+    payment_intent = (
+        _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
+    )
     amount = session.get("amount_total")
     entry_id = ledger.entry_id(ledger.PURCHASE, session_id)
     entry_ref = client.collection(schema.LEDGER).document(entry_id)
@@ -263,14 +277,18 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
     props = {"sessionId": session_id, "packageId": pack.id, "credits": pack.credits}
 
     def plan() -> db.Plan[_Credited]:
-        user, existing, *maybe_record = db.get_all(client, [user_ref, entry_ref, *([record_ref] if record_ref else [])])
+        user, existing, *maybe_record = db.get_all(
+            client, [user_ref, entry_ref, *([record_ref] if record_ref else [])]
+        )
         record = PaymentRecord.of(maybe_record[0]) if maybe_record else PaymentRecord()
         if existing.exists:
             if existing.get("userId") != uid:
                 raise EventProblem("session_reused", f"{entry_id} was credited to another user")
             return db.Plan(_Credited(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), record.parked))
         if record.purchased:
-            raise EventProblem("payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}")
+            raise EventProblem(
+                "payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}"
+            )
         batch = client.batch()
         balance = ledger.stage_entry(
             client,
@@ -288,7 +306,11 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
         )
         if record_ref is not None:
             opened = replace(
-                record, uid=uid, purchase_id=entry_id, credits=pack.credits, amount=amount if isinstance(amount, int) else None
+                record,
+                uid=uid,
+                purchase_id=entry_id,
+                credits=pack.credits,
+                amount=amount if isinstance(amount, int) else None,
             )
             _stage_record(client, batch, record_ref, maybe_record[0], opened)
         analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id)
@@ -302,12 +324,16 @@ def credit_checkout_session(client: Client, settings: Settings, session: dict[st
     return credited.outcome
 
 
-def _stage_record(client: Client, batch: WriteBatch, ref: Any, snap: DocumentSnapshot, record: PaymentRecord) -> None:
+def _stage_record(
+    client: Client, batch: WriteBatch, ref: Any, snap: DocumentSnapshot, record: PaymentRecord
+) -> None:
     """Write the record in `batch`, under a precondition on the version read (or `create`)."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     if snap.exists:
-        batch.update(ref, {**record.fields(), "updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, snap))
+        batch.update(
+            ref, {**record.fields(), "updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, snap)
+        )
     else:
         batch.create(ref, {**record.fields(), "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP})
 
@@ -349,7 +375,9 @@ def settle_payment(
         record = PaymentRecord.of(snap)
         if not record.purchased:
             return _park(client, event, snap, record)
-        changed = replace(record, refunds=dict(record.refunds), disputes=dict(record.disputes), parked=list(record.parked))
+        changed = replace(
+            record, refunds=dict(record.refunds), disputes=dict(record.disputes), parked=list(record.parked)
+        )
         moved = change(changed)
         if unpark and event_id in changed.parked:  # also when it changes nothing: it is applied now
             changed.parked.remove(event_id)
@@ -359,7 +387,12 @@ def settle_payment(
         if changed != record:
             _stage_record(client, batch, record_ref, snap, changed)
         outcome = _move_credits(
-            client, batch, record, delta, ref, {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id}
+            client,
+            batch,
+            record,
+            delta,
+            ref,
+            {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id},
         )
         if not moved:
             outcome = replace(outcome, action=DUPLICATE)
@@ -370,11 +403,21 @@ def settle_payment(
     outcome = db.commit_optimistically(plan)
     if outcome.credits:
         kind = ledger.REVERSAL if outcome.credits < 0 else ledger.REINSTATEMENT
-        analytics.emitted(_ANALYTICS[kind], outcome.uid, {"entryId": ledger.entry_id(kind, ref), "credits": outcome.credits, **metadata})
+        analytics.emitted(
+            _ANALYTICS[kind],
+            outcome.uid,
+            {"entryId": ledger.entry_id(kind, ref), "credits": outcome.credits, **metadata},
+        )
         if outcome.balance is not None and outcome.balance < 0:
             log.warning(
                 "a reversal took the balance below zero",
-                extra={"json_fields": {"uid": outcome.uid, "paymentIntentId": payment_intent, "balance": outcome.balance}},
+                extra={
+                    "json_fields": {
+                        "uid": outcome.uid,
+                        "paymentIntentId": payment_intent,
+                        "balance": outcome.balance,
+                    }
+                },
             )
     return outcome
 
@@ -382,7 +425,9 @@ def settle_payment(
 _ANALYTICS = {ledger.REVERSAL: analytics.CREDITS_REVERSED, ledger.REINSTATEMENT: analytics.CREDITS_REINSTATED}
 
 
-def _move_credits(client: Client, batch: WriteBatch, record: PaymentRecord, delta: int, ref: str, metadata: dict[str, Any]) -> Outcome:
+def _move_credits(
+    client: Client, batch: WriteBatch, record: PaymentRecord, delta: int, ref: str, metadata: dict[str, Any]
+) -> Outcome:
     """Stage the ledger entry that takes back (`delta` > 0) or gives back credits; read the balance."""
     assert record.uid is not None
     user_ref = client.collection(schema.USERS).document(record.uid)
@@ -394,7 +439,9 @@ def _move_credits(client: Client, batch: WriteBatch, record: PaymentRecord, delt
     if existing.exists:
         # Each record change writes its own id, so this means the record and the ledger disagree (a
         # hand edit?): store the event for an operator instead of retrying a commit that must fail.
-        raise EventProblem("ledger_id_taken", f"{entry_id} exists although the payment's record does not account for it")
+        raise EventProblem(
+            "ledger_id_taken", f"{entry_id} exists although the payment's record does not account for it"
+        )
     entry_meta = {**metadata, "purchaseId": record.purchase_id}
     balance = ledger.stage_entry(client, batch, user, type=kind, ref=ref, amount=-delta, metadata=entry_meta)
     props = {"entryId": entry_id, "credits": -delta, **metadata}
@@ -402,7 +449,9 @@ def _move_credits(client: Client, batch: WriteBatch, record: PaymentRecord, delt
     return Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
 
 
-def _park(client: Client, event: dict[str, Any], snap: DocumentSnapshot, record: PaymentRecord) -> db.Plan[Outcome]:
+def _park(
+    client: Client, event: dict[str, Any], snap: DocumentSnapshot, record: PaymentRecord
+) -> db.Plan[Outcome]:
     """Keep the event on the payment's record until its purchase is credited."""
     event_id = str(event.get("id"))
     if event_id in record.parked:
@@ -411,7 +460,9 @@ def _park(client: Client, event: dict[str, Any], snap: DocumentSnapshot, record:
     batch = client.batch()
     _stage_record(client, batch, snap.reference, snap, record)
     message = "no purchase is recorded for this payment (yet); it applies when the purchase is credited"
-    problems.stage_problem(client, batch, event, PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id)
+    problems.stage_problem(
+        client, batch, event, PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id
+    )
     return db.Plan(Outcome(PARKED, problem=PURCHASE_NOT_FOUND), batch)
 
 
@@ -422,21 +473,30 @@ def _refund_status(refund: dict[str, Any]) -> str:
     return status
 
 
-def on_refund(client: Client, refund: dict[str, Any], event: dict[str, Any], stored: bool, *, unpark: bool = True) -> Outcome:
+def on_refund(
+    client: Client, refund: dict[str, Any], event: dict[str, Any], stored: bool, *, unpark: bool = True
+) -> Outcome:
     """`refund.created` / `refund.updated` / `refund.failed`: one refund, by id, with its status."""
     refund_id = _doc_id(refund.get("id"), "refund id")
     payment_intent = _object_id(refund.get("payment_intent"), "payment intent")
     change = refund_seen(refund_id, _money(refund.get("amount"), "refund amount"), _refund_status(refund))
     meta = {"stripeRefundId": refund_id, "stripeChargeId": _id_of(refund.get("charge")), "reason": "refund"}
-    return settle_payment(client, event, payment_intent, change, ref=refund_id, metadata=meta, stored=stored, unpark=unpark)
+    return settle_payment(
+        client, event, payment_intent, change, ref=refund_id, metadata=meta, stored=stored, unpark=unpark
+    )
 
 
-def on_charge_refunded(client: Client, charge: dict[str, Any], event: dict[str, Any], stored: bool) -> Outcome:
+def on_charge_refunded(
+    client: Client, charge: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
     """`charge.refunded`: the refunds it lists (older API versions) by id, then its cumulative
     `amount_refunded`, which may announce a refund before the refund's own event."""
     charge_id = _doc_id(charge.get("id"), "charge id")
     payment_intent = _object_id(charge.get("payment_intent"), "payment intent")
-    amount, refunded = _money(charge.get("amount"), "charge amount"), _money(charge.get("amount_refunded"), "amount_refunded")
+    amount, refunded = (
+        _money(charge.get("amount"), "charge amount"),
+        _money(charge.get("amount_refunded"), "amount_refunded"),
+    )
     if amount <= 0 or refunded > amount:
         raise EventProblem("malformed_event", "the charge's amount_refunded is not between 0 and its amount")
     listed = charge.get("refunds")
@@ -447,7 +507,11 @@ def on_charge_refunded(client: Client, charge: dict[str, Any], event: dict[str, 
             outcomes.append(on_refund(client, listed_refund, event, stored, unpark=False))
     meta = {"stripeChargeId": charge_id, "reason": "refund"}
     change = charge_refunded(refunded, amount)
-    outcomes.append(settle_payment(client, event, payment_intent, change, ref=f"{charge_id}_{refunded}", metadata=meta, stored=stored))
+    outcomes.append(
+        settle_payment(
+            client, event, payment_intent, change, ref=f"{charge_id}_{refunded}", metadata=meta, stored=stored
+        )
+    )
     return _combined(outcomes)
 
 
@@ -461,8 +525,20 @@ def on_dispute(client: Client, dispute: dict[str, Any], event: dict[str, Any], s
         status = status_or_none
     else:
         raise EventProblem("malformed_event", f"the closed dispute has status {dispute.get('status')!r}")
-    meta = {"stripeDisputeId": dispute_id, "stripeChargeId": _id_of(dispute.get("charge")), "reason": "dispute"}
-    return settle_payment(client, event, payment_intent, dispute_seen(dispute_id, status), ref=dispute_id, metadata=meta, stored=stored)
+    meta = {
+        "stripeDisputeId": dispute_id,
+        "stripeChargeId": _id_of(dispute.get("charge")),
+        "reason": "dispute",
+    }
+    return settle_payment(
+        client,
+        event,
+        payment_intent,
+        dispute_seen(dispute_id, status),
+        ref=dispute_id,
+        metadata=meta,
+        stored=stored,
+    )
 
 
 def _id_of(value: Any) -> Any:
@@ -479,14 +555,18 @@ def _combined(outcomes: list[Outcome]) -> Outcome:
 # Dispatch ------------------------------------------------------------------------------------
 
 
-def _on_session_completed(client: Client, settings: Settings, session: dict[str, Any], event: dict[str, Any], stored: bool) -> Outcome:
+def _on_session_completed(
+    client: Client, settings: Settings, session: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
     status = session.get("payment_status")
     if status == "paid":
         return credit_checkout_session(client, settings, session, str(event.get("id")))
     if status == "unpaid":
         # A delayed payment method: `checkout.session.async_payment_succeeded` credits it later.
         return Outcome(AWAITING_PAYMENT)
-    raise EventProblem("not_paid", f"the completed session has payment_status {status!r}; nothing was credited")
+    raise EventProblem(
+        "not_paid", f"the completed session has payment_status {status!r}; nothing was credited"
+    )
 
 
 Handler = Callable[["Client", Settings, dict[str, Any], dict[str, Any], bool], Outcome]
@@ -495,17 +575,27 @@ _HANDLERS: dict[str, Handler] = {
     SESSION_ASYNC_SUCCEEDED: lambda client, settings, session, event, _stored: credit_checkout_session(
         client, settings, session, str(event.get("id"))
     ),
-    CHARGE_REFUNDED: lambda client, _settings, charge, event, stored: on_charge_refunded(client, charge, event, stored),
+    CHARGE_REFUNDED: lambda client, _settings, charge, event, stored: on_charge_refunded(
+        client, charge, event, stored
+    ),
     REFUND_CREATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
     REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
     REFUND_FAILED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
-    CHARGE_REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
-    DISPUTE_CREATED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
-    DISPUTE_CLOSED: lambda client, _settings, dispute, event, stored: on_dispute(client, dispute, event, stored),
+    CHARGE_REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(
+        client, refund, event, stored
+    ),
+    DISPUTE_CREATED: lambda client, _settings, dispute, event, stored: on_dispute(
+        client, dispute, event, stored
+    ),
+    DISPUTE_CLOSED: lambda client, _settings, dispute, event, stored: on_dispute(
+        client, dispute, event, stored
+    ),
 }
 
 
-def handle_event(client: Client, settings: Settings, event: dict[str, Any], *, stored: bool = False) -> Outcome:
+def handle_event(
+    client: Client, settings: Settings, event: dict[str, Any], *, stored: bool = False
+) -> Outcome:
     """Apply one verified Stripe event; the same for a webhook delivery, a parked event and a replay.
 
     Unknown types are ignored. Permanent problems are stored for operators and answered as an
@@ -520,14 +610,18 @@ def handle_event(client: Client, settings: Settings, event: dict[str, Any], *, s
     try:
         if event.get("livemode") is not (settings.stripe_mode == "live"):
             mode = "live" if event.get("livemode") else "test"
-            raise EventProblem("livemode_mismatch", f"a {mode}-mode event reached a {settings.stripe_mode}-mode deployment")
+            raise EventProblem(
+                "livemode_mismatch", f"a {mode}-mode event reached a {settings.stripe_mode}-mode deployment"
+            )
         if not isinstance(obj, dict):
             raise EventProblem("malformed_event", "the event has no data.object")
         return handler(client, settings, obj, event, stored)
     except EventProblem as problem:
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
         uid = metadata.get("userId") if isinstance(metadata, dict) else None
-        problems.store(client, event, problem.reason, problem.message, uid=uid if isinstance(uid, str) else None)
+        problems.store(
+            client, event, problem.reason, problem.message, uid=uid if isinstance(uid, str) else None
+        )
         return Outcome(PROBLEM, problem=problem.reason)
 
 
@@ -542,6 +636,7 @@ def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome
     if outcome.action in (CREDITED, DUPLICATE, AWAITING_PAYMENT, IGNORED):
         # Purchases write no problem state of their own: mark the stored copy here.
         problems.problem_ref(client, event_id).update(
-            {"status": problems.RESOLVED, "resolution": outcome.action, "resolvedAt": SERVER_TIMESTAMP}, **db.rpc()
+            {"status": problems.RESOLVED, "resolution": outcome.action, "resolvedAt": SERVER_TIMESTAMP},
+            **db.rpc(),
         )
     return outcome

@@ -26,9 +26,18 @@ OPEN, RESOLVED = "open", "resolved"
 _EVENT_FIELDS = ("id", "object", "type", "livemode", "created", "api_version")
 # Every field of a Checkout Session, Charge, Refund or Dispute that `payments` reads, and no other.
 _OBJECT_FIELDS = (
-    "id", "object", "livemode", "status", "payment_status", "payment_intent", "charge",
-    "amount", "amount_total", "amount_refunded", "currency",
-)  # fmt: skip
+    "id",
+    "object",
+    "livemode",
+    "status",
+    "payment_status",
+    "payment_intent",
+    "charge",
+    "amount",
+    "amount_total",
+    "amount_refunded",
+    "currency",
+)
 _METADATA_FIELDS = ("userId", "packageId")
 
 
@@ -94,14 +103,23 @@ def stage_problem(
     batch.set(problem_ref(client, event_id), fields, merge=True)
 
 
-def store(client: Client, event: dict[str, Any], reason: str, message: str, *, uid: str | None = None) -> None:
+def store(
+    client: Client, event: dict[str, Any], reason: str, message: str, *, uid: str | None = None
+) -> None:
     """Keep an event that cannot be applied, where operators look."""
     batch = client.batch()
     stage_problem(client, batch, event, reason, message, uid=uid)
     batch.commit(**db.rpc())
     log.warning(
         "stripe event stored for operators",
-        extra={"json_fields": {"stripeEventId": event.get("id"), "eventType": event.get("type"), "reason": reason, "detail": message}},
+        extra={
+            "json_fields": {
+                "stripeEventId": event.get("id"),
+                "eventType": event.get("type"),
+                "reason": reason,
+                "detail": message,
+            }
+        },
     )
 
 
@@ -111,7 +129,12 @@ def stage_resolved(client: Client, batch: WriteBatch, event_id: str, resolution:
 
     batch.set(
         problem_ref(client, event_id),
-        {"status": RESOLVED, "resolution": resolution, "resolvedAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP},
+        {
+            "status": RESOLVED,
+            "resolution": resolution,
+            "resolvedAt": SERVER_TIMESTAMP,
+            "updatedAt": SERVER_TIMESTAMP,
+        },
         merge=True,
     )
 

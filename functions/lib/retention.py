@@ -127,28 +127,51 @@ def _count(query: Any) -> int:
 
 def expired_projects(client: Client, cutoff: datetime) -> Query:
     """Projects whose last activity is older than `cutoff`, oldest first."""
-    return client.collection(schema.PROJECTS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
+    return (
+        client.collection(schema.PROJECTS)
+        .where(filter=db.where("updatedAt", "<", cutoff))
+        .order_by("updatedAt")
+        .select(["updatedAt"])
+    )
 
 
 def marked_projects(client: Client) -> Query:
     """Projects a sweep has marked `deletingAt` (their deletion may have stopped part-way)."""
-    return client.collection(schema.PROJECTS).where(filter=db.where("deletingAt", "!=", None)).order_by("deletingAt").select(["deletingAt"])
+    return (
+        client.collection(schema.PROJECTS)
+        .where(filter=db.where("deletingAt", "!=", None))
+        .order_by("deletingAt")
+        .select(["deletingAt"])
+    )
 
 
 def old_events(client: Client, cutoff: datetime) -> Query:
-    return client.collection(schema.EVENTS).where(filter=db.where("createdAt", "<", cutoff)).order_by("createdAt").select(["createdAt"])
+    return (
+        client.collection(schema.EVENTS)
+        .where(filter=db.where("createdAt", "<", cutoff))
+        .order_by("createdAt")
+        .select(["createdAt"])
+    )
 
 
 def expired_checkout_limits(client: Client, now: datetime) -> Query:
     """Checkout rate-limit windows that have ended (a new window starts from nothing anyway)."""
     return (
-        client.collection(schema.CHECKOUT_LIMITS).where(filter=db.where("expiresAt", "<", now)).order_by("expiresAt").select(["expiresAt"])
+        client.collection(schema.CHECKOUT_LIMITS)
+        .where(filter=db.where("expiresAt", "<", now))
+        .order_by("expiresAt")
+        .select(["expiresAt"])
     )
 
 
 def old_problems(client: Client, cutoff: datetime) -> Query:
     """Stored Stripe events not touched since `cutoff` (PROBLEM_RETENTION_DAYS)."""
-    return client.collection(schema.PROBLEMS).where(filter=db.where("updatedAt", "<", cutoff)).order_by("updatedAt").select(["updatedAt"])
+    return (
+        client.collection(schema.PROBLEMS)
+        .where(filter=db.where("updatedAt", "<", cutoff))
+        .order_by("updatedAt")
+        .select(["updatedAt"])
+    )
 
 
 def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
@@ -258,7 +281,11 @@ class _Pass:
                 self.commit(batch)
             except (gexc.NotFound, gexc.FailedPrecondition):
                 # Another sweep deleted some of these first: delete (and count) only those still there.
-                refs = [snap.reference for snap in self.client.get_all(refs, field_paths=["createdAt"], **db.rpc()) if snap.exists]
+                refs = [
+                    snap.reference
+                    for snap in self.client.get_all(refs, field_paths=["createdAt"], **db.rpc())
+                    if snap.exists
+                ]
                 continue
             with self._lock:
                 self.report.commits += 1
@@ -273,7 +300,12 @@ class _Pass:
             self.emit(event, **fields)
 
         settled = settlement.settle_stale_charges(
-            self.client, self.settings, now=self.now, has_time=self.has_time, dry_run=self.dry_run, progress=progress
+            self.client,
+            self.settings,
+            now=self.now,
+            has_time=self.has_time,
+            dry_run=self.dry_run,
+            progress=progress,
         )
         self.tally(refunds_settled=settled.refunds_settled)
         if settled.deferred:
@@ -309,12 +341,16 @@ class _Pass:
         self.tally(projects_deleted=1, versions_deleted=versions)
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
-    def sweep_project(self, project_ref: DocumentReference, step: Callable[[DocumentReference], None] | None = None) -> None:
+    def sweep_project(
+        self, project_ref: DocumentReference, step: Callable[[DocumentReference], None] | None = None
+    ) -> None:
         """Delete one project (or `step` it); one that keeps conflicting is left for the next pass, not the end of this one."""
         try:
             (step or self.delete_project)(project_ref)
         except Contention:
-            log.warning("project %s kept conflicting with other writers; the next sweep retries it", project_ref.id)
+            log.warning(
+                "project %s kept conflicting with other writers; the next sweep retries it", project_ref.id
+            )
             self.left_over = True
             self.tally(projects_deferred=1)
             self.emit("deferred", projectId=project_ref.id)
@@ -342,7 +378,9 @@ class _Pass:
         versions_deleted = 0
         chunk: list[DocumentReference] = []
         step_started = self.clock()
-        for ref in project_ref.collection(schema.VERSIONS).list_documents(page_size=MAX_COMMIT_WRITES, **db.rpc()):
+        for ref in project_ref.collection(schema.VERSIONS).list_documents(
+            page_size=MAX_COMMIT_WRITES, **db.rpc()
+        ):
             chunk.append(ref)
             if len(chunk) < MAX_COMMIT_WRITES:
                 continue
@@ -367,7 +405,9 @@ class _Pass:
         versions_deleted += len(deleted) - project_deleted
         self.tally(versions_deleted=len(deleted) - project_deleted, projects_deleted=int(project_deleted))
         self.step_took(self.clock() - step_started)
-        self.emit("project", projectId=project_ref.id, versionsDeleted=versions_deleted, deleted=project_deleted)
+        self.emit(
+            "project", projectId=project_ref.id, versionsDeleted=versions_deleted, deleted=project_deleted
+        )
 
     # Analytics events and stored Stripe events ----------------------------------------------
 
@@ -407,7 +447,9 @@ class _Pass:
         if not self.stopped:
             self.sweep_projects(marked_projects(self.client), announce=False, fan_out=fan_out)
         if not self.stopped:
-            self.sweep_projects(expired_projects(self.client, self.project_cutoff), announce=True, fan_out=fan_out)
+            self.sweep_projects(
+                expired_projects(self.client, self.project_cutoff), announce=True, fan_out=fan_out
+            )
         if not self.stopped:
             self.delete_old(old_events(self.client, self.event_cutoff), "events_deleted")
         if not self.stopped:
@@ -443,10 +485,23 @@ def sweep(
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     run = _Pass(
-        client, settings, now or datetime.now(UTC), clock, dry_run, progress, commit, workers, enqueue, settings.sweep_inline_projects
+        client,
+        settings,
+        now or datetime.now(UTC),
+        clock,
+        dry_run,
+        progress,
+        commit,
+        workers,
+        enqueue,
+        settings.sweep_inline_projects,
     )
     report = run.run()
-    log.info("retention sweep %s", "complete" if report.complete else "stopped with work left", extra={"json_fields": report.log_fields()})
+    log.info(
+        "retention sweep %s",
+        "complete" if report.complete else "stopped with work left",
+        extra={"json_fields": report.log_fields()},
+    )
     return report
 
 

@@ -87,7 +87,9 @@ def job_spec(job: SweepJob) -> Job:
             http_method=scheduler_v1.HttpMethod.POST,
             headers={"Content-Type": "application/json"},
             body=b"{}",
-            oidc_token=scheduler_v1.OidcToken(service_account_email=job.service_account, audience=job.audience or job.url),
+            oidc_token=scheduler_v1.OidcToken(
+                service_account_email=job.service_account, audience=job.audience or job.url
+            ),
         ),
         # A failed pass is safe to repeat (the sweep is idempotent); a few spaced retries cover a blip.
         retry_config=scheduler_v1.RetryConfig(
@@ -104,7 +106,9 @@ def scheduler_client(*, api_endpoint: str | None = None, credentials: Any = None
     from google.cloud import scheduler_v1
 
     options = {"api_endpoint": api_endpoint} if api_endpoint else None
-    return scheduler_v1.CloudSchedulerClient(transport="rest", client_options=options, credentials=credentials)
+    return scheduler_v1.CloudSchedulerClient(
+        transport="rest", client_options=options, credentials=credentials
+    )
 
 
 def upsert_job(client: CloudSchedulerClient, job: SweepJob) -> Upserted:

@@ -49,7 +49,11 @@ def stale_charges(client: Client, before: datetime, uid: str | None = None) -> Q
     query = client.collection(schema.GENERATIONS).where(filter=db.where("status", "==", generations.CHARGED))
     if uid is not None:
         query = query.where(filter=db.where("userId", "==", uid))
-    return query.where(filter=db.where("createdAt", "<", before)).order_by("createdAt").select(["userId", "createdAt"])
+    return (
+        query.where(filter=db.where("createdAt", "<", before))
+        .order_by("createdAt")
+        .select(["userId", "createdAt"])
+    )
 
 
 @dataclass

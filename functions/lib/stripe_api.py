@@ -93,15 +93,24 @@ def create_checkout_session(
     except stripe.StripeError as exc:
         log.error(
             "stripe checkout session failed",
-            extra={"json_fields": {
-                "stripeError": type(exc).__name__, "httpStatus": exc.http_status, "stripeCode": exc.code, "stripeRequestId": exc.request_id,
-            }},
-        )  # fmt: skip
-        raise UpstreamFailed("The payment provider could not start the checkout; nothing was charged. Retry shortly.") from None
+            extra={
+                "json_fields": {
+                    "stripeError": type(exc).__name__,
+                    "httpStatus": exc.http_status,
+                    "stripeCode": exc.code,
+                    "stripeRequestId": exc.request_id,
+                }
+            },
+        )
+        raise UpstreamFailed(
+            "The payment provider could not start the checkout; nothing was charged. Retry shortly."
+        ) from None
     session_id, url = getattr(session, "id", None), getattr(session, "url", None)
     if not isinstance(session_id, str) or not isinstance(url, str) or not url:
         log.error("stripe answered a checkout session without id or url")
-        raise UpstreamFailed("The payment provider could not start the checkout; nothing was charged. Retry shortly.")
+        raise UpstreamFailed(
+            "The payment provider could not start the checkout; nothing was charged. Retry shortly."
+        )
     return CheckoutSession(session_id, url)
 
 
@@ -127,7 +136,11 @@ def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[
         event = json.loads(payload)
     except (json.JSONDecodeError, RecursionError):
         raise InvalidRequest("The webhook body is not valid JSON.") from None
-    if not isinstance(event, dict) or event.get("object") != "event" or not isinstance(event.get("type"), str):
+    if (
+        not isinstance(event, dict)
+        or event.get("object") != "event"
+        or not isinstance(event.get("type"), str)
+    ):
         raise InvalidRequest("The webhook body is not a Stripe event.")
     event_id = event.get("id")
     if not ids.is_doc_id(event_id) or not event_id.startswith("evt_"):

@@ -44,7 +44,9 @@ class PurgeQueue:
         from firebase_admin import exceptions, functions
 
         night = self._now().strftime("%Y-%m-%d")
-        options = functions.TaskOptions(task_id=task_id(project_id, night), dispatch_deadline_seconds=DISPATCH_DEADLINE_S)
+        options = functions.TaskOptions(
+            task_id=task_id(project_id, night), dispatch_deadline_seconds=DISPATCH_DEADLINE_S
+        )
         try:
             self._queue.enqueue({"data": {"projectId": project_id}}, options)
         except (exceptions.AlreadyExistsError, exceptions.ConflictError):
@@ -63,5 +65,7 @@ def purge_queue(settings: Settings) -> PurgeQueue | None:
 
     from functions.lib.auth import firebase_app
 
-    queue = functions.task_queue(f"locations/{settings.region}/functions/{PURGE_FUNCTION}", app=firebase_app())
+    queue = functions.task_queue(
+        f"locations/{settings.region}/functions/{PURGE_FUNCTION}", app=firebase_app()
+    )
     return PurgeQueue(queue, emulated=settings.cloud_tasks_emulator_host is not None)

@@ -51,7 +51,10 @@ def accept(client: Client, uid: str, version: object, current_version: str) -> C
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     if version != current_version:
-        raise InvalidRequest(f"Only the current terms version {current_version!r} can be accepted.", currentVersion=current_version)
+        raise InvalidRequest(
+            f"Only the current terms version {current_version!r} can be accepted.",
+            currentVersion=current_version,
+        )
     user_ref = client.collection(USERS).document(uid)
 
     def plan() -> db.Plan[None]:

@@ -191,13 +191,19 @@ class _Erasure:
                 if "consent" not in data:
                     return db.Plan(marker["pseudonym"])
                 batch = self.client.batch()
-                batch.update(self.user_ref, {"consent": DELETE_FIELD}, option=db.precondition(self.client, user))
+                batch.update(
+                    self.user_ref, {"consent": DELETE_FIELD}, option=db.precondition(self.client, user)
+                )
                 return db.Plan(marker["pseudonym"], batch)
             pseudonym = ledger.ERASED_PREFIX + uuid.uuid4().hex
             fields = {"erasure": {"pseudonym": pseudonym, "startedAt": SERVER_TIMESTAMP}}
             batch = self.client.batch()
             if user.exists:
-                batch.update(self.user_ref, {**fields, "consent": DELETE_FIELD}, option=db.precondition(self.client, user))
+                batch.update(
+                    self.user_ref,
+                    {**fields, "consent": DELETE_FIELD},
+                    option=db.precondition(self.client, user),
+                )
             else:
                 batch.create(self.user_ref, {**fields, **ledger.new_user_fields()})
             return db.Plan(pseudonym, batch)
@@ -226,7 +232,11 @@ class _Erasure:
 
     def delete_projects(self) -> None:
         """Step 3a: each project's versions in commits of <= 500 writes, the project document in the last."""
-        query = self.client.collection(schema.PROJECTS).where(filter=db.where("ownerId", "==", self.uid)).select([])
+        query = (
+            self.client.collection(schema.PROJECTS)
+            .where(filter=db.where("ownerId", "==", self.uid))
+            .select([])
+        )
         while page := list(query.limit(PAGE).stream(**db.rpc())):
             for project in page:
                 self.delete_project(project.reference)
@@ -234,7 +244,9 @@ class _Erasure:
     def delete_project(self, project_ref: DocumentReference) -> None:
         chunk: list[DocumentReference] = []
         deleted = 0
-        for ref in project_ref.collection(schema.VERSIONS).list_documents(page_size=db.MAX_COMMIT_WRITES, **db.rpc()):
+        for ref in project_ref.collection(schema.VERSIONS).list_documents(
+            page_size=db.MAX_COMMIT_WRITES, **db.rpc()
+        ):
             chunk.append(ref)
             if len(chunk) == db.MAX_COMMIT_WRITES:
                 # Keep one back, so the final commit with the project document stays within 500.
@@ -274,8 +286,17 @@ class _Erasure:
             self.report.credits_forfeited -= closed.amount
             self.emit("closed", forfeited=-closed.amount)
         renamed = ledger.pseudonymise(self.client, self.uid, pseudonym, commit=self.commit)
-        query = self.client.collection(schema.PAYMENTS).where(filter=db.where("userId", "==", self.uid)).select([])
-        records = db.drain(self.client, query, lambda batch, ref: batch.update(ref, {"userId": pseudonym}), commit=self.commit)
+        query = (
+            self.client.collection(schema.PAYMENTS)
+            .where(filter=db.where("userId", "==", self.uid))
+            .select([])
+        )
+        records = db.drain(
+            self.client,
+            query,
+            lambda batch, ref: batch.update(ref, {"userId": pseudonym}),
+            commit=self.commit,
+        )
         self.report.entries_pseudonymised += renamed
         self.report.payments_pseudonymised += records
         if renamed or records:
