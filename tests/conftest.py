@@ -9,7 +9,6 @@ every test so each sees its own environment.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,61 +21,7 @@ from devstack.auth import AuthEmulator
 from devstack.doubles import GeminiDouble
 from devstack.firestore import FirestoreEmulator
 from devstack.stripe_double import StripeDouble
-from devstack.tokens import emulator_id_token
-
-PROJECT = "demo-credits-test"
-TERMS = "2026-11-01"
-ROOT = Path(__file__).resolve().parent.parent
-BASE_ENV = {
-    "GOOGLE_CLOUD_PROJECT": PROJECT,
-    # Processes started without the Auth emulator (no_emulator tests) check tokens offline only:
-    # firebase-admin in emulator mode; nothing listens here. `emulator` points it at the real one.
-    "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9",
-    "GENERATOR": "offline",
-    "TERMS_VERSION": TERMS,
-    "STRIPE_SECRET_KEY": "sk_test_local",
-    "STRIPE_WEBHOOK_SECRET": "whsec_test_local",
-    "ALLOWED_ORIGINS": "http://localhost:5173,https://app.example.com",
-    "GENERATION_TIMEOUT_S": "2",
-}
-
-
-class Accounts:
-    """The session's Auth emulator, and the uids given an account since it was last cleared."""
-
-    def __init__(self) -> None:
-        self.emulator: AuthEmulator | None = None
-        self.created: set[str] = set()
-
-    def ensure(self, uid: str) -> None:
-        if self.emulator is None or uid in self.created:
-            return
-        self.emulator.wait_ready()
-        self.emulator.create_account(uid)
-        self.created.add(uid)
-
-    def clear(self) -> None:
-        if self.emulator is not None and self.created:
-            self.emulator.clear()
-        self.created = set()
-
-
-ACCOUNTS = Accounts()
-
-
-def reset_caches() -> None:
-    from functions.lib import auth, config, db, models
-
-    config.get_settings.cache_clear()
-    db.get_client.cache_clear()
-    models.get_provider.cache_clear()
-    auth._app.cache_clear()
-    auth.account_states.clear()
-    # firebase-admin keeps named apps (and their Auth client, bound to the emulator host) globally.
-    import firebase_admin
-
-    with contextlib.suppress(ValueError):
-        firebase_admin.delete_app(firebase_admin.get_app("credits-backbone"))
+from tests.helpers import ACCOUNTS, BASE_ENV, PROJECT, ROOT, reset_caches
 
 
 @pytest.fixture(scope="session")
@@ -129,17 +74,6 @@ def settings(emulator: FirestoreEmulator) -> Any:
     return get_settings()
 
 
-def token(uid: str, *, account: bool = True, issued_at: int | None = None) -> str:
-    """An emulator ID token for `uid` (issued now, or at `issued_at`); with `account`, its Firebase Auth account exists too."""
-    if account:
-        ACCOUNTS.ensure(uid)
-    return emulator_id_token(uid, PROJECT, issued_at=issued_at)
-
-
-def bearer(uid: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(uid)}"}
-
-
 @pytest.fixture
 def app() -> Any:
     """`app("generate")` -> a functions-framework test client for that entry point."""
@@ -186,23 +120,3 @@ def gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiDouble]:
     reset_caches()
     yield double
     double.stop()
-
-
-def assert_ledger_consistent(db: Any) -> None:
-    """The invariants: every user's credits equal the sum of their ledger amounts, and are below zero
-    only for a user whose credits a reversal took back."""
-    sums: dict[str, int] = {}
-    reversed_users: set[str] = set()
-    for entry in db.collection("credit_transactions").stream():
-        data = entry.to_dict()
-        sums[data["userId"]] = sums.get(data["userId"], 0) + data["amount"]
-        if data["type"] == "reversal":
-            reversed_users.add(data["userId"])
-    balances = {u.id: (u.to_dict() or {}).get("credits", 0) for u in db.collection("users").stream()}
-    for uid in set(sums) | set(balances):
-        assert balances.get(uid, 0) == sums.get(uid, 0), (
-            f"user {uid}: credits {balances.get(uid)} != ledger sum {sums.get(uid)}"
-        )
-        assert balances.get(uid, 0) >= 0 or uid in reversed_users, (
-            f"user {uid}: {balances.get(uid)} credits without a reversal"
-        )

@@ -24,8 +24,7 @@ from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
-from tests.conftest import ACCOUNTS, TERMS
-from tests.helpers import balance
+from tests.helpers import ACCOUNTS, TERMS, balance
 from tests.test_openapi import check
 
 SECRET = "whsec_test_local"

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from devstack import stripe_events
-from tests.conftest import assert_ledger_consistent, reset_caches, token
-from tests.helpers import balance, entries
+from tests.helpers import assert_ledger_consistent, balance, entries, reset_caches, token
 
 ROOT = Path(__file__).resolve().parent.parent
 

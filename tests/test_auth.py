@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import bearer, reset_caches, token
-from tests.helpers import balance, make_user
+from tests.helpers import balance, bearer, make_user, reset_caches, token
 
 
 @pytest.mark.parametrize("uid", ["a/b", "__x__", "..", "u" * 501])

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import assert_ledger_consistent, bearer, token
-from tests.helpers import make_user
+from tests.helpers import assert_ledger_consistent, bearer, make_user, token
 
 EXAMPLES = settings(
     max_examples=40,

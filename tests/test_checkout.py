@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from devstack.stripe_double import StripeDouble
-from tests.conftest import BASE_ENV, assert_ledger_consistent, bearer, reset_caches
+from tests.helpers import BASE_ENV, assert_ledger_consistent, bearer, reset_caches
 
 SUCCESS = "https://app.example.com/credits?session={CHECKOUT_SESSION_ID}"
 CANCEL = "http://localhost:5173/credits"
@@ -226,7 +226,7 @@ def test_importing_main_loads_no_stripe() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     code = "import sys, main; main.generate; assert 'stripe' not in sys.modules, 'stripe imported'"
     result = subprocess.run(

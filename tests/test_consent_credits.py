@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import TERMS, bearer
-from tests.helpers import make_user
+from tests.helpers import TERMS, bearer, make_user
 
 
 def test_consent_get_before_and_after_accepting(app: Any, db: Any) -> None:
@@ -44,7 +43,7 @@ def test_consent_keeps_the_balance(app: Any, db: Any) -> None:
 
 
 def test_new_terms_version_makes_old_consent_stale(app: Any, db: Any, monkeypatch: Any) -> None:
-    from tests.conftest import reset_caches
+    from tests.helpers import reset_caches
 
     make_user(db, "ann")
     monkeypatch.setenv("TERMS_VERSION", "2027-01-01")

@@ -20,8 +20,7 @@ from devstack.doubles import GeminiDouble
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
 from functions.lib import retention
-from tests.conftest import assert_ledger_consistent, bearer
-from tests.helpers import balance, entries, generations, make_user
+from tests.helpers import assert_ledger_consistent, balance, bearer, entries, generations, make_user
 
 PROMPT = {"prompt": "a lighthouse at dusk"}
 

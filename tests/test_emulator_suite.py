@@ -21,8 +21,7 @@ from devstack.emulator_suite import EmulatorSuite
 from devstack.firestore import FirestoreEmulator
 from devstack.procs import wait_until
 from functions.lib.tasks import purge_queue
-from tests.conftest import PROJECT, TERMS, reset_caches
-from tests.helpers import balance, entries, generations
+from tests.helpers import PROJECT, TERMS, balance, entries, generations, reset_caches
 from tests.test_retention import project_exists, seed_project
 
 WEBHOOK_SECRET = "whsec_emulator_suite"

@@ -22,8 +22,7 @@ from devstack.doubles import GeminiDouble
 from devstack.firestore import FirestoreEmulator
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
-from tests.conftest import BASE_ENV, assert_ledger_consistent, token
-from tests.helpers import balance, entries, generations, make_user
+from tests.helpers import BASE_ENV, assert_ledger_consistent, balance, entries, generations, make_user, token
 
 
 @contextmanager

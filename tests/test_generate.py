@@ -13,8 +13,7 @@ import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from devstack.procs import wait_until
-from tests.conftest import assert_ledger_consistent, bearer
-from tests.helpers import balance, entries, generations, make_user
+from tests.helpers import assert_ledger_consistent, balance, bearer, entries, generations, make_user
 
 
 def post(app: Any, uid: str | None, body: Any, headers: dict[str, str] | None = None) -> Any:
@@ -80,7 +79,7 @@ def test_missing_or_malformed_token_is_401(app: Any, db: Any, headers: dict[str,
 def test_unsigned_token_is_401_without_the_emulator_switch(
     app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tests.conftest import reset_caches
+    from tests.helpers import reset_caches
 
     make_user(db, "mallory", credits=100)
     monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST")

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import assert_ledger_consistent
-from tests.helpers import balance, entries
+from tests.helpers import assert_ledger_consistent, balance, entries
 
 
 def test_grant_is_idempotent_by_id(db: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 from devstack.stripe_double import StripeDouble
 from functions.lib import limits
 from functions.lib.errors import RateLimited
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 T0 = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 BODY = {

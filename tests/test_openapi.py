@@ -11,8 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import TERMS, bearer
-from tests.helpers import make_user
+from tests.helpers import TERMS, bearer, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())

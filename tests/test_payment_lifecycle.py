@@ -19,8 +19,16 @@ import pytest
 
 from devstack import stripe_events as se
 from devstack.procs import wait_until
-from tests.conftest import BASE_ENV, assert_ledger_consistent, bearer, reset_caches
-from tests.helpers import balance, entries, generations, make_user
+from tests.helpers import (
+    BASE_ENV,
+    assert_ledger_consistent,
+    balance,
+    bearer,
+    entries,
+    generations,
+    make_user,
+    reset_caches,
+)
 
 SECRET = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
 STARTER = 100  # credits of the built-in "starter" pack, sold for se.DEFAULT_AMOUNT (1000 cents)

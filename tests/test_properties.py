@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from devstack import stripe_events as se
-from tests.conftest import TERMS, assert_ledger_consistent
+from tests.helpers import TERMS, assert_ledger_consistent
 
 USERS = ("ann", "bo", "cy")
 PAYMENTS = 4  # a small pool, so duplicates and several events per payment happen often

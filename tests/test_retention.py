@@ -12,8 +12,7 @@ import pytest
 
 from functions.lib import retention
 from functions.lib.generations import GenerationRequest, charge
-from tests.conftest import assert_ledger_consistent, bearer
-from tests.helpers import balance, entries, make_user
+from tests.helpers import assert_ledger_consistent, balance, bearer, entries, make_user
 
 OLD = datetime.now(UTC) - timedelta(days=120)
 RECENT = datetime.now(UTC) - timedelta(days=10)
@@ -367,7 +366,7 @@ def test_handler_answers_the_contract_body(app: Any, db: Any) -> None:
 def test_zero_budget_deletes_nothing_and_reports_incomplete(
     app: Any, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import reset_caches
+    from tests.helpers import reset_caches
 
     seed_project(db, "old", 3)
     monkeypatch.setenv("SWEEP_BUDGET_S", "0")
@@ -439,7 +438,7 @@ def test_admin_sweep_stopped_by_the_budget_exits_3(
     db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from functions.admin import cli as admin
-    from tests.conftest import reset_caches
+    from tests.helpers import reset_caches
 
     seed_project(db, "old", 2)
     monkeypatch.setenv("SWEEP_BUDGET_S", "0")

@@ -16,7 +16,7 @@ import pytest
 from devstack.scheduler_double import SchedulerDouble
 from functions.lib.errors import InvalidRequest
 from functions.lib.scheduler import SweepJob, scheduler_client, upsert_job
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.no_emulator
 

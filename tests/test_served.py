@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from devstack.serve import ServedFunction
-from tests.conftest import token
-from tests.helpers import make_user
+from tests.helpers import make_user, token
 
 
 def _wait_exit(fn: ServedFunction, timeout: float = 30) -> int | None:

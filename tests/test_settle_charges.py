@@ -7,8 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from functions.lib.generations import GenerationRequest, charge
-from tests.conftest import assert_ledger_consistent
-from tests.helpers import balance, entries, generations, make_user
+from tests.helpers import assert_ledger_consistent, balance, entries, generations, make_user
 
 
 def test_the_scheduled_job_refunds_stale_charges_once_and_leaves_live_ones(

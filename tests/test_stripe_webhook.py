@@ -16,8 +16,7 @@ import pytest
 
 from devstack import stripe_events as se
 from devstack.procs import free_port
-from tests.conftest import BASE_ENV, assert_ledger_consistent, reset_caches
-from tests.helpers import balance, entries
+from tests.helpers import BASE_ENV, assert_ledger_consistent, balance, entries, reset_caches
 
 SECRET = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
 STARTER = 100  # credits of the built-in "starter" pack
