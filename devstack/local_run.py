@@ -119,7 +119,12 @@ def step(message: str) -> None:
     print(message, flush=True)
 
 
+# Every call the journey made, in order: what `--report FILE` writes for the end-to-end test.
+TRANSCRIPT: list[dict[str, Any]] = []
+
+
 def show(label: str, status: int, body: dict[str, Any]) -> None:
+    TRANSCRIPT.append({"step": label, "status": status, "body": body})
     brief = {k: v for k, v in body.items() if k != "transactions"}
     print(f"  {label:<44} -> {status} {json.dumps(brief)[:150]}", flush=True)
 
@@ -233,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-journey", action="store_true", help="skip the scripted journey (with --serve: just serve)"
     )
+    parser.add_argument(
+        "--report", type=Path, help="write every call of the journey (step, status, body) to this JSON file"
+    )
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) stops everything as Ctrl-C does: without this Python dies at once, and the
     # emulators and functions, each in its own process group, keep running and holding their ports.
@@ -257,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         step("stopping everything this run started")
         stack.stop()
+        if args.report is not None:
+            args.report.write_text(json.dumps({"steps": TRANSCRIPT, "stopped": True}, indent=2))
     return 0
 
 

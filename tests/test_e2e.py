@@ -3,6 +3,7 @@ function under the functions-framework CLI, the Stripe double), driven as a clie
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,14 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.no_emulator
-def test_local_run_journey_passes_and_stops_everything() -> None:
+def test_local_run_journey_passes_and_stops_everything(tmp_path: Path) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))
     }
+    report_file = tmp_path / "journey.json"
     res = subprocess.run(
-        [sys.executable, "-m", "devstack.local_run"],
+        [sys.executable, "-m", "devstack.local_run", "--report", str(report_file)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -33,12 +35,24 @@ def test_local_run_journey_passes_and_stops_everything() -> None:
     )
 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = res.stdout
-    assert "signed up with the Auth emulator" in out
-    assert '-> 200 {"received": true, "outcome": "credited"}' in out
-    assert '"outcome": "duplicate"' in out and "webhook: a forged signature" in out
-    assert "journey complete: balance 425 = sum of 5 ledger entries" in out
-    assert "stopping everything this run started" in out
+    report = json.loads(report_file.read_text())
+    calls = {call["step"]: (call["status"], call["body"]) for call in report["steps"]}
+    assert calls["generate before accepting the terms"][0] == 403
+    assert calls["generate with no credits"][0] == 402
+    assert calls["webhook: checkout.session.completed (paid)"] == (
+        200,
+        {"received": True, "outcome": "credited"},
+    )
+    assert calls["webhook: the same event redelivered"] == (200, {"received": True, "outcome": "duplicate"})
+    assert calls["webhook: a forged signature"][0] == 400
+    assert calls["generate: the model fails (refunded)"][1]["refunded"] == 25
+    status, statement = calls["credits: balance and ledger"]
+    assert status == 200 and statement["balance"] == 425 == sum(
+        t["amount"] for t in statement["transactions"]
+    )
+    assert len(statement["transactions"]) == 5
+    assert calls["retention_sweep: one nightly pass"][1]["complete"] is True
+    assert report["stopped"] is True
 
 
 def _descendants(pid: int) -> set[int]:
