@@ -85,8 +85,9 @@ class Call:
     raw_body: bytes
     args: Any
 
-    def json(self) -> dict[str, Any]:
-        """The body as a JSON object, or InvalidRequest / UnsupportedMediaType naming what is wrong."""
+    def json(self, *, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+        """The body as a JSON object, or InvalidRequest / UnsupportedMediaType naming what is wrong;
+        with `allowed`, a field outside it is an InvalidRequest naming the unknown fields."""
         if not self.raw_body:
             raise InvalidRequest("The request body is empty; send a JSON object.")
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -103,6 +104,9 @@ class Call:
         problem = _hostile_json(data)
         if problem:
             raise InvalidRequest(problem)
+        unknown = sorted(set(data) - allowed) if allowed is not None else []
+        if unknown:
+            raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
         return data
 
     def idempotency_key(self) -> str | None:

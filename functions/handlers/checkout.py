@@ -48,11 +48,11 @@ def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
     return url
 
 
+FIELDS = frozenset({"packId", "successUrl", "cancelUrl"})
+
+
 def parse(settings: Settings, call: Call) -> CheckoutRequest:
-    body = call.json()
-    unknown = sorted(set(body) - {"packId", "successUrl", "cancelUrl"})
-    if unknown:
-        raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
+    body = call.json(allowed=FIELDS)
     pack_id = body.get("packId")
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:

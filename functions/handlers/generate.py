@@ -9,12 +9,11 @@ from functions.lib.errors import InvalidRequest
 from functions.lib.generations import MAX_PROMPT_CHARS, GenerationRequest, generate
 from functions.lib.models import get_provider
 
+FIELDS = frozenset({"prompt", "projectId"})
+
 
 def parse(uid: str, call: Call) -> GenerationRequest:
-    body = call.json()
-    unknown = sorted(set(body) - {"prompt", "projectId"})
-    if unknown:
-        raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", fields=unknown)
+    body = call.json(allowed=FIELDS)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("'prompt' must be a non-empty string.", field="prompt")
