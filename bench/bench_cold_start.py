@@ -4,8 +4,8 @@
 
 Cold start: from spawning `functions-framework --target NAME --source ...` to the answer of its first
 real request (Firestore touched: a charge and a generation for `generate`, a signed delivery for
-`stripe_webhook`, ...; `checkout` touches no Firestore, it creates a session on the local Stripe
-double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
+`stripe_webhook`, ...; `checkout` takes a rate-limit slot in Firestore and creates a session on
+the local Stripe double). "Listening" is when the port first accepts a connection: imports done, gunicorn bound.
 Each repeat starts every function once, in a shuffled order, against one warm emulator; the table
 shows medians. The CPU time the served processes used up to the first answer is shown too: on a
 shared machine it is steadier than wall time.
@@ -90,7 +90,7 @@ NEEDED = {
 }
 FLOOR = "floor_txn"
 FF_FLOOR = "floor_ff_txn"
-NO_FIRESTORE = {"checkout", "bare"}
+NO_FIRESTORE = {"bare"}
 ORIGIN = "http://localhost:5173"
 
 
