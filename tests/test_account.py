@@ -384,7 +384,9 @@ def test_a_refund_after_the_erasure_lands_on_the_pseudonym_never_on_the_uid_and_
     assert admin("audit") == 0
 
 
-def test_the_served_export_is_streamed_in_chunks_and_complete(db: Any, accounts: AuthEmulator, tmp_path: Path) -> None:
+def test_the_served_export_is_streamed_in_chunks_and_complete(
+    db: Any, accounts: AuthEmulator, tmp_path: Path
+) -> None:
     ana = sign_up(accounts, "ana")
     seed_projects(db, ana.uid, 3, 400)
     served = ServedFunction("account", env={}, log_dir=tmp_path)
