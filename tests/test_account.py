@@ -400,3 +400,31 @@ def test_the_served_export_is_streamed_in_chunks_and_complete(
     # Sent as it is read (chunked, no length known in advance), not built in memory first.
     assert headers["Transfer-Encoding"] == "chunked" and headers["Content-Length"] is None
     assert [len(p["versions"]) for p in body["projects"]] == [400, 400, 400]
+
+
+def test_erasing_a_negative_balance_writes_the_debt_off_with_a_positive_forfeit(
+    app: Any, db: Any, accounts: AuthEmulator
+) -> None:
+    ana = sign_up(accounts, "ana")
+    session, pi, charge = (
+        stripe_events.new_id("cs_test"),
+        stripe_events.new_id("pi"),
+        stripe_events.new_id("ch"),
+    )
+    assert app("consent").post("/", json={"version": TERMS}, headers=ana.bearer).status_code == 200
+    deliver(app, stripe_events.checkout_completed(session, ana.uid, "starter", pi))  # +100
+    assert (
+        app("generate").post("/", json={"prompt": "a lighthouse"}, headers=ana.bearer).status_code == 200
+    )  # -50
+    deliver(app, stripe_events.charge_refunded(charge, pi, 1000, 1000))  # the whole purchase taken back: -100
+    assert balance(db, ana.uid) == -50
+
+    res = app("account").delete("/", headers=ana.bearer)
+
+    assert res.status_code == 200 and res.json["creditsForfeited"] == -50
+    pseudonym = db.collection("payments").document(pi).get().get("userId")
+    forfeit = db.collection("credit_transactions").document(f"forfeit_{pseudonym}").get().to_dict()
+    assert forfeit["amount"] == 50 and forfeit["balanceAfter"] == 0 and forfeit["userId"] == pseudonym
+    kept = db.collection("credit_transactions").where(filter=FieldFilter("userId", "==", pseudonym)).stream()
+    assert sum(e.get("amount") for e in kept) == 0
+    assert admin("audit") == 0
