@@ -36,7 +36,7 @@ from functions.lib.config import DEFAULT_CREDIT_PACKS
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
-TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep")
+TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "account")
 # `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
 WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
 

@@ -68,7 +68,7 @@ def client_error_codes() -> set[str]:
 def test_the_page_calls_only_documented_paths_and_methods() -> None:
     calls = calls_in_source()
 
-    assert {fn for fn, _ in calls} >= {"generate", "consent", "credits", "checkout"}
+    assert {fn for fn, _ in calls} >= {"generate", "consent", "credits", "checkout", "account"}
     undocumented = {(fn, m) for fn, m in calls if m.lower() not in SPEC["paths"].get(f"/{fn}", {})}
     assert not undocumented, f"web/src calls what openapi.yaml does not document: {undocumented}"
 
@@ -271,6 +271,21 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
         wait_for_balance(page, 425)
         assert page.locator(".project .version").count() == 2
 
+        with page.expect_download() as download:
+            page.click("#export")
+        exported = json.loads(Path(download.value.path()).read_text())
+        assert "Your data was downloaded as my-data.json (ledger entries: 5, projects: 1)." in notice(page, "ok")
+        assert sorted(e["id"] for e in exported["ledger"]) == sorted(r[3] for r in rows)
+        page.fill("#erase-password", PASSWORD)
+        page.click("#erase")
+        page.wait_for_selector("body[data-ready='signed-out']")
+        assert "Your account was deleted; 425 unused credits were forfeited." in notice(page, "ok")
+        page.fill("#email", email)
+        page.fill("#password", PASSWORD)
+        page.click("#sign-in")
+        notice(page, "error")
+        assert page.get_attribute("body", "data-ready") == "signed-out"
+
     context.close()
     generates = [(status, key) for fn, _, status, key in traffic.calls if fn == "generate"]
     assert [status for status, _ in generates] == [403, 402, 409, 200, 200, 502]
@@ -280,6 +295,7 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
     )
     assert len(set(keys)) == 5 and None not in keys, "one Idempotency-Key per click"
     assert traffic.statuses("checkout") == [200]
+    assert [(m, s) for fn, m, s, _ in traffic.calls if fn == "account"] == [("GET", 200), ("DELETE", 200)]
     undocumented = {(fn, m) for fn, m, _, _ in traffic.calls if m.lower() not in SPEC["paths"][f"/{fn}"]}
     assert not undocumented and not traffic.elsewhere
     print(f"browser journey: {time.monotonic() - started:.1f} s")

@@ -59,5 +59,7 @@ export function createApi({ urls, getToken, onWait }) {
     credits: () => request("credits", "GET"),
     checkout: (packId, successUrl, cancelUrl, key) => request("checkout", "POST", { packId, successUrl, cancelUrl }, key),
     generate: (prompt, projectId, key) => request("generate", "POST", projectId ? { prompt, projectId } : { prompt }, key),
+    exportAccount: () => request("account", "GET"),
+    eraseAccount: () => request("account", "DELETE"),
   };
 }

@@ -13,8 +13,8 @@ export const API_ERRORS = {
     next: "If a payment does not show up in your balance within a few minutes, contact support.",
   },
   unauthenticated: {
-    text: () => "Your session has expired.",
-    next: "Sign in again.",
+    text: (b) => (b.reason === "stale_sign_in" ? "This step needs a sign-in from the last few minutes." : "Your session has expired."),
+    next: (b) => (b.reason === "stale_sign_in" ? "Enter your password and click again." : "Sign in again."),
     action: "signin",
   },
   insufficient_credits: {
@@ -110,5 +110,8 @@ export function describe(err) {
     return { text, next };
   }
   const entry = API_ERRORS[err?.code] || API_ERRORS.internal;
-  return { text: entry.text(err?.body || {}), next: entry.next, action: entry.action };
+  const body = err?.body || {};
+  const next = typeof entry.next === "function" ? entry.next(body) : entry.next;
+  const action = body.reason === "stale_sign_in" ? undefined : entry.action;
+  return { text: entry.text(body), next, action };
 }

@@ -4,10 +4,12 @@
 
 import { initializeApp } from "firebase/app";
 import {
+  EmailAuthProvider,
   connectAuthEmulator,
   createUserWithEmailAndPassword,
   getAuth,
   onAuthStateChanged,
+  reauthenticateWithCredential,
   signInWithEmailAndPassword,
   signOut,
 } from "firebase/auth";
@@ -231,11 +233,47 @@ async function generate(prompt, projectId, button) {
   });
 }
 
+// ---- your data: export (account GET) and erasure (account DELETE)
+
+async function exportData() {
+  await busy([$("export")], async () => {
+    const data = await api.exportAccount();
+    const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+    const link = el("a", { href: URL.createObjectURL(blob), download: "my-data.json" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+    notify("ok", `Your data was downloaded as my-data.json (ledger entries: ${data.ledger.length}, projects: ${data.projects.length}).`);
+  });
+}
+
+async function eraseAccount() {
+  const password = $("erase-password").value;
+  if (!password) {
+    notify("error", "Deleting your account needs your password.", "Enter it, then click again.");
+    return;
+  }
+  await busy([$("erase")], async () => {
+    const user = auth.currentUser;
+    // The backend erases only for a sign-in from the last few minutes: sign in again first.
+    await reauthenticateWithCredential(user, EmailAuthProvider.credential(user.email, password));
+    const key = storageKey();
+    const report = await api.eraseAccount();
+    localStorage.removeItem(key);
+    $("erase-password").value = "";
+    await signOut(auth);
+    const forfeited = report.creditsForfeited > 0 ? `; ${report.creditsForfeited} unused credits were forfeited` : "";
+    notify("ok", `Your account was deleted${forfeited}.`, "Your ledger is kept under a pseudonym, as accounting requires.");
+  });
+}
+
 // ---- signing in
 
 async function signInOrUp(create) {
   const email = $("email").value.trim();
   const password = $("password").value;
+  $("notice").hidden = true;
   await busy([$("sign-in"), $("sign-up")], async () => {
     await (create ? createUserWithEmailAndPassword : signInWithEmailAndPassword)(auth, email, password);
   });
@@ -276,12 +314,16 @@ async function start() {
   $("auth-form").onsubmit = (e) => e.preventDefault();
   $("sign-up").onclick = () => signInOrUp(true);
   $("sign-in").onclick = () => signInOrUp(false);
-  $("sign-out").onclick = () => signOut(auth);
+  $("sign-out").onclick = () => {
+    $("notice").hidden = true;
+    signOut(auth);
+  };
+  $("export").onclick = () => exportData();
+  $("erase").onclick = () => eraseAccount();
   $("accept-terms").onclick = () => acceptTerms();
   $("generate").onclick = () => generate($("prompt").value, null, $("generate"));
 
   onAuthStateChanged(auth, (user) => {
-    $("notice").hidden = true;
     (user ? onSignedIn(user) : Promise.resolve(onSignedOut())).catch(notifyError).finally(() => {
       document.body.dataset.ready = user ? "signed-in" : "signed-out";
     });
