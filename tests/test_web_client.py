@@ -274,7 +274,9 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
         with page.expect_download() as download:
             page.click("#export")
         exported = json.loads(Path(download.value.path()).read_text())
-        assert "Your data was downloaded as my-data.json (ledger entries: 5, projects: 1)." in notice(page, "ok")
+        assert "Your data was downloaded as my-data.json (ledger entries: 5, projects: 1)." in notice(
+            page, "ok"
+        )
         assert sorted(e["id"] for e in exported["ledger"]) == sorted(r[3] for r in rows)
         page.fill("#erase-password", PASSWORD)
         page.click("#erase")
