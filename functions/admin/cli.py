@@ -182,7 +182,7 @@ def run_settle(args: argparse.Namespace) -> int:
 
 def add_settle(subparsers: Any) -> None:
     cmd = subparsers.add_parser(
-        "settle", help="refund stale charges now (what the settlement job does every 15 minutes)"
+        "settle", help="refund stale charges now (what the settlement job does every 10 minutes)"
     )
     cmd.add_argument(
         "--dry-run", action="store_true", help="write nothing; list the charges that would be refunded"

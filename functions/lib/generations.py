@@ -165,6 +165,11 @@ def _replay(
     )
 
 
+def stale_cutoff(settings: Settings, now: datetime | None = None) -> datetime:
+    """A `charged` generation created before this is stale: its process is gone (STALE_CHARGE_AFTER_S)."""
+    return (now or datetime.now(UTC)) - timedelta(seconds=settings.stale_charge_after_s)
+
+
 def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge | Completed:
     """Step 1: check consent, ownership and balance, and charge, in one atomic commit.
 
@@ -180,7 +185,7 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     # library re-sends it and the re-read finds the generation; the token tells "mine" from a
     # concurrent request with the same Idempotency-Key.
     token = uuid.uuid4().hex
-    stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_charge_after_s)
+    stale_before = stale_cutoff(settings)
 
     def plan() -> db.Plan[Charge | Completed]:
         user, gen, *maybe_project = db.get_all(client, refs)

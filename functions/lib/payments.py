@@ -227,7 +227,7 @@ def _doc_id(value: Any, what: str, *, reason: str = "malformed_event") -> str:
 
 def _object_id(value: Any, what: str) -> str:
     """The id of a reference that Stripe sends either as an id or as an expanded object."""
-    return _doc_id(value.get("id") if isinstance(value, dict) else value, what)
+    return _doc_id(problems.id_of(value), what)
 
 
 def _money(value: Any, what: str) -> int:
@@ -480,7 +480,11 @@ def on_refund(
     refund_id = _doc_id(refund.get("id"), "refund id")
     payment_intent = _object_id(refund.get("payment_intent"), "payment intent")
     change = refund_seen(refund_id, _money(refund.get("amount"), "refund amount"), _refund_status(refund))
-    meta = {"stripeRefundId": refund_id, "stripeChargeId": _id_of(refund.get("charge")), "reason": "refund"}
+    meta = {
+        "stripeRefundId": refund_id,
+        "stripeChargeId": problems.id_of(refund.get("charge")),
+        "reason": "refund",
+    }
     return settle_payment(
         client, event, payment_intent, change, ref=refund_id, metadata=meta, stored=stored, unpark=unpark
     )
@@ -527,7 +531,7 @@ def on_dispute(client: Client, dispute: dict[str, Any], event: dict[str, Any], s
         raise EventProblem("malformed_event", f"the closed dispute has status {dispute.get('status')!r}")
     meta = {
         "stripeDisputeId": dispute_id,
-        "stripeChargeId": _id_of(dispute.get("charge")),
+        "stripeChargeId": problems.id_of(dispute.get("charge")),
         "reason": "dispute",
     }
     return settle_payment(
@@ -539,10 +543,6 @@ def on_dispute(client: Client, dispute: dict[str, Any], event: dict[str, Any], s
         metadata=meta,
         stored=stored,
     )
-
-
-def _id_of(value: Any) -> Any:
-    return value.get("id") if isinstance(value, dict) else value
 
 
 def _combined(outcomes: list[Outcome]) -> Outcome:
@@ -627,16 +627,13 @@ def handle_event(
 
 def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome:
     """Run a stored event again (after its cause was fixed); when it applies, it is marked resolved."""
-    from google.cloud.firestore import SERVER_TIMESTAMP
-
     event = problems.load(client, event_id)
     if event is None:
         raise NotFound(f"No stored Stripe event {event_id}.")
     outcome = handle_event(client, settings, event, stored=True)
     if outcome.action in (CREDITED, DUPLICATE, AWAITING_PAYMENT, IGNORED):
         # Purchases write no problem state of their own: mark the stored copy here.
-        problems.problem_ref(client, event_id).update(
-            {"status": problems.RESOLVED, "resolution": outcome.action, "resolvedAt": SERVER_TIMESTAMP},
-            **db.rpc(),
-        )
+        batch = client.batch()
+        problems.stage_resolved(client, batch, event_id, outcome.action)
+        batch.commit(**db.rpc())
     return outcome

@@ -41,13 +41,13 @@ _OBJECT_FIELDS = (
 _METADATA_FIELDS = ("userId", "packageId")
 
 
-def _id_of(value: Any) -> Any:
+def id_of(value: Any) -> Any:
     """An expanded reference (`{"id": ..., ...}`) reduced to its id; anything else as it is."""
     return value.get("id") if isinstance(value, dict) else value
 
 
 def _minimal_object(obj: dict[str, Any]) -> dict[str, Any]:
-    kept = {key: _id_of(obj[key]) for key in _OBJECT_FIELDS if key in obj}
+    kept = {key: id_of(obj[key]) for key in _OBJECT_FIELDS if key in obj}
     metadata = obj.get("metadata")
     if isinstance(metadata, dict):
         kept["metadata"] = {key: metadata[key] for key in _METADATA_FIELDS if key in metadata}

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import db, generations, schema
@@ -36,11 +36,6 @@ PAGE = 100
 
 # progress(event, fields): events are `refunded` and, in a dry run, `would_refund`.
 Progress = Callable[[str, dict[str, Any]], None]
-
-
-def cutoff(settings: Settings, now: datetime | None = None) -> datetime:
-    """Charges created before this are stale."""
-    return (now or datetime.now(UTC)) - timedelta(seconds=settings.stale_charge_after_s)
 
 
 def stale_charges(client: Client, before: datetime, uid: str | None = None) -> Query:
@@ -91,7 +86,7 @@ def settle_stale_charges(
     """
     started = time.monotonic()
     report = SettlementReport()
-    for snap in db.pages(stale_charges(client, cutoff(settings, now), uid), PAGE):
+    for snap in db.pages(stale_charges(client, generations.stale_cutoff(settings, now), uid), PAGE):
         if not has_time():
             report.complete = False
             break
