@@ -143,23 +143,20 @@ def test_a_bad_spec_fails_before_any_request(api: SchedulerDouble, job: SweepJob
     assert api.received == []
 
 
+def schedule_argv(
+    api: SchedulerDouble, *, project: str = "acme-credits", region: str = "europe-west1", url: str = URL
+) -> list[str]:
+    """`admin schedule` arguments aimed at the Scheduler double."""
+    options = {"--project": project, "--region": region, "--url": url, "--service-account": SA}
+    return ["schedule", *(part for option in options.items() for part in option), "--api-endpoint", api.url]
+
+
 def test_schedule_command_creates_then_updates(
     api: SchedulerDouble, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from functions.admin import cli as admin
 
-    argv = [
-        "schedule",
-        "--project",
-        "acme-credits",
-        "--region",
-        "europe-west1",
-        "--url",
-        URL,
-        "--service-account",
-        SA,
-    ]
-    argv += ["--api-endpoint", api.url]
+    argv = schedule_argv(api)
 
     assert admin.main(argv) == 0
     assert admin.main([*argv, "--schedule", "15 4 * * *"]) == 0
@@ -175,19 +172,7 @@ def test_schedule_command_rejects_a_bad_url_without_calling_the_api(
 ) -> None:
     from functions.admin import cli as admin
 
-    argv = [
-        "schedule",
-        "--project",
-        "p",
-        "--region",
-        "r",
-        "--url",
-        "ftp://x",
-        "--service-account",
-        SA,
-        "--api-endpoint",
-        api.url,
-    ]
+    argv = schedule_argv(api, project="p", region="r", url="ftp://x")
 
     assert admin.main(argv) == admin.EXIT_FAILED
     assert "sweep URL" in capsys.readouterr().err and api.received == []
@@ -199,19 +184,9 @@ def test_schedule_command_reports_a_refusal_by_the_api(
     from functions.admin import cli as admin
 
     api.mode = "denied"
-    argv = [
-        "schedule",
-        "--project",
-        "acme-credits",
-        "--region",
-        "europe-west1",
-        "--url",
-        URL,
-        "--service-account",
-        SA,
-    ]
+    argv = schedule_argv(api)
 
-    assert admin.main([*argv, "--api-endpoint", api.url]) == admin.EXIT_FAILED
+    assert admin.main(argv) == admin.EXIT_FAILED
     err = capsys.readouterr().err
     assert (
         err.startswith("schedule failed: Cloud Scheduler answered 403")
