@@ -4,15 +4,18 @@ The Firebase CLI zips the functions source folder (this checkout, `firebase.json
 minus the `ignore` globs of firebase.json. This test runs the CLI's own packaging function
 (firebase-tools, `prepareFunctionsUpload`) on a copy of the checkout that also holds what a
 developer's folder holds (a virtualenv, node_modules, env files with secrets, emulator logs,
-`.firebase/`, a service-account key) and reads the zip it would upload.
+`.firebase/`, a service-account key, stale bytecode caches), runs deploy.sh's bytecode step on it
+and reads the zip it would upload: the code, its requirements and one checked-hash pyc per module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -44,7 +47,8 @@ LOCAL_FILES = {
     ".venv/lib/python3.11/site-packages/x.py": "x = 1",
     "node_modules/x/index.js": "x",
     "tools/firebase/node_modules/firebase-tools/x.js": "x",
-    "functions/__pycache__/http.cpython-311.pyc": "pyc",
+    "functions/__pycache__/http.cpython-311.pyc": "pyc of a module that is gone",
+    "functions/lib/__pycache__/db.cpython-312.pyc": "pyc of another Python",
     ".pytest_cache/v/cache/lastfailed": "{}",
     ".hypothesis/examples/x": "x",
     ".mypy_cache/x.json": "{}",
@@ -69,6 +73,11 @@ def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tm
         (source / name).write_text(text)
     (source / "venv").symlink_to(source / ".venv")
     [functions] = json.loads((ROOT / "firebase.json").read_text())["functions"]
+    step = ["-m", "tools.bytecode", "--clean", "--runtime", functions["runtime"], "main.py", "functions"]
+    compiled = subprocess.run(
+        [sys.executable, *step], cwd=source, capture_output=True, text=True, check=False
+    )
+    assert compiled.returncode == 0, compiled.stderr
 
     res = subprocess.run(
         ["node", "-e", PACKAGE, str(source), json.dumps(functions)],
@@ -84,6 +93,9 @@ def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tm
     zip_path.unlink()
 
     code = {name for name in tracked() if name.startswith("functions/") and name.endswith(".py")}
-    assert uploaded == {"main.py", "requirements.txt", *code}, {
-        "unexpected": uploaded - {"main.py", "requirements.txt", *code}
+    bytecode = {
+        Path(importlib.util.cache_from_source(name)).relative_to(source).as_posix()
+        for name in (str(source / module) for module in ["main.py", *code])
     }
+    expected = {"main.py", "requirements.txt", *code, *bytecode}
+    assert uploaded == expected, {"unexpected": uploaded - expected, "missing": expected - uploaded}
