@@ -89,7 +89,8 @@ def checkout(request: flask.Request) -> flask.Response:
     **runs_as("stripe_webhook"),
 )
 def stripe_webhook(request: flask.Request) -> flask.Response:
-    """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds and disputes."""
+    """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds
+    and disputes."""
     from functions.handlers.stripe_webhook import handle
 
     return handle(request)
@@ -105,7 +106,8 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
     **runs_as("retention_sweep"),
 )
 def retention_sweep(request: flask.Request) -> flask.Response:
-    """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to purgeProject when the night is large."""
+    """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to
+    purgeProject when the night is large."""
     from functions.handlers.retention_sweep import handle
 
     return handle(request)

@@ -31,7 +31,8 @@ def trigger_of(endpoint: dict[str, Any]) -> str:
         queue = endpoint["taskQueueTrigger"]
         limits, retry = queue.get("rateLimits") or {}, queue.get("retryConfig") or {}
         return (
-            f"task queue '{endpoint['entryPoint']}', private: {limits.get('maxConcurrentDispatches')} concurrent, "
+            f"task queue '{endpoint['entryPoint']}', private: "
+            f"{limits.get('maxConcurrentDispatches')} concurrent, "
             f"{limits.get('maxDispatchesPerSecond')}/s, {retry.get('maxAttempts')} attempts, "
             f"backoff {retry.get('minBackoffSeconds')}-{retry.get('maxBackoffSeconds')} s"
         )
@@ -45,16 +46,21 @@ def plan_lines(manifest: dict[str, Any], project: str) -> list[str]:
         account = str(endpoint.get("serviceAccountEmail") or "default compute account")
         if account.endswith("@"):
             account += f"{project}.iam.gserviceaccount.com"
+        size = (
+            f"{endpoint['availableMemoryMb']} MB, {endpoint['cpu']} CPU, "
+            f"timeout {endpoint['timeoutSeconds']} s, "
+            f"up to {endpoint['maxInstances']} instances x {endpoint['concurrency']} concurrent"
+        )
         lines.append(
-            f"  {name}: {trigger_of(endpoint)}; region {','.join(endpoint['region'])}; {endpoint['availableMemoryMb']} MB, "
-            f"{endpoint['cpu']} CPU, timeout {endpoint['timeoutSeconds']} s, up to {endpoint['maxInstances']} instances x "
-            f"{endpoint['concurrency']} concurrent; runs as {account}; secrets: {', '.join(secrets) or 'none'}"
+            f"  {name}: {trigger_of(endpoint)}; region {','.join(endpoint['region'])}; {size}; "
+            f"runs as {account}; secrets: {', '.join(secrets) or 'none'}"
         )
     return lines
 
 
 def iam_lines(manifest: dict[str, Any]) -> list[str]:
-    """Accounts, roles, per-secret access and private invokers for the declared functions and the scheduler."""
+    """Accounts, roles, per-secret access and private invokers for the declared functions and the
+    scheduler."""
     lines = []
     declared = manifest["endpoints"]
     for name, spec in [

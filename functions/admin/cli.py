@@ -83,7 +83,8 @@ class SweepPrinter:
                 self.last = now
         if due:
             self.line(
-                f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far ({now - self.started:.1f} s)"
+                f"... {fields['projectId']}: {fields['versionsDeleted']} versions so far "
+                f"({now - self.started:.1f} s)"
             )
 
 
@@ -118,9 +119,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         f"emulator {settings.firestore_emulator_host}" if settings.firestore_emulator_host else "Firestore"
     )
     print(
-        f"{'DRY RUN (nothing is changed): ' if args.dry_run else ''}sweeping project {settings.project} on {where}: "
+        f"{'DRY RUN (nothing is changed): ' if args.dry_run else ''}"
+        f"sweeping project {settings.project} on {where}: "
         f"projects idle > {settings.retention_days} d, charges older than {settings.stale_charge_after_s} s, "
-        f"analytics events older than {settings.analytics_retention_days} d; budget {settings.sweep_budget_s:g} s",
+        f"analytics events older than {settings.analytics_retention_days} d; "
+        f"budget {settings.sweep_budget_s:g} s",
         file=out,
         flush=True,
     )
@@ -129,10 +132,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     )
     verb = "would delete" if args.dry_run else "deleted"
     print(
-        f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions), {report.events_deleted} analytics events "
+        f"{verb} {report.projects_deleted} projects ({report.versions_deleted} versions), "
+        f"{report.events_deleted} analytics events "
         f"and {report.problems_deleted} stored Stripe events; "
         f"{'would refund' if args.dry_run else 'refunded'} {report.refunds_settled} stale charges; "
-        f"{report.commits} commits (largest {report.max_commit_writes} writes) in {report.elapsed_ms / 1000:.1f} s"
+        f"{report.commits} commits (largest {report.max_commit_writes} writes) "
+        f"in {report.elapsed_ms / 1000:.1f} s"
         + ("" if report.complete else "; NOT complete: run it again to finish"),
         file=out,
     )
@@ -279,7 +284,8 @@ def run_grant(args: argparse.Namespace) -> int:
     # A mistyped uid would otherwise create a phantom user holding the credits.
     if not args.allow_unknown_user and not auth.lookup_account(args.user).exists:
         print(
-            f"grant failed: no Firebase Auth account has uid {args.user!r}; check it, or pass --allow-unknown-user to grant anyway",
+            f"grant failed: no Firebase Auth account has uid {args.user!r}; "
+            "check it, or pass --allow-unknown-user to grant anyway",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -288,7 +294,8 @@ def run_grant(args: argparse.Namespace) -> int:
         print(f"granted {posted.amount} credits to {args.user} ({posted.entry_id}); balance {posted.balance}")
     else:
         print(
-            f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; balance {posted.balance}"
+            f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; "
+            f"balance {posted.balance}"
         )
     return EXIT_OK
 
@@ -314,12 +321,14 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     statement = ledger.statement(db.get_client(), args.user, limit=args.limit)
     print(
-        f"user {args.user}: balance {statement.balance}; latest {len(statement.transactions)} entries, newest first"
+        f"user {args.user}: balance {statement.balance}; "
+        f"latest {len(statement.transactions)} entries, newest first"
     )
     for entry in statement.transactions:
         meta = " ".join(f"{k}={v}" for k, v in sorted(entry["metadata"].items()))
         print(
-            f"  {entry['createdAt'] or '-':<32} {entry['type']:<9} {entry['amount']:>+7} -> {entry['balanceAfter']:>7}  {entry['id']}  {meta}"
+            f"  {entry['createdAt'] or '-':<32} {entry['type']:<9} {entry['amount']:>+7} "
+            f"-> {entry['balanceAfter']:>7}  {entry['id']}  {meta}"
         )
     return EXIT_OK
 
@@ -339,7 +348,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     def progress(report: AuditReport) -> None:
         print(
-            f"... {report.users} users, {report.entries} ledger entries checked, {len(report.differences)} differences",
+            f"... {report.users} users, {report.entries} ledger entries checked, "
+            f"{len(report.differences)} differences",
             flush=True,
         )
 
@@ -348,7 +358,8 @@ def run_audit(args: argparse.Namespace) -> int:
         print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum})")
     verdict = "clean" if report.clean else f"{len(report.differences)} differences"
     print(
-        f"audit: {report.users} users, {report.entries} ledger entries, {report.closed_accounts} closed (erased) accounts "
+        f"audit: {report.users} users, {report.entries} ledger entries, "
+        f"{report.closed_accounts} closed (erased) accounts "
         f"in {time.monotonic() - started:.1f} s: {verdict}"
     )
     return EXIT_OK if report.clean else EXIT_DIFFERENCES
@@ -369,7 +380,8 @@ def run_replay(args: argparse.Namespace) -> int:
     outcome = payments.replay_problem(db.get_client(), get_settings(), args.event_id)
     detail = f"; problem: {outcome.problem}" if outcome.problem else ""
     print(
-        f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits for {outcome.uid or 'no user'}{detail}"
+        f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits "
+        f"for {outcome.uid or 'no user'}{detail}"
     )
     return EXIT_FAILED if outcome.action == payments.PROBLEM else EXIT_OK
 
@@ -385,7 +397,8 @@ def add_replay(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from functions.lib import db, user_data
 
-    out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115 - closed below
+    # Closed below (a `with` cannot hold stdout, which must stay open).
+    out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     started, written, last = time.monotonic(), 0, time.monotonic()
     try:
         for piece in user_data.export(db.get_client(), args.user):

@@ -24,7 +24,8 @@ class CheckoutRequest:
 
 
 def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
-    """An absolute http(s) URL on one of ALLOWED_ORIGINS: Stripe sends the buyer there, so no open redirects."""
+    """An absolute http(s) URL on one of ALLOWED_ORIGINS: Stripe sends the buyer there, so no open
+    redirects."""
     if not settings.allowed_origins:
         raise ConfigError(
             "ALLOWED_ORIGINS", "ALLOWED_ORIGINS is empty: checkout cannot accept any return URL"

@@ -18,7 +18,8 @@ from functions.lib.tasks import purge_queue
 
 @endpoint("retention_sweep", methods=("POST",), cors=False)
 def handle(call: Call) -> dict[str, Any]:
-    """POST -> {complete, projectsDeleted, versionsDeleted, commits, maxCommitWrites, refundsSettled, elapsedMs, projectsEnqueued?}."""
+    """POST -> {complete, projectsDeleted, versionsDeleted, commits, maxCommitWrites, refundsSettled,
+    elapsedMs, projectsEnqueued?}."""
     settings = get_settings()
     queue = purge_queue(settings)
     return sweep(db.get_client(), settings, enqueue=queue.enqueue if queue else None).body()

@@ -245,11 +245,15 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
     if switches and not is_demo:
         raise ConfigError(
             switches[0],
-            f"refusing to start: {', '.join(switches)} set for project {project or '(none)'!r}; emulators are only for demo- projects",
+            f"refusing to start: {', '.join(switches)} set for project {project or '(none)'!r}; "
+            "emulators are only for demo- projects",
         )
     if not env.get(DEPLOYED_MARKER) or _functions_emulator(env):
         return
-    where = f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)}, project {project or '(none)'!r})"
+    where = (
+        f"in a deployed environment ({DEPLOYED_MARKER}={env.get(DEPLOYED_MARKER)}, "
+        f"project {project or '(none)'!r})"
+    )
     overrides = [name for name in DOUBLE_VARIABLES if env.get(name)]
     if overrides and not is_demo:
         raise ConfigError(overrides[0], f"refusing to start: {', '.join(overrides)} set {where}")

@@ -444,7 +444,8 @@ def _fail(client: Client, ch: Charge, reason: str) -> GenerationFailed | Unavail
     except Exception:
         log.exception("refund of %s failed; the sweep will settle it", ch.generation_id)
         return Unavailable(
-            "The generation failed and the refund could not be recorded yet; it will be refunded automatically."
+            "The generation failed and the refund could not be recorded yet; "
+            "it will be refunded automatically."
         )
     if settled.status == SUCCEEDED:  # the completion had committed after all
         return Unavailable("The generation finished but its answer was lost; look for it in the project.")

@@ -36,7 +36,8 @@ def require_doc_id(value: Any, field: str, *, max_bytes: int = MAX_ID_BYTES) -> 
     """`value` if it is a storable document id, else InvalidRequest (400) naming `field`."""
     if not is_doc_id(value, max_bytes=max_bytes):
         raise InvalidRequest(
-            f"'{field}' must be an id of 1..{max_bytes} bytes without '/', not '.' or '..' and not of the form __x__.",
+            f"'{field}' must be an id of 1..{max_bytes} bytes without '/', not '.' or '..' "
+            "and not of the form __x__.",
             field=field,
         )
     return value

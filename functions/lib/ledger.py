@@ -35,7 +35,8 @@ ERASED_PREFIX = "erased_"
 
 def entry_id(kind: str, ref: str) -> str:
     """Deterministic ledger ids: purchase_{session}, charge_{gen}, refund_{gen}, reversal_{refund or dispute},
-    reinstatement_{refund or dispute}, grant_{id}, forfeit_{pseudonym} (docs/ARCHITECTURE.md, "Data model")."""
+    reinstatement_{refund or dispute}, grant_{id}, forfeit_{pseudonym}
+    (docs/ARCHITECTURE.md, "Data model")."""
     return f"{kind}_{ref}"
 
 

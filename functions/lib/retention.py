@@ -1,4 +1,5 @@
-"""Retention: the nightly sweep that settles stale charges and deletes expired data (docs/ARCHITECTURE.md, "Retention").
+"""Retention: the nightly sweep that settles stale charges and deletes expired data
+(docs/ARCHITECTURE.md, "Retention").
 
 Policy: a generation still `charged` STALE_CHARGE_AFTER_S after its `createdAt` was left by a
 killed process and is refunded through `generations.refund` (exactly once, `refund_{id}`); a
@@ -344,7 +345,8 @@ class _Pass:
     def sweep_project(
         self, project_ref: DocumentReference, step: Callable[[DocumentReference], None] | None = None
     ) -> None:
-        """Delete one project (or `step` it); one that keeps conflicting is left for the next pass, not the end of this one."""
+        """Delete one project (or `step` it); one that keeps conflicting is left for the next pass,
+        not the end of this one."""
         try:
             (step or self.delete_project)(project_ref)
         except Contention:

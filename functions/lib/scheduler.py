@@ -79,7 +79,9 @@ def job_spec(job: SweepJob) -> Job:
 
     return scheduler_v1.Job(
         name=job.name,
-        description="Nightly retention sweep: delete expired projects, refund stale charges (credits backend).",
+        description=(
+            "Nightly retention sweep: delete expired projects, refund stale charges (credits backend)."
+        ),
         schedule=job.schedule,
         time_zone=job.time_zone,
         http_target=scheduler_v1.HttpTarget(
@@ -102,7 +104,8 @@ def job_spec(job: SweepJob) -> Job:
 
 
 def scheduler_client(*, api_endpoint: str | None = None, credentials: Any = None) -> CloudSchedulerClient:
-    """A Cloud Scheduler client over REST; `api_endpoint` (e.g. http://127.0.0.1:PORT) points it at a double."""
+    """A Cloud Scheduler client over REST; `api_endpoint` (e.g. http://127.0.0.1:PORT) points it at a
+    double."""
     from google.cloud import scheduler_v1
 
     options = {"api_endpoint": api_endpoint} if api_endpoint else None

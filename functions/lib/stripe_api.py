@@ -41,7 +41,8 @@ def _client(api_key: str, api_base: str | None) -> stripe.StripeClient:
 
 
 def get_client(settings: Settings) -> stripe.StripeClient:
-    """The process's Stripe client for these settings, created on first use; STRIPE_API_BASE points it at a double."""
+    """The process's Stripe client for these settings, created on first use; STRIPE_API_BASE points it
+    at a double."""
     return _client(settings.require("STRIPE_SECRET_KEY"), settings.stripe_api_base)
 
 

@@ -303,7 +303,8 @@ class _Erasure:
             self.emit("pseudonymised", entries=renamed, payments=records)
 
     def finish(self) -> bool:
-        """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round again)."""
+        """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round
+        again)."""
         from google.api_core import exceptions as gexc
 
         user = self.user_ref.get(**db.rpc())
