@@ -124,10 +124,7 @@ if [ -n "${GENERATED:-}" ]; then
   echo "== writing $ENV_FILE for the deploy (removed afterwards)"
   if [ "$DRY_RUN" = 0 ]; then cp "$GENERATED" "$ENV_FILE"; trap 'rm -f "$GENERATED" "$ENV_FILE"' EXIT; fi
 fi
-# The functions' own code goes up with its bytecode, so no instance compiles it on a cold start
-# (tools/bytecode.py); compiled by the virtualenv's Python only when it is the runtime's version.
-RUNTIME="$("$PYTHON" -c 'import json; print(json.load(open("firebase.json"))["functions"][0]["runtime"])')"
-run "$PYTHON" -m tools.bytecode --clean --runtime "$RUNTIME" main.py functions
+# firebase.json's predeploy compiles the functions' bytecode first, so it ships (tools/bytecode.py).
 run "$FIREBASE" deploy --only functions,firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
 
 # Private functions: only the named accounts may invoke them (the scheduler may invoke only the sweep).

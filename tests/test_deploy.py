@@ -94,9 +94,6 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
         in out
     )
     assert "gcloud functions deploy" not in out
-    # The code goes up with its bytecode, compiled for the runtime firebase.json names, before the deploy.
-    compile_step = "+ .venv/bin/python -m tools.bytecode --clean --runtime python311 main.py functions"
-    assert compile_step in out and out.index(compile_step) < out.index("firebase deploy --only")
 
 
 def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ The Firebase CLI zips the functions source folder (this checkout, `firebase.json
 minus the `ignore` globs of firebase.json. This test runs the CLI's own packaging function
 (firebase-tools, `prepareFunctionsUpload`) on a copy of the checkout that also holds what a
 developer's folder holds (a virtualenv, node_modules, env files with secrets, emulator logs,
-`.firebase/`, a service-account key, stale bytecode caches), runs deploy.sh's bytecode step on it
-and reads the zip it would upload: the code, its requirements and one checked-hash pyc per module.
+`.firebase/`, a service-account key, stale bytecode caches), first runs firebase.json's predeploy
+hooks as `firebase deploy` does (firebase-tools' `lifecycleHooks`; ours compiles the bytecode, see
+tools/bytecode.py), and reads the zip it would upload: the code, its requirements and one
+checked-hash pyc per module.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -24,13 +25,20 @@ import pytest
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 FIREBASE_TOOLS = ROOT / "tools" / "firebase" / "node_modules" / "firebase-tools"
-PACKAGE = """
-const [source, config] = process.argv.slice(1);
-const { prepareFunctionsUpload } = require(process.env.FIREBASE_TOOLS + "/lib/deploy/functions/prepareFunctionsUpload");
-prepareFunctionsUpload(source, source, JSON.parse(config), [], undefined).then(
-  (result) => console.log("ZIP=" + result.pathToSource),
-  (error) => { console.error(error); process.exit(1); },
-);
+DEPLOY_UNTIL_UPLOAD = """
+const [source] = process.argv.slice(1);
+const lib = process.env.FIREBASE_TOOLS + "/lib";
+const { Config } = require(lib + "/config");
+const { lifecycleHooks } = require(lib + "/deploy/lifecycleHooks");
+const { prepareFunctionsUpload } = require(lib + "/deploy/functions/prepareFunctionsUpload");
+const config = Config.load({ cwd: source, projectDir: source });
+const options = { config, cwd: source, projectRoot: source, project: "demo-credits-upload" };
+lifecycleHooks("functions", "predeploy")({}, options)
+  .then(() => prepareFunctionsUpload(source, source, config.get("functions")[0], [], undefined))
+  .then(
+    (result) => console.log("ZIP=" + result.pathToSource),
+    (error) => { console.error(error); process.exit(1); },
+  );
 """
 # What a working folder holds beyond the repository: none of it may be uploaded.
 LOCAL_FILES = {
@@ -71,16 +79,13 @@ def test_a_deploy_uploads_the_functions_code_and_the_locked_requirements_only(tm
     for name, text in LOCAL_FILES.items():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text(text)
-    (source / "venv").symlink_to(source / ".venv")
+    # `venv` is where the Firebase CLI, and our predeploy hook, find the functions' Python.
+    (source / "venv").symlink_to(ROOT / ".venv")
     [functions] = json.loads((ROOT / "firebase.json").read_text())["functions"]
-    step = ["-m", "tools.bytecode", "--clean", "--runtime", functions["runtime"], "main.py", "functions"]
-    compiled = subprocess.run(
-        [sys.executable, *step], cwd=source, capture_output=True, text=True, check=False
-    )
-    assert compiled.returncode == 0, compiled.stderr
+    assert [f"--runtime {functions['runtime']}" in hook for hook in functions["predeploy"]] == [True]
 
     res = subprocess.run(
-        ["node", "-e", PACKAGE, str(source), json.dumps(functions)],
+        ["node", "-e", DEPLOY_UNTIL_UPLOAD, str(source)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,10 +10,10 @@ The files are `checked-hash` pycs: valid after any copy or upload because they c
 source instead of its modification time, and never run stale, because Python compares that hash
 with the source before using one (an edited module is compiled as if no pyc existed).
 
-scripts/setup compiles the working tree; deploy.sh compiles `main.py` and `functions/` with
-`--clean` (old caches removed first, so only this Python's files are uploaded) and `--runtime`
-(nothing is compiled when the virtualenv's Python is not the deployed runtime's version, whose
-interpreter would ignore the files).
+scripts/setup compiles the working tree. `firebase deploy` runs firebase.json's predeploy hook,
+which compiles `main.py` and `functions/` with `--clean` (old caches removed first, so only this
+Python's files are uploaded) and `--runtime` (nothing is compiled when the virtualenv's Python is
+not the deployed runtime's version, whose interpreter would ignore the files).
 """
 
 from __future__ import annotations
