@@ -336,6 +336,29 @@ def test_an_event_before_its_purchase_is_parked_then_applied_once_when_the_purch
     assert_ledger_consistent(db)
 
 
+def test_a_parked_refund_still_applies_when_its_purchase_comes_after_the_stored_event_expired(
+    app: Any, db: Any, settings: Any
+) -> None:
+    from functions.lib import retention
+
+    pi = se.new_id("pi")
+    early = refund_created("re_late_buy", pi)
+    assert outcome(app, early) == "parked"
+    # The night after PROBLEM_RETENTION_DAYS deletes the stored event; the purchase comes later
+    # (a delayed payment method clears, or an operator replays a purchase that had failed).
+    later = datetime.now(UTC) + timedelta(days=settings.problem_retention_days, seconds=5)
+    assert retention.sweep(db, settings, now=later).problems_deleted == 1
+
+    purchase = se.async_payment_succeeded(se.new_id("cs_test"), "late-buyer", "starter", pi)
+    assert outcome(app, purchase) == "credited"
+
+    assert balance(db, "late-buyer") == 0 and len(entries(db, "late-buyer", "reversal")) == 1
+    record = db.collection("payments").document(pi).get().to_dict()
+    assert record["parked"] == [] and record["parkedEvents"] == {}
+    assert outcome(app, early) == "duplicate"
+    assert_ledger_consistent(db)
+
+
 def test_a_refund_racing_its_purchase_applies_exactly_once(app: Any, db: Any) -> None:
     flask_app = app("stripe_webhook").application
 

@@ -24,11 +24,13 @@ The whole event table is in docs/ARCHITECTURE.md, "Stripe events". In short:
 - A reversal takes back its share even when the balance is lower: the balance goes below zero,
   `generate` answers 402 until purchases cover it, and credits held by a running generation cannot
   escape a refund.
-- A refund or dispute that arrives before its purchase is parked: its event id goes on the
-  payment's record and the event (without personal data) to `stripe_event_problems`, in one
-  commit, and the webhook answers 200. The purchase's commit reads the same record, so one of the
-  two commits sees the other: the purchase applies what was parked, or the late event applies
-  directly. An event for a payment this app never sold stays parked: 200, nothing changes.
+- A refund or dispute that arrives before its purchase is parked: the event (without personal data)
+  goes on the payment's record and to `stripe_event_problems`, in one commit, and the webhook
+  answers 200. The purchase's commit reads the same record, so one of the two commits sees the
+  other: the purchase applies what was parked, or the late event applies directly. The record's
+  copy outlives the stored problem (which the sweep deletes after PROBLEM_RETENTION_DAYS), so a
+  purchase credited later still applies it. An event for a payment this app never sold stays
+  parked: 200, nothing changes.
 
 Permanent problems (no uid, a pack not in the catalog, the wrong `livemode`) are stored the same way
 and answered 200. Transient ones (Firestore unreachable, contention) raise `Unavailable`, so the
@@ -38,6 +40,7 @@ no Stripe API.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -119,7 +122,8 @@ class PaymentRecord:
     charge_refunded: int = 0  # the highest cumulative `amount_refunded` seen
     disputes: dict[str, str] = field(default_factory=dict)  # id -> open | won | lost
     reversed_credits: int = 0  # net credits taken back so far
-    parked: list[str] = field(default_factory=list)  # events waiting for the purchase
+    parked: list[str] = field(default_factory=list)  # ids of events waiting for the purchase
+    parked_events: dict[str, str] = field(default_factory=dict)  # id -> the event (problems.payload_of)
 
     @classmethod
     def of(cls, snap: DocumentSnapshot) -> PaymentRecord:
@@ -134,6 +138,7 @@ class PaymentRecord:
             disputes=dict(data.get("disputes") or {}),
             reversed_credits=int(data.get("reversedCredits") or 0),
             parked=list(data.get("parked") or []),
+            parked_events=dict(data.get("parkedEvents") or {}),
         )
 
     def fields(self) -> dict[str, Any]:
@@ -147,6 +152,7 @@ class PaymentRecord:
             "disputes": self.disputes,
             "reversedCredits": self.reversed_credits,
             "parked": self.parked,
+            "parkedEvents": self.parked_events,
         }
 
     @property
@@ -242,7 +248,7 @@ def _money(value: Any, what: str) -> int:
 @dataclass(frozen=True)
 class _Credited:
     outcome: Outcome
-    parked: list[str]
+    record: PaymentRecord  # as read: its parked events are applied after the purchase
 
 
 def credit_checkout_session(
@@ -284,7 +290,7 @@ def credit_checkout_session(
         if existing.exists:
             if existing.get("userId") != uid:
                 raise EventProblem("session_reused", f"{entry_id} was credited to another user")
-            return db.Plan(_Credited(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), record.parked))
+            return db.Plan(_Credited(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), record))
         if record.purchased:
             raise EventProblem(
                 "payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}"
@@ -314,13 +320,13 @@ def credit_checkout_session(
             )
             _stage_record(client, batch, record_ref, maybe_record[0], opened)
         analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id)
-        return db.Plan(_Credited(Outcome(CREDITED, uid, pack.credits, balance), record.parked), batch)
+        return db.Plan(_Credited(Outcome(CREDITED, uid, pack.credits, balance), record), batch)
 
     credited = db.commit_optimistically(plan)
     if credited.outcome.action == CREDITED:
         analytics.emitted(analytics.CREDITS_PURCHASED, uid, props)
-    for parked_id in credited.parked:
-        _apply_parked(client, settings, parked_id)
+    for parked_id in credited.record.parked:
+        _apply_parked(client, settings, parked_id, credited.record.parked_events.get(parked_id))
     return credited.outcome
 
 
@@ -338,12 +344,17 @@ def _stage_record(
         batch.create(ref, {**record.fields(), "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP})
 
 
-def _apply_parked(client: Client, settings: Settings, event_id: str) -> None:
+def _apply_parked(client: Client, settings: Settings, event_id: str, payload: str | None) -> None:
+    """Apply a parked event: the stored problem when it is still there (marked resolved with it),
+    else the record's own copy (the sweep deleted the problem after its retention)."""
     event = problems.load(client, event_id)
-    if event is None:
+    stored = event is not None
+    if event is None and payload is not None:
+        event = json.loads(payload)
+    if not isinstance(event, dict):
         log.error("parked stripe event %s is not stored; an operator must look at it", event_id)
         return
-    handle_event(client, settings, event, stored=True)
+    handle_event(client, settings, event, stored=stored)
 
 
 # Refunds and disputes -------------------------------------------------------------------------
@@ -376,11 +387,16 @@ def settle_payment(
         if not record.purchased:
             return _park(client, event, snap, record)
         changed = replace(
-            record, refunds=dict(record.refunds), disputes=dict(record.disputes), parked=list(record.parked)
+            record,
+            refunds=dict(record.refunds),
+            disputes=dict(record.disputes),
+            parked=list(record.parked),
+            parked_events=dict(record.parked_events),
         )
         moved = change(changed)
         if unpark and event_id in changed.parked:  # also when it changes nothing: it is applied now
             changed.parked.remove(event_id)
+            changed.parked_events.pop(event_id, None)
         delta = changed.target() - record.reversed_credits if moved else 0
         changed.reversed_credits += delta
         batch = client.batch()
@@ -457,6 +473,7 @@ def _park(
     if event_id in record.parked:
         return db.Plan(Outcome(PARKED))
     record.parked.append(event_id)
+    record.parked_events[event_id] = problems.payload_of(event)
     batch = client.batch()
     _stage_record(client, batch, snap.reference, snap, record)
     message = "no purchase is recorded for this payment (yet); it applies when the purchase is credited"

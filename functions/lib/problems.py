@@ -67,6 +67,12 @@ def minimal_event(event: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def payload_of(event: dict[str, Any]) -> str:
+    """The minimal event as stored: JSON text, not a map (lossless, and free of Firestore's rules
+    for field names)."""
+    return json.dumps(minimal_event(event), sort_keys=True)
+
+
 def problem_ref(client: Client, event_id: str) -> DocumentReference:
     return client.collection(PROBLEMS).document(event_id)
 
@@ -90,8 +96,7 @@ def stage_problem(
         "type": event.get("type"),
         "reason": reason,
         "message": message,
-        # JSON text, not a map: lossless, and free of Firestore's rules for field names.
-        "payload": json.dumps(minimal_event(event), sort_keys=True),
+        "payload": payload_of(event),
         "status": OPEN,
         "deliveries": Increment(1),
         "updatedAt": SERVER_TIMESTAMP,
