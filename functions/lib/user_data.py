@@ -19,8 +19,10 @@ twice:
 4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
    (`ledger.close_account`); then every ledger entry and payment record of the uid is renamed to
    the pseudonym. The ledger is the financial record: amounts, types and Stripe references stay.
-5. Delete `users/{uid}` under a precondition on the state just read (balance zero, no consent):
-   a webhook or a consent that changed it meanwhile makes the run loop through steps 2-5 again.
+5. Delete `users/{uid}` under a precondition on the state just read (balance zero, no consent,
+   and no document anywhere still naming the uid): a webhook or a consent that wrote meanwhile
+   (a reversal with its analytics event, a stored problem event) makes the run loop through
+   steps 2-5 again.
    Then delete the Firebase Auth account, last, so that until the data is gone the user can still
    sign in and send DELETE again to finish an interrupted erasure.
 
@@ -54,7 +56,7 @@ ERASED_REASON = "account_erased"
 MAX_ROUNDS = 5
 
 # progress(event, fields): events are begun, refunded, project, deleted, closed, pseudonymised,
-# login, done.
+# again (something wrote during the round: another round follows), login, done.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -313,6 +315,10 @@ class _Erasure:
         data = user.to_dict() or {}
         if ledger.balance_of(user) != 0 or "consent" in data:
             return False
+        left = self.still_named()
+        if left:
+            self.emit("again", collections=left)
+            return False
         batch = self.client.batch()
         batch.delete(self.user_ref, option=db.precondition(self.client, user))
         try:
@@ -320,6 +326,28 @@ class _Erasure:
         except gexc.FailedPrecondition:
             return False
         return True
+
+    def still_named(self) -> list[str]:
+        """The collections where a document still names the uid: something wrote while this round
+        ran, after the step that clears that collection."""
+        named = {
+            schema.PROJECTS: _owned(self.client, schema.PROJECTS, self.uid, "ownerId"),
+            **{
+                name: _owned(self.client, name, self.uid)
+                for name in (
+                    schema.GENERATIONS,
+                    schema.EVENTS,
+                    schema.PROBLEMS,
+                    schema.LEDGER,
+                    schema.PAYMENTS,
+                )
+            },
+        }
+        left = [name for name, query in named.items() if list(query.select([]).limit(1).stream(**db.rpc()))]
+        limit = self.client.collection(schema.CHECKOUT_LIMITS).document(self.uid)
+        if limit.get(field_paths=["count"], **db.rpc()).exists:
+            left.append(schema.CHECKOUT_LIMITS)
+        return left
 
     def run(self, delete_login: Callable[[str], bool]) -> ErasureReport:
         for _ in range(MAX_ROUNDS):
