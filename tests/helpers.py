@@ -126,3 +126,22 @@ def generations(db: Any, uid: str) -> list[dict[str, Any]]:
         d.to_dict() | {"id": d.id}
         for d in db.collection("generations").where(filter=FieldFilter("userId", "==", uid)).stream()
     ]
+
+
+# Where a user's documents name them (erasure and export tests).
+USER_FIELDS = {
+    "credit_transactions": "userId",
+    "generations": "userId",
+    "analytics_events": "userId",
+    "stripe_event_problems": "userId",
+    "payments": "userId",
+    "projects": "ownerId",
+}
+
+
+def owned(db: Any, uid: str) -> dict[str, list[str]]:
+    """Every document naming `uid`, by collection."""
+    return {
+        name: sorted(d.id for d in db.collection(name).where(filter=FieldFilter(field, "==", uid)).stream())
+        for name, field in USER_FIELDS.items()
+    }

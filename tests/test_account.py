@@ -24,18 +24,10 @@ from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
-from tests.helpers import ACCOUNTS, TERMS, balance
+from tests.helpers import ACCOUNTS, TERMS, balance, owned
 from tests.test_openapi import check
 
 SECRET = "whsec_test_local"
-USER_FIELDS = {
-    "credit_transactions": "userId",
-    "generations": "userId",
-    "analytics_events": "userId",
-    "stripe_event_problems": "userId",
-    "payments": "userId",
-    "projects": "ownerId",
-}
 
 
 @pytest.fixture
@@ -99,14 +91,6 @@ def give_a_history(app: Any, db: Any, settings: Any, person: Person) -> dict[str
         {"type": "charge.refunded", "reason": "test", "status": "open", "userId": person.uid}
     )
     return ids
-
-
-def owned(db: Any, uid: str) -> dict[str, list[str]]:
-    """Every document naming `uid`, by collection."""
-    return {
-        name: sorted(d.id for d in db.collection(name).where(filter=FieldFilter(field, "==", uid)).stream())
-        for name, field in USER_FIELDS.items()
-    }
 
 
 def everything_of(db: Any, uid: str) -> dict[str, Any]:

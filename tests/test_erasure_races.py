@@ -6,28 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.cloud.firestore_v1.base_query import FieldFilter
-
 from devstack import stripe_events
 from functions.lib import payments, user_data
-from tests.helpers import assert_ledger_consistent, make_user
-
-NAMING = {
-    "credit_transactions": "userId",
-    "generations": "userId",
-    "analytics_events": "userId",
-    "stripe_event_problems": "userId",
-    "payments": "userId",
-    "projects": "ownerId",
-}
+from tests.helpers import assert_ledger_consistent, make_user, owned
 
 
 def left_of(db: Any, uid: str) -> dict[str, list[str]]:
     """Every document that still names `uid`, by collection."""
-    left = {
-        name: [d.id for d in db.collection(name).where(filter=FieldFilter(field, "==", uid)).stream()]
-        for name, field in NAMING.items()
-    }
+    left = owned(db, uid)
     for name in ("users", "checkout_limits"):
         left[name] = [uid] if db.collection(name).document(uid).get().exists else []
     return {name: ids for name, ids in left.items() if ids}
