@@ -8,8 +8,11 @@ import dataclasses
 import threading
 from typing import Any
 
+import pytest
+
 from functions.lib import retention
-from functions.lib.tasks import task_id
+from functions.lib.errors import Unavailable
+from functions.lib.tasks import PurgeQueue, task_id
 from tests.test_retention import RECENT, CountingCommit, project_exists, seed_project, versions_left
 
 
@@ -54,6 +57,43 @@ def test_a_repeat_pass_on_the_same_night_enqueues_nothing_new(db: Any, settings:
     second = retention.sweep(db, fan_out, enqueue=queue).body()
 
     assert first["projectsEnqueued"] == 3 and second["projectsEnqueued"] == 0 and len(queue.projects) == 3
+
+
+def test_a_project_the_queue_does_not_take_is_deferred_and_enqueued_by_the_next_pass(
+    db: Any, settings: Any
+) -> None:
+    for i in range(3):
+        seed_project(db, f"down-{i}", 1)
+    healthy, fan_out = Queue(), dataclasses.replace(settings, sweep_inline_projects=0)
+
+    def flaky(project_id: str) -> bool:
+        if project_id == "down-1":
+            raise Unavailable("Cloud Tasks did not take the purge of down-1")
+        return healthy(project_id)
+
+    first = retention.sweep(db, fan_out, enqueue=flaky).body()
+    second = retention.sweep(db, fan_out, enqueue=healthy).body()
+
+    assert first["complete"] is False and first["projectsEnqueued"] == 2 and first["projectsDeferred"] == 1
+    assert db.collection("projects").document("down-1").get().get("deletingAt") is not None
+    assert second["complete"] is True and second["projectsEnqueued"] == 1
+    assert sorted(healthy.projects) == ["down-0", "down-1", "down-2"]
+
+
+def test_the_purge_queue_reports_a_queue_it_cannot_reach_as_unavailable() -> None:
+    from firebase_admin import exceptions
+
+    class Unreachable:
+        def enqueue(self, body: object, options: object) -> str:
+            raise exceptions.UnavailableError("connection refused")
+
+    class Refusing:
+        def enqueue(self, body: object, options: object) -> str:
+            raise exceptions.AlreadyExistsError("a task of that name exists")
+
+    with pytest.raises(Unavailable, match="proj-1"):
+        PurgeQueue(Unreachable()).enqueue("proj-1")
+    assert PurgeQueue(Refusing()).enqueue("proj-1") is False
 
 
 def test_a_small_night_is_deleted_inline_with_the_contract_keys(db: Any, settings: Any) -> None:

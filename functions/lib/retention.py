@@ -30,7 +30,9 @@ reachable (`enqueue` is given), it only marks each project and enqueues one task
 same steps 2-3, with the same `deletingAt` check, so the work spreads over as many instances as
 the queue dispatches at once and a failed task is retried by Cloud Tasks. Without a queue the pass
 deletes inline. A repeat enqueue of the same project on the same night is harmless: the task name
-derives from the project and the night, and the queue refuses a second task of that name.
+derives from the project and the night, and the queue refuses a second task of that name. A
+project the queue does not take (`Unavailable`) stays marked and is deferred like a contended one:
+the pass goes on (`complete` false) and the next one enqueues it again.
 
 The time budget (SWEEP_BUDGET_S) is checked before every step against the longest step seen so
 far, so a run stops cleanly before it; `complete` is false when it stopped with work left.
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from functions.lib import db, schema, settlement
 from functions.lib.config import Settings
-from functions.lib.errors import Contention
+from functions.lib.errors import Contention, Unavailable
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentReference, Query, WriteBatch
@@ -67,7 +69,8 @@ MARKED, KEPT, GONE = "marked", "kept", "gone"
 Progress = Callable[[str, dict[str, Any]], None]
 # commit(batch): how a deletion batch is committed; tests pass one that counts its writes.
 Commit = Callable[["WriteBatch"], object]
-# enqueue(projectId): put one purge task on the queue; False when that task was already enqueued.
+# enqueue(projectId): put one purge task on the queue; False when that task was already enqueued;
+# raises Unavailable when the queue cannot take it.
 Enqueue = Callable[[str], bool]
 
 
@@ -353,9 +356,13 @@ class _Pass:
             log.warning(
                 "project %s kept conflicting with other writers; the next sweep retries it", project_ref.id
             )
-            self.left_over = True
-            self.tally(projects_deferred=1)
-            self.emit("deferred", projectId=project_ref.id)
+            self.defer(project_ref)
+
+    def defer(self, project_ref: DocumentReference) -> None:
+        """Leave the project for the next pass: this one goes on, and reports itself incomplete."""
+        self.left_over = True
+        self.tally(projects_deferred=1)
+        self.emit("deferred", projectId=project_ref.id)
 
     def fans_out(self) -> bool:
         """Whether this pass hands projects to the queue: one is there and the night is large."""
@@ -370,7 +377,17 @@ class _Pass:
         assert self.enqueue is not None
         if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
             return
-        if self.enqueue(project_ref.id):
+        try:
+            enqueued = self.enqueue(project_ref.id)
+        except Unavailable as exc:
+            log.warning(
+                "the queue did not take project %s (%s); it stays marked for the next sweep",
+                project_ref.id,
+                exc,
+            )
+            self.defer(project_ref)
+            return
+        if enqueued:
             self.tally(projects_enqueued=1)
             self.emit("enqueued", projectId=project_ref.id)
 

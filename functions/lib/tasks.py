@@ -22,6 +22,7 @@ from typing import Any
 
 from functions.lib.config import Settings
 from functions.lib.deployment import PURGE_FUNCTION
+from functions.lib.errors import Unavailable
 
 # Longer than the task function's 540 s timeout, so Cloud Tasks never gives up on a running task.
 DISPATCH_DEADLINE_S = 600
@@ -51,6 +52,8 @@ class PurgeQueue:
             self._queue.enqueue({"data": {"projectId": project_id}}, options)
         except (exceptions.AlreadyExistsError, exceptions.ConflictError):
             return False
+        except exceptions.FirebaseError as exc:  # an HTTP error or none at all (unreachable, timed out)
+            raise Unavailable(f"Cloud Tasks did not take the purge of {project_id}: {exc}") from exc
         except ValueError as exc:
             if not (self._emulated and str(exc) == "Invalid resource name format."):
                 raise
