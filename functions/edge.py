@@ -97,6 +97,8 @@ class Call:
             data = json.loads(self.raw_body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise InvalidRequest("The request body is not valid JSON.") from None
+        except ValueError:  # an integer of more digits than Python converts (4,300)
+            raise InvalidRequest("The request body holds a number with too many digits.") from None
         except RecursionError:
             raise InvalidRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.") from None
         if not isinstance(data, dict):

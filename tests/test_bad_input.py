@@ -175,6 +175,19 @@ def test_generated_bad_requests_get_json_4xx_and_change_nothing(app: Any, db: An
     assert_ledger_consistent(db)
 
 
+@pytest.mark.parametrize("target", ["generate", "consent", "checkout"])
+def test_a_number_too_long_for_python_is_a_400_and_changes_nothing(app: Any, db: Any, target: str) -> None:
+    make_user(db, USER, credits=80)
+    before = snapshot(db)
+    body = b'{"prompt": "ok", "n": ' + b"1" * 5000 + b"}"  # over the 4,300 digits int() takes
+
+    res = app(target).post("/", data=body, headers=bearer(USER), content_type="application/json")
+
+    assert res.status_code == 400 and res.json["error"] == "invalid_request"
+    assert "too many digits" in res.json["message"]
+    assert snapshot(db) == before
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "says"),
     [

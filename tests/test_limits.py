@@ -40,6 +40,29 @@ def test_the_window_fills_then_reopens_when_it_ends(db: Any) -> None:
     )
 
 
+def test_a_commit_applied_with_its_answer_lost_counts_the_checkout_once(db: Any, monkeypatch: Any) -> None:
+    from google.cloud.firestore_v1.batch import WriteBatch
+
+    real_commit = WriteBatch.commit
+    lost: list[bool] = []
+
+    def answer_lost_once(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
+        # What the RPC retry does after a deadline whose commit was in fact applied: it sends the
+        # same writes again, and that copy fails its precondition.
+        if not lost:
+            lost.append(True)
+            writes = list(self._write_pbs)
+            real_commit(self, *args, **kwargs)
+            self._write_pbs = writes
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(WriteBatch, "commit", answer_lost_once)
+
+    taken = limits.take_checkout_slot(db, "una", limit=10, window_s=3600, now=T0)
+
+    assert lost and (taken, db.document("checkout_limits/una").get().get("count")) == (1, 1)
+
+
 def test_concurrent_requests_never_take_more_than_the_limit(db: Any) -> None:
     start = threading.Barrier(8)
 
