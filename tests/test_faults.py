@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack import stripe_events
 from devstack.doubles import GeminiDouble
 from devstack.firestore import FirestoreEmulator
@@ -112,3 +114,27 @@ def test_firestore_down_during_a_webhook_credit_answers_503_then_the_retry_credi
     assert again[0] == 200 and again[1]["outcome"] == "duplicate"
     assert balance(db, "gus") == 100 and [e["id"] for e in entries(db, "gus")] == ["purchase_cs_test_fault_1"]
     assert_ledger_consistent(db)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "ServiceUnavailable",
+        "DeadlineExceeded",
+        "InternalServerError",
+        "ResourceExhausted",
+        "Aborted",
+        "TransportError",
+    ],
+)
+def test_a_backend_that_cannot_answer_now_is_a_503_with_retry_after_never_a_500(failure: str) -> None:
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    from functions.edge import error_reply
+
+    exc = getattr(gexc, failure, None) or getattr(auth_exc, failure)
+    reply = error_reply(exc("the backend said no"))
+
+    assert reply.status == 503 and reply.body["error"] == "unavailable"
+    assert reply.headers["Retry-After"] == "1"

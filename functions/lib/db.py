@@ -164,10 +164,21 @@ def where(field: str, op: str, value: Any) -> Any:
 
 
 def _unavailable_errors() -> tuple[type[Exception], ...]:
-    """Errors meaning Firestore could not be reached or answer in time: retry later."""
+    """Errors meaning Firestore could not be reached or answer now: retry later. Beyond an outage or
+    a timeout: a quota or too much contention (RESOURCE_EXHAUSTED), an aborted read, and credentials
+    that could not be fetched (the metadata server did not answer)."""
     from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
 
-    return (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError)
+    return (
+        gexc.ServiceUnavailable,
+        gexc.DeadlineExceeded,
+        gexc.InternalServerError,
+        gexc.RetryError,
+        gexc.ResourceExhausted,
+        gexc.Aborted,
+        auth_exc.TransportError,
+    )
 
 
 def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_ATTEMPTS) -> T:
