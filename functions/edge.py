@@ -123,7 +123,7 @@ class Call:
 
 def _cors_headers(origin: str | None, methods: tuple[str, ...]) -> dict[str, str]:
     allowed = get_settings().allowed_origins
-    if not origin or origin.rstrip("/") not in allowed:
+    if not origin or origin.rstrip("/").lower() not in allowed:
         return {"Vary": "Origin"}
     return {
         "Access-Control-Allow-Origin": origin,

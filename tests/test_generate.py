@@ -13,7 +13,15 @@ import pytest
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from devstack.procs import wait_until
-from tests.helpers import assert_ledger_consistent, balance, bearer, entries, generations, make_user
+from tests.helpers import (
+    assert_ledger_consistent,
+    balance,
+    bearer,
+    entries,
+    generations,
+    make_user,
+    reset_caches,
+)
 
 
 def post(app: Any, uid: str | None, body: Any, headers: dict[str, str] | None = None) -> Any:
@@ -79,8 +87,6 @@ def test_missing_or_malformed_token_is_401(app: Any, db: Any, headers: dict[str,
 def test_unsigned_token_is_401_without_the_emulator_switch(
     app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from tests.helpers import reset_caches
-
     make_user(db, "mallory", credits=100)
     monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST")
     # Application Default Credentials as a developer's laptop has them (never used: the token fails first).
@@ -343,6 +349,18 @@ def test_cors_preflight_and_headers_on_errors(app: Any, db: Any) -> None:
     assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
     assert err.status_code == 401 and err.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+def test_an_allowed_origin_configured_with_capitals_matches_its_browser_origin(
+    app: Any, db: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://App.Example.com/")
+    reset_caches()
+    origin = {"Origin": "https://app.example.com"}
+
+    pre = app("generate").options("/", headers={**origin, "Access-Control-Request-Method": "POST"})
+
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
 
 
 @pytest.mark.parametrize("fault", ["resent", "lost"])

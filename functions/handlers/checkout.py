@@ -38,12 +38,11 @@ def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
         origin = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
     except ValueError:
         raise InvalidRequest(f"'{field}' is not a valid URL.", field=field) from None
-    allowed = {o.lower() for o in settings.allowed_origins}
     if (
         parts.scheme not in ("http", "https")
         or parts.username is not None
         or parts.password is not None
-        or origin.lower() not in allowed
+        or origin.lower() not in settings.allowed_origins
     ):
         raise InvalidRequest(f"'{field}' must be on one of the app's origins.", field=field)
     return url

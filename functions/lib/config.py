@@ -157,7 +157,10 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     timeout_s = _float(env, "GENERATION_TIMEOUT_S", 30.0)
     # A live request must never look stale: the deployed generate function times out before this.
     stale_minimum = math.ceil(timeout_s) + 30
-    origins = tuple(o.strip().rstrip("/") for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
+    # Scheme and host are case-insensitive: origins are kept lowercase and compared so.
+    origins = tuple(
+        o.strip().rstrip("/").lower() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()
+    )
     return Settings(
         project=project,
         firestore_emulator_host=env.get("FIRESTORE_EMULATOR_HOST") or None,
