@@ -150,3 +150,26 @@ def test_cached_account_state_lets_a_revocation_through_only_after_its_ttl(db: A
     admin.update_user("cache", disabled=False, app=admin_app)
     states.forget("cache")
     assert not states.get("cache", 30).disabled
+
+
+def test_a_lookup_under_way_when_the_account_is_forgotten_is_not_cached() -> None:
+    from functions.lib import auth as auth_lib
+
+    now = [1000.0]
+    answers = [auth_lib.AccountState(exists=True), auth_lib.AccountState(exists=False)]
+    calls: list[str] = []
+
+    def lookup(uid: str) -> auth_lib.AccountState:
+        calls.append(uid)
+        answer = answers[len(calls) - 1]
+        if len(calls) == 1:  # while this lookup is on the wire, an erasure here deletes the account
+            now[0] += 0.2
+            states.forget(uid)
+        return answer
+
+    states = auth_lib.AccountStates(lookup, clock=lambda: now[0])
+
+    first = states.get("leaving", 30)
+    second = states.get("leaving", 30)
+
+    assert first.exists and not second.exists and calls == ["leaving", "leaving"]

@@ -125,7 +125,9 @@ class AccountStates:
     """A per-instance cache of account states, each kept `ttl_s` seconds (0: look up every time).
 
     Thread-safe; functions serve several requests at once. Two requests for one uncached account
-    may both look it up, which is harmless.
+    may both look it up, which is harmless. A lookup that started before `forget(uid)` (an erasure
+    on this instance deleting the account meanwhile) is not cached: it may have read the account
+    as it was.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class AccountStates:
         self.lookup = lookup
         self.clock = clock
         self._states: OrderedDict[str, tuple[float, AccountState]] = OrderedDict()
+        self._forgotten: OrderedDict[str, float] = OrderedDict()  # uid -> when, for lookups under way
         self._lock = threading.Lock()
 
     def get(self, uid: str, ttl_s: float) -> AccountState:
@@ -147,6 +150,8 @@ class AccountStates:
         state = self.lookup(uid)
         if ttl_s > 0:
             with self._lock:
+                if self._forgotten.get(uid, now - 1) >= now:
+                    return state
                 self._states[uid] = (now, state)
                 self._states.move_to_end(uid)
                 while len(self._states) > MAX_CACHED_ACCOUNTS:
@@ -157,10 +162,15 @@ class AccountStates:
         """Drop one account's cached state (after deleting or disabling it from this instance)."""
         with self._lock:
             self._states.pop(uid, None)
+            self._forgotten[uid] = self.clock()
+            self._forgotten.move_to_end(uid)
+            while len(self._forgotten) > MAX_CACHED_ACCOUNTS:
+                self._forgotten.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
             self._states.clear()
+            self._forgotten.clear()
 
 
 account_states = AccountStates(lookup_account)
