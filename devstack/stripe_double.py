@@ -6,7 +6,8 @@ key and parameters replay the first answer; the same key with other parameters i
 `idempotency_error`), and answers a realistic open Checkout Session.
 
 Modes: `ok`; `error` (500 `api_error`, which the client retries); `invalid` (400
-`invalid_request_error`, e.g. a price that does not exist).
+`invalid_request_error`, e.g. a price that does not exist); `invalid_url` (400
+`invalid_request_error` on `success_url`, as Stripe refuses a URL it cannot use).
 
 With `hosted=True` (the local run and the browser test) a session's `url` is a minimal hosted
 checkout page on the double itself, `GET /c/pay/<session id>`; its "Pay" button posts back, and the
@@ -65,6 +66,10 @@ class StripeDouble(_Double):
                 "No such price: 'price_missing'",
                 code="resource_missing",
                 param="line_items[0][price]",
+            )
+        if self.mode == "invalid_url":
+            return 400, _error(
+                "invalid_request_error", "Not a valid URL", code="url_invalid", param="success_url"
             )
         key = next((v for k, v in req.headers.items() if k.lower() == "idempotency-key"), None)
         with self._lock:

@@ -172,6 +172,27 @@ def test_a_stripe_error_is_a_clear_502_without_internals(
     assert len(stripe_api.sessions_created) == (3 if mode == "error" else 1) and len(keys) == 1
 
 
+def test_a_return_url_stripe_refuses_is_a_400_naming_the_field(
+    app: Any, db: Any, stripe_api: StripeDouble
+) -> None:
+    stripe_api.mode = "invalid_url"
+
+    res = checkout(app, "hank", {"packId": "starter", "successUrl": SUCCESS, "cancelUrl": CANCEL})
+
+    assert res.status_code == 400 and res.json["error"] == "invalid_request"
+    assert res.json["field"] == "successUrl" and "not a valid URL" in res.json["message"]
+
+
+@pytest.mark.parametrize("bad", [" ", "\t", "\n", "\u00a0", "\x7f"])
+def test_a_return_url_with_whitespace_or_control_characters_is_refused_before_stripe(
+    app: Any, db: Any, stripe_api: StripeDouble, bad: str
+) -> None:
+    res = checkout(app, "hank", {"packId": "starter", "successUrl": SUCCESS + bad + "x", "cancelUrl": CANCEL})
+
+    assert res.status_code == 400 and res.json["field"] == "successUrl"
+    assert stripe_api.received == [] and not db.collection("checkout_limits").document("hank").get().exists
+
+
 def test_without_the_stripe_key_checkout_fails_closed(
     app: Any, db: Any, stripe_api: StripeDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:

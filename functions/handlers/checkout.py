@@ -33,6 +33,9 @@ def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
     url = body.get(field)
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise InvalidRequest(f"'{field}' must be a URL of at most {MAX_URL_CHARS} characters.", field=field)
+    # A URL holds no whitespace or control characters (RFC 3986); Stripe refuses one that does.
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidRequest(f"'{field}' must not contain spaces or control characters.", field=field)
     try:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")

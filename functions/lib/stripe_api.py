@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # because every create carries an idempotency key.
 TIMEOUT_S = 10.0
 NETWORK_RETRIES = 2
+# Stripe's parameter -> the request field it came from, for a URL Stripe refuses (400, not 502).
+RETURN_URL_FIELDS = {"success_url": "successUrl", "cancel_url": "cancelUrl"}
 
 
 @functools.cache
@@ -91,21 +93,16 @@ def create_checkout_session(
     except stripe.IdempotencyError:
         log.warning("stripe refused a reused idempotency key", extra={"json_fields": {"packId": pack.id}})
         raise IdempotencyKeyReused() from None
-    except stripe.StripeError as exc:
-        log.error(
-            "stripe checkout session failed",
-            extra={
-                "json_fields": {
-                    "stripeError": type(exc).__name__,
-                    "httpStatus": exc.http_status,
-                    "stripeCode": exc.code,
-                    "stripeRequestId": exc.request_id,
-                }
-            },
-        )
-        raise UpstreamFailed(
-            "The payment provider could not start the checkout; nothing was charged. Retry shortly."
+    except stripe.InvalidRequestError as exc:
+        field = RETURN_URL_FIELDS.get(exc.param or "")
+        if field is None:
+            raise _upstream_failed(exc) from None
+        log.warning("stripe refused a return url", extra={"json_fields": {"param": exc.param}})
+        raise InvalidRequest(
+            f"'{field}' was refused by the payment provider as not a valid URL.", field=field
         ) from None
+    except stripe.StripeError as exc:
+        raise _upstream_failed(exc) from None
     session_id, url = getattr(session, "id", None), getattr(session, "url", None)
     if not isinstance(session_id, str) or not isinstance(url, str) or not url:
         log.error("stripe answered a checkout session without id or url")
@@ -113,6 +110,24 @@ def create_checkout_session(
             "The payment provider could not start the checkout; nothing was charged. Retry shortly."
         )
     return CheckoutSession(session_id, url)
+
+
+def _upstream_failed(exc: stripe.StripeError) -> UpstreamFailed:
+    """Stripe could not create the session for a reason that is not the caller's: logged, then 502."""
+    log.error(
+        "stripe checkout session failed",
+        extra={
+            "json_fields": {
+                "stripeError": type(exc).__name__,
+                "httpStatus": exc.http_status,
+                "stripeCode": exc.code,
+                "stripeRequestId": exc.request_id,
+            }
+        },
+    )
+    return UpstreamFailed(
+        "The payment provider could not start the checkout; nothing was charged. Retry shortly."
+    )
 
 
 def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
