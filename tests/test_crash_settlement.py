@@ -143,3 +143,37 @@ def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_
     assert len(entries(db, "ava", "refund")) == 1 and len(entries(db, "ben", "refund")) == 1
     assert retention.sweep(db, settings).refunds_settled == 0
     assert_ledger_consistent(db)
+
+
+def test_a_stale_replay_refunded_first_by_another_path_answers_what_is_stored(
+    db: Any, settings: Any, monkeypatch: Any
+) -> None:
+    import pytest
+
+    from functions.lib import generations, ledger
+    from functions.lib.errors import GenerationFailed
+
+    make_user(db, "vic", credits=100)
+    request = generations.GenerationRequest("vic", "killed mid-generation", idempotency_key="key-vic")
+    charged = generations.charge(db, settings, request)
+    gen_ref = db.collection("generations").document(charged.generation_id)  # type: ignore[union-attr]
+    gen_ref.update({"createdAt": datetime.now(UTC) - timedelta(seconds=settings.stale_charge_after_s + 1)})
+    real_refund = generations.refund
+
+    def another_path_first(client: Any, generation_id: str, uid: str, reason: str) -> Any:
+        # Between the replay's read and its refund: the dying process's own failure path refunds it,
+        # then a grant moves the balance on.
+        real_refund(client, generation_id, uid, "model_error")
+        ledger.grant(client, uid, "later", 7, "support")
+        return real_refund(client, generation_id, uid, reason)
+
+    monkeypatch.setattr(generations, "refund", another_path_first)
+    with pytest.raises(GenerationFailed) as replay:
+        generations.charge(db, settings, request)
+    monkeypatch.setattr(generations, "refund", real_refund)
+    with pytest.raises(GenerationFailed) as replay_again:
+        generations.charge(db, settings, request)
+
+    assert replay.value.body() == replay_again.value.body()
+    assert replay.value.body()["reason"] == "model_error" and replay.value.body()["balance"] == 100
+    assert balance(db, "vic") == 107 and len(entries(db, "vic", "refund")) == 1

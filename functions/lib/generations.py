@@ -302,10 +302,12 @@ def _stage_charge(
 def _settle_stale_replay(client: Client, req: GenerationRequest, generation_id: str, plan: Any) -> Completed:
     """A replayed key whose process died: refund it now and answer that, not 409 until a job does."""
     settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
-    if settled.status == SUCCEEDED:  # its completion landed after all: answer from what is stored
-        result: Completed = db.commit_optimistically(plan)
-        return result
-    raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON)
+    if settled.applied:
+        raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON)
+    # Settled first by another path (its completion landed after all, or a refund did): answer from
+    # what is stored, as every later replay of the key will.
+    result: Completed = db.commit_optimistically(plan)
+    return result
 
 
 def complete(client: Client, ch: Charge, output: str) -> Completed:
