@@ -359,6 +359,59 @@ def test_a_parked_refund_still_applies_when_its_purchase_comes_after_the_stored_
     assert_ledger_consistent(db)
 
 
+def racing_get_all(monkeypatch: Any, entry_id: str, other_delivery: Any) -> None:
+    """Make the other delivery commit between this one's read of the record and its read of `entry_id`."""
+    from functions.lib import db as db_lib
+    from functions.lib import payments
+
+    real_get_all, raced = db_lib.get_all, []
+
+    def get_all(client: Any, refs: list[Any]) -> list[Any]:
+        if not raced and any(ref.id == entry_id for ref in refs):
+            raced.append(True)
+            other_delivery()
+        return real_get_all(client, refs)
+
+    monkeypatch.setattr(payments.db, "get_all", get_all)
+
+
+def test_a_redelivery_racing_its_first_delivery_is_a_duplicate_not_a_stored_problem(
+    app: Any, db: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from functions.lib import payments
+
+    pi = buy(app, "rae")
+    event = refund_created("re_rae", pi)
+    racing_get_all(monkeypatch, "reversal_re_rae", lambda: payments.handle_event(db, settings, event))
+
+    out = payments.handle_event(db, settings, event)
+
+    assert out.action == "duplicate" and balance(db, "rae") == 0
+    assert not db.collection("stripe_event_problems").document(event["id"]).get().exists
+    assert_ledger_consistent(db)
+
+
+def test_two_purchase_deliveries_applying_one_parked_refund_at_once_leave_it_resolved(
+    app: Any, db: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from functions.lib import payments
+
+    pi, session = se.new_id("pi"), se.new_id("cs_test")
+    early = refund_created("re_pia", pi)
+    assert outcome(app, early) == "parked"
+    second = se.async_payment_succeeded(session, "pia", "starter", pi)
+    racing_get_all(monkeypatch, "reversal_re_pia", lambda: payments.handle_event(db, settings, second))
+
+    payments.handle_event(db, settings, se.checkout_completed(session, "pia", "starter", pi))
+
+    assert balance(db, "pia") == 0 and len(entries(db, "pia", "reversal")) == 1
+    assert (problem(db, early["id"])["status"], problem(db, early["id"])["reason"]) == (
+        "resolved",
+        "purchase_not_found",
+    )
+    assert_ledger_consistent(db)
+
+
 def test_a_refund_racing_its_purchase_applies_exactly_once(app: Any, db: Any) -> None:
     flask_app = app("stripe_webhook").application
 

@@ -67,6 +67,11 @@ def get_client() -> Client:
     return firestore.Client(project=settings.project)
 
 
+class Moved(Exception):
+    """Raised by a plan whose reads disagree because another writer committed between them: decide
+    again from fresh reads, as after a failed precondition."""
+
+
 @dataclass
 class Plan(Generic[T]):
     """What one attempt decided: a batch to commit (None for a read-only answer) and the result.
@@ -199,7 +204,7 @@ def commit_optimistically(plan: Callable[[], Plan[T]], *, attempts: int = MAX_AT
                 if decided.then is not None:
                     return decided.then(results[0].update_time)
             return cast(T, decided.result)
-        except (gexc.FailedPrecondition, gexc.Conflict):
+        except (gexc.FailedPrecondition, gexc.Conflict, Moved):
             # Conflict covers ALREADY_EXISTS and ABORTED; jittered backoff spreads out the losers.
             time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
         except _unavailable_errors() as exc:

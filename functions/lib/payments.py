@@ -406,6 +406,7 @@ def settle_payment(
             client,
             batch,
             record,
+            snap,
             delta,
             ref,
             {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id},
@@ -442,17 +443,30 @@ _ANALYTICS = {ledger.REVERSAL: analytics.CREDITS_REVERSED, ledger.REINSTATEMENT:
 
 
 def _move_credits(
-    client: Client, batch: WriteBatch, record: PaymentRecord, delta: int, ref: str, metadata: dict[str, Any]
+    client: Client,
+    batch: WriteBatch,
+    record: PaymentRecord,
+    snap: DocumentSnapshot,
+    delta: int,
+    ref: str,
+    metadata: dict[str, Any],
 ) -> Outcome:
-    """Stage the ledger entry that takes back (`delta` > 0) or gives back credits; read the balance."""
+    """Stage the ledger entry that takes back (`delta` > 0) or gives back credits; read the balance.
+
+    `record` is what `snap` (the record as this step read it) holds.
+    """
     assert record.uid is not None
     user_ref = client.collection(schema.USERS).document(record.uid)
     if not delta:
         return Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user_ref.get(**db.rpc())))
     kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
     entry_id = ledger.entry_id(kind, ref)
-    user, existing = db.get_all(client, [user_ref, client.collection(schema.LEDGER).document(entry_id)])
+    entry_ref = client.collection(schema.LEDGER).document(entry_id)
+    user, existing, record_now = db.get_all(client, [user_ref, entry_ref, snap.reference])
     if existing.exists:
+        if record_now.update_time != snap.update_time:
+            # Another delivery of this change committed between the two reads: decide again.
+            raise db.Moved()
         # Each record change writes its own id, so this means the record and the ledger disagree (a
         # hand edit?): store the event for an operator instead of retrying a commit that must fail.
         raise EventProblem(
