@@ -638,3 +638,18 @@ def test_a_ledger_entry_the_record_does_not_account_for_is_stored_for_an_operato
     assert res.status_code == 200 and res.json["problem"] == "ledger_id_taken"
     assert balance(db, "xia") == STARTER - 1
     assert db.collection("payments").document(pi).get().get("reversedCredits") == 0
+
+
+def test_a_stored_event_reduced_to_its_resolved_mark_reads_as_not_stored(db: Any, settings: Any) -> None:
+    from functions.lib import payments, problems
+    from functions.lib.errors import NotFound
+
+    # The sweep deleted the event between a parked event's load and its resolving commit, whose
+    # merge then left only the mark: a later purchase redelivery or replay must not crash on it.
+    db.collection("stripe_event_problems").document("evt_gone").set(
+        {"status": "resolved", "resolution": "reversed"}
+    )
+
+    assert problems.load(db, "evt_gone") is None
+    with pytest.raises(NotFound):
+        payments.replay_problem(db, settings, "evt_gone")

@@ -145,9 +145,11 @@ def stage_resolved(client: Client, batch: WriteBatch, event_id: str, resolution:
 
 
 def load(client: Client, event_id: str) -> dict[str, Any] | None:
-    """The stored (minimal) event, or None when nothing is stored under `event_id`."""
+    """The stored (minimal) event, or None when nothing is stored under `event_id` (or only a
+    `resolved` mark, written after the sweep had deleted the event)."""
     snap = problem_ref(client, event_id).get(**db.rpc())
-    if not snap.exists:
+    text = (snap.to_dict() or {}).get("payload") if snap.exists else None
+    if not isinstance(text, str):
         return None
-    payload = json.loads(snap.get("payload"))
+    payload = json.loads(text)
     return payload if isinstance(payload, dict) else None
