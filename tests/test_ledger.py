@@ -77,3 +77,37 @@ def test_a_grant_id_reused_for_another_user_is_refused(db: Any) -> None:
     again = ledger.grant(db, "u6", "promo-1", 99, "promo")
     assert not again.applied and again.amount == 10
     assert balance(db, "u6") == 10 and balance(db, "u7") == 0
+
+
+def test_a_statement_is_one_moment_even_when_an_entry_lands_between_its_reads(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud.firestore_v1.query import Query
+
+    from functions.lib import ledger
+
+    ledger.grant(db, "wes", "first", 10, "seed")
+    real_stream, landed = Query.stream, []
+
+    def stream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not landed:  # between the user read and the ledger query
+            landed.append(ledger.grant(db, "wes", "second", 5, "concurrent").applied)
+        return real_stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(Query, "stream", stream)
+    st = ledger.statement(db, "wes")
+
+    assert landed == [True]
+    assert st.balance == st.transactions[0]["balanceAfter"] == sum(e["amount"] for e in st.transactions)
+
+
+@pytest.mark.parametrize(("uid", "grant_id"), [("u5", ""), ("u5", "ticket/7"), ("a/b", "g"), ("", "g")])
+def test_a_grant_to_a_bad_user_or_with_a_bad_id_is_refused_before_any_write(
+    db: Any, uid: str, grant_id: str
+) -> None:
+    from functions.lib import ledger
+    from functions.lib.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        ledger.grant(db, uid, grant_id, 5, "support")
+    assert list(db.collection("credit_transactions").stream()) == []

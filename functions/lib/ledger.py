@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import db
+from functions.lib import db, ids
 from functions.lib.errors import IdempotencyKeyReused, InsufficientCredits, InvalidRequest
 from functions.lib.schema import LEDGER, USERS
 
@@ -144,6 +144,8 @@ def post(
 
 def grant(client: Client, uid: str, grant_id: str, amount: int, reason: str) -> Posted:
     """An operator grant (support credit, promotion), idempotent by `grant_id`."""
+    ids.require_doc_id(uid, "user")
+    ids.require_doc_id(grant_id, "id")
     if amount <= 0:
         raise InvalidRequest("A grant must add a positive number of credits.")
     if not reason.strip():
@@ -202,7 +204,11 @@ class Statement:
 
 
 def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement:
-    """The balance and the latest entries, newest first (index: userId asc, createdAt desc)."""
+    """The balance and the latest entries, newest first (index: userId asc, createdAt desc).
+
+    Both are read as of one moment, the user read's: an entry committed in between would otherwise
+    give a balance that no entry on the page ends at.
+    """
     from google.cloud.firestore import Query
 
     user = client.collection(USERS).document(uid).get(**db.rpc())
@@ -212,7 +218,8 @@ def statement(client: Client, uid: str, limit: int = HISTORY_LIMIT) -> Statement
         .order_by("createdAt", direction=Query.DESCENDING)
         .limit(limit)
     )
-    entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in query.stream(**db.rpc())]
+    page = query.stream(read_time=user.read_time, **db.rpc())
+    entries = [{"id": snap.id, **_public_entry(snap.to_dict() or {})} for snap in page]
     return Statement(balance_of(user), entries)
 
 
