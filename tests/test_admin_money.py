@@ -163,3 +163,45 @@ def test_the_audit_reads_one_moment_so_live_traffic_shows_no_false_difference(
     assert report.clean, report.differences
     assert (report.users, report.entries) == (4, 4)
     assert balance(db, "c") == 15 and audit.audit(db).entries == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("grant", "uma", "40", "--reason", "x", "--id", "ticket/7"), "'id' must be an id"),
+        (("grant", "uma", "40", "--reason", "x", "--id", ""), "'id' must be an id"),
+        (("grant", "uma", "9223372036854775808", "--reason", "x", "--id", "g"), "at most 1,000,000"),
+        (("ledger", "a/b"), "'user' must be an id"),
+        (("ledger", "uma", "--limit", "-1"), "--limit must be between 1"),
+        (("ledger", "uma", "--limit", "0"), "--limit must be between 1"),
+        (("audit", "--progress-every", "0"), "--progress-every must be between 1"),
+        (("export", "a/b"), "'user' must be an id"),
+        (("export", "uma", "--out", "/missing/dir/x.json"), "cannot write /missing/dir/x.json"),
+        (("forget", "a/b"), "'user' must be an id"),
+        (("forget", ""), "'user' must be an id"),
+        (("replay", "evt/1"), "'event_id' must be an id"),
+    ],
+)
+def test_bad_operator_input_fails_with_a_message_naming_it_and_writes_nothing(
+    db: Any, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    token("uma")
+
+    code = admin(*argv)
+
+    assert code == 1 and says in capsys.readouterr().err
+    assert list(db.collection("credit_transactions").stream()) == []
+
+
+def test_a_replay_that_leaves_its_event_open_fails(
+    db: Any, settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functions.lib import payments
+
+    pi = stripe_events.new_id("pi")
+    early = stripe_events.refund_event("refund.created", "re_open", "ch_" + pi, pi, 1000, "succeeded")
+    assert payments.handle_event(db, settings, early).action == "parked"
+
+    code = admin("replay", early["id"])
+
+    assert code == 1 and "still open" in capsys.readouterr().err

@@ -43,6 +43,23 @@ from functions.lib.errors import AppError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 3, 4
 PROGRESS_EVERY_S = 2.0
+MAX_COUNT = 1_000_000_000  # the longest ledger page or progress step a command takes
+
+
+def at_least_one(value: int, name: str) -> int:
+    """`value` when it is a sensible count, else InvalidRequest naming the option."""
+    from functions.lib.errors import InvalidRequest
+
+    if not 1 <= value <= MAX_COUNT:
+        raise InvalidRequest(f"{name} must be between 1 and {MAX_COUNT:,}, not {value}.")
+    return value
+
+
+def named_id(value: str, name: str) -> str:
+    """`value` when it can name a document (a uid, an event id), else InvalidRequest naming it."""
+    from functions.lib import ids
+
+    return ids.require_doc_id(value, name)
 
 
 _WHAT = {
@@ -306,7 +323,9 @@ def add_grant(subparsers: Any) -> None:
     cmd.add_argument("amount", type=int, help="credits to add (positive)")
     cmd.add_argument("--reason", required=True, help="why, stored on the ledger entry")
     cmd.add_argument(
-        "--id", required=True, help="grant id: the same id never grants twice (e.g. a ticket number)"
+        "--id",
+        required=True,
+        help="grant id: the same id never grants twice (e.g. a ticket number)",
     )
     cmd.add_argument(
         "--allow-unknown-user",
@@ -319,7 +338,8 @@ def add_grant(subparsers: Any) -> None:
 def run_ledger(args: argparse.Namespace) -> int:
     from functions.lib import db, ledger
 
-    statement = ledger.statement(db.get_client(), args.user, limit=args.limit)
+    limit = at_least_one(args.limit, "--limit")
+    statement = ledger.statement(db.get_client(), named_id(args.user, "user"), limit=limit)
     print(
         f"user {args.user}: balance {statement.balance}; "
         f"latest {len(statement.transactions)} entries, newest first"
@@ -344,6 +364,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from functions.lib import db
     from functions.lib.audit import AuditReport, audit
 
+    every = at_least_one(args.progress_every, "--progress-every")
     started = time.monotonic()
 
     def progress(report: AuditReport) -> None:
@@ -353,7 +374,7 @@ def run_audit(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    report = audit(db.get_client(), progress, every=args.progress_every)
+    report = audit(db.get_client(), progress, every=every)
     for d in report.differences:
         print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum})")
     verdict = "clean" if report.clean else f"{len(report.differences)} differences"
@@ -377,13 +398,16 @@ def run_replay(args: argparse.Namespace) -> int:
     from functions.lib import db, payments
     from functions.lib.config import get_settings
 
-    outcome = payments.replay_problem(db.get_client(), get_settings(), args.event_id)
+    outcome = payments.replay_problem(db.get_client(), get_settings(), named_id(args.event_id, "event_id"))
     detail = f"; problem: {outcome.problem}" if outcome.problem else ""
     print(
         f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits "
         f"for {outcome.uid or 'no user'}{detail}"
     )
-    return EXIT_FAILED if outcome.action == payments.PROBLEM else EXIT_OK
+    if outcome.action in (payments.PROBLEM, payments.PARKED):
+        print(f"{args.event_id} is still open: it did not apply", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def add_replay(subparsers: Any) -> None:
@@ -397,8 +421,13 @@ def add_replay(subparsers: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from functions.lib import db, user_data
 
+    named_id(args.user, "user")
     # Closed below (a `with` cannot hold stdout, which must stay open).
-    out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        print(f"export failed: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     started, written, last = time.monotonic(), 0, time.monotonic()
     try:
         for piece in user_data.export(db.get_client(), args.user):
@@ -431,6 +460,8 @@ def add_export(subparsers: Any) -> None:
 
 def run_forget(args: argparse.Namespace) -> int:
     from functions.lib import auth, db, user_data
+
+    named_id(args.user, "user")
 
     def progress(event: str, fields: dict[str, Any]) -> None:
         if event == "done":

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
 
 HISTORY_LIMIT = 50
+MAX_GRANT = 1_000_000  # credits one operator grant may add (a typo of many digits is refused)
 
 PURCHASE, CHARGE, REFUND, GRANT = "purchase", "charge", "refund", "grant"
 REVERSAL, REINSTATEMENT = "reversal", "reinstatement"
@@ -146,8 +147,8 @@ def grant(client: Client, uid: str, grant_id: str, amount: int, reason: str) -> 
     """An operator grant (support credit, promotion), idempotent by `grant_id`."""
     ids.require_doc_id(uid, "user")
     ids.require_doc_id(grant_id, "id")
-    if amount <= 0:
-        raise InvalidRequest("A grant must add a positive number of credits.")
+    if not 0 < amount <= MAX_GRANT:
+        raise InvalidRequest(f"A grant must add a positive number of credits, at most {MAX_GRANT:,}.")
     if not reason.strip():
         raise InvalidRequest("A grant needs a reason.")
     return post(client, uid, type=GRANT, ref=grant_id, amount=amount, metadata={"reason": reason})
