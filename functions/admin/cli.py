@@ -55,13 +55,6 @@ def at_least_one(value: int, name: str) -> int:
     return value
 
 
-def named_id(value: str, name: str) -> str:
-    """`value` when it can name a document (a uid, an event id), else InvalidRequest naming it."""
-    from functions.lib import ids
-
-    return ids.require_doc_id(value, name)
-
-
 _WHAT = {
     "events_deleted": "analytics events",
     "problems_deleted": "stored Stripe events",
@@ -336,10 +329,10 @@ def add_grant(subparsers: Any) -> None:
 
 
 def run_ledger(args: argparse.Namespace) -> int:
-    from functions.lib import db, ledger
+    from functions.lib import db, ids, ledger
 
     limit = at_least_one(args.limit, "--limit")
-    statement = ledger.statement(db.get_client(), named_id(args.user, "user"), limit=limit)
+    statement = ledger.statement(db.get_client(), ids.require_doc_id(args.user, "user"), limit=limit)
     print(
         f"user {args.user}: balance {statement.balance}; "
         f"latest {len(statement.transactions)} entries, newest first"
@@ -395,10 +388,12 @@ def add_audit(subparsers: Any) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from functions.lib import db, payments
+    from functions.lib import db, ids, payments
     from functions.lib.config import get_settings
 
-    outcome = payments.replay_problem(db.get_client(), get_settings(), named_id(args.event_id, "event_id"))
+    outcome = payments.replay_problem(
+        db.get_client(), get_settings(), ids.require_doc_id(args.event_id, "event_id")
+    )
     detail = f"; problem: {outcome.problem}" if outcome.problem else ""
     print(
         f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits "
@@ -419,9 +414,9 @@ def add_replay(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from functions.lib import db, user_data
+    from functions.lib import db, ids, user_data
 
-    named_id(args.user, "user")
+    ids.require_doc_id(args.user, "user")
     # Closed below (a `with` cannot hold stdout, which must stay open).
     try:
         out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
@@ -459,9 +454,9 @@ def add_export(subparsers: Any) -> None:
 
 
 def run_forget(args: argparse.Namespace) -> int:
-    from functions.lib import auth, db, user_data
+    from functions.lib import auth, db, ids, user_data
 
-    named_id(args.user, "user")
+    ids.require_doc_id(args.user, "user")
 
     def progress(event: str, fields: dict[str, Any]) -> None:
         if event == "done":

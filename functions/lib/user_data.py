@@ -274,10 +274,15 @@ class _Erasure:
         if n:
             self.emit("deleted", collection=collection, documents=n)
 
-    def delete_checkout_limit(self) -> None:
-        """Step 3c: the user's checkout rate-limit window (`checkout_limits/{uid}`), if there is one."""
+    def checkout_limit(self) -> DocumentReference | None:
+        """The user's checkout rate-limit window (`checkout_limits/{uid}`), if there is one."""
         ref = self.client.collection(schema.CHECKOUT_LIMITS).document(self.uid)
-        if ref.get(field_paths=["count"], **db.rpc()).exists:
+        return ref if ref.get(field_paths=["count"], **db.rpc()).exists else None
+
+    def delete_checkout_limit(self) -> None:
+        """Step 3c: the user's checkout rate-limit window, if there is one."""
+        ref = self.checkout_limit()
+        if ref is not None:
             self.delete([ref])
             self.emit("deleted", collection=schema.CHECKOUT_LIMITS, documents=1)
 
@@ -344,8 +349,7 @@ class _Erasure:
             },
         }
         left = [name for name, query in named.items() if list(query.select([]).limit(1).stream(**db.rpc()))]
-        limit = self.client.collection(schema.CHECKOUT_LIMITS).document(self.uid)
-        if limit.get(field_paths=["count"], **db.rpc()).exists:
+        if self.checkout_limit() is not None:
             left.append(schema.CHECKOUT_LIMITS)
         return left
 
