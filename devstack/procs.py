@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,12 +15,41 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives the local end of outgoing connections (Linux's default if unreadable)."""
+    try:
+        low, high = (int(n) for n in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing holds right now, outside the ephemeral range, never handed out twice.
+
+    A port from bind(0) comes from the ephemeral range, where every outgoing connection on the machine
+    takes its local port: between this call and the child's listen, a client's connection could hold it,
+    and the child (firebase-tools checks first) refuses to start. Ports below the range are never taken
+    that way; one handed out earlier in this process is not offered again (the child may not listen yet).
+    """
+    ephemeral = ephemeral_ports()
+    candidates = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    for _ in range(500):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {candidates.start}-{candidates.stop - 1}")
 
 
 def http_ok(url: str, *, timeout: float = 1.0) -> bool:
