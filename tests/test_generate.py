@@ -363,9 +363,10 @@ def test_an_allowed_origin_configured_with_capitals_matches_its_browser_origin(
     assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
 
 
+@pytest.mark.parametrize("key", ["lost-1", None])
 @pytest.mark.parametrize("fault", ["resent", "lost"])
 def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(
-    app: Any, db: Any, fault: str
+    app: Any, db: Any, fault: str, key: str | None
 ) -> None:
     """The charge commit is applied but its answer is lost: either the client library re-sends it
     (which then fails as already existing) or the call ends in DeadlineExceeded. The request must
@@ -391,7 +392,7 @@ def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(
 
     api.commit = commit_applied_answer_lost
     try:
-        res = post(app, "lou", {"prompt": "x"}, {"Idempotency-Key": "lost-1"})
+        res = post(app, "lou", {"prompt": "x"}, {"Idempotency-Key": key} if key else {})
     finally:
         api.commit = real_commit
 
@@ -400,4 +401,34 @@ def test_a_charge_whose_answer_was_lost_is_recognised_as_this_requests_own(
     [gen] = generations(db, "lou")
     assert gen["status"] == "succeeded"
     assert len(entries(db, "lou", "charge")) == 1 and balance(db, "lou") == 50
+    assert_ledger_consistent(db)
+
+
+def test_a_call_without_a_key_reads_only_the_user_before_its_charge(app: Any, db: Any) -> None:
+    """Its generation id is new and random, so there is nothing to look up under it; with a key the
+    generation is read too (a replay). One billed read per call instead of two."""
+    from functions.lib.db import get_client
+
+    make_user(db, "rita", credits=200)
+    api = get_client()._firestore_api
+    real_read = api.batch_get_documents
+    read: list[list[str]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        request = kwargs.get("request") or args[0]
+        read.append([path.rsplit("/", 2)[-2] for path in request["documents"]])
+        return real_read(*args, **kwargs)
+
+    api.batch_get_documents = counted
+    try:
+        assert post(app, "rita", {"prompt": "x"}).status_code == 200
+        keyless = list(read)
+        read.clear()
+        assert post(app, "rita", {"prompt": "y"}, {"Idempotency-Key": "k-1"}).status_code == 200
+    finally:
+        api.batch_get_documents = real_read
+
+    assert keyless == [["users"]]
+    assert read == [["users", "generations"]]
+    assert balance(db, "rita") == 100
     assert_ledger_consistent(db)

@@ -2,9 +2,9 @@
 
 The money path of `generate` (docs/ARCHITECTURE.md, "Money"):
 1. `charge`: one optimistic commit reads the user (consent and balance), the project (iterations)
-   and the generation id, then writes the charge entry, the new balance and `generations/{id}`
-   with status `charged`. The generation id derives from (user, Idempotency-Key), so a key can
-   charge at most once; a replay answers from what is stored.
+   and, when an Idempotency-Key names it, the generation id, then writes the charge entry, the new
+   balance and `generations/{id}` with status `charged`. The generation id derives from (user,
+   Idempotency-Key), so a key can charge at most once; a replay answers from what is stored.
 2. The model is called outside any commit, with its own timeout.
 3. `complete`: version, project and status `succeeded` in one commit, under a precondition on
    the generation as charged (a concurrent refund by the sweep makes it fail, never both).
@@ -186,11 +186,21 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     # concurrent request with the same Idempotency-Key.
     token = uuid.uuid4().hex
     stale_before = stale_cutoff(settings)
+    # Without a key the generation id is new and random: nothing can be stored under it before this
+    # call's own first commit, so only a re-run (which may follow that commit, applied with its answer
+    # lost) reads it. The usual call reads one document less.
+    fresh_id = req.idempotency_key is None
 
     def plan() -> db.Plan[Charge | Completed]:
-        user, gen, *maybe_project = db.get_all(client, refs)
+        nonlocal fresh_id
+        if fresh_id:
+            fresh_id = False
+            user, *maybe_project = db.get_all(client, [refs[0], *refs[2:]])
+            gen = None
+        else:
+            user, gen, *maybe_project = db.get_all(client, refs)
         project = maybe_project[0] if maybe_project else None
-        if gen.exists:
+        if gen is not None and gen.exists:
             return db.Plan(_existing(client, req, gen, project, token, stale_before))
         terms.require_current(user, settings.terms_version)
         return _stage_charge(client, settings, req, user, project, generation_id, project_id, token)
