@@ -22,6 +22,19 @@ API_VERSION = "2025-09-30.clover"
 DEFAULT_AMOUNT = 1000  # cents
 
 
+def buyer_address() -> dict[str, Any]:
+    """The buyer's address as Stripe sends it in a Session's customer details and a Charge's billing
+    details: personal data that a stored problem event must not keep."""
+    return {
+        "city": None,
+        "country": "US",
+        "line1": None,
+        "line2": None,
+        "postal_code": "94103",
+        "state": None,
+    }
+
+
 def new_id(prefix: str) -> str:
     """A Stripe-shaped test-mode id: `new_id("cs_test")` -> `cs_test_a1b2...`."""
     return f"{prefix}_{secrets.token_hex(12)}"
@@ -45,14 +58,7 @@ def checkout_session(
     created = created or int(time.time())
     metadata = {k: v for k, v in (("userId", uid), ("packageId", pack_id)) if v is not None}
     paid_by = {
-        "address": {
-            "city": None,
-            "country": "US",
-            "line1": None,
-            "line2": None,
-            "postal_code": "94103",
-            "state": None,
-        },
+        "address": buyer_address(),
         "email": "buyer@example.com",
         "name": "Test Buyer",
         "phone": None,
@@ -150,14 +156,7 @@ def charge(
         "application_fee_amount": None,
         "balance_transaction": new_id("txn"),
         "billing_details": {
-            "address": {
-                "city": None,
-                "country": "US",
-                "line1": None,
-                "line2": None,
-                "postal_code": "94103",
-                "state": None,
-            },
+            "address": buyer_address(),
             "email": "buyer@example.com",
             "name": "Test Buyer",
             "phone": None,
