@@ -17,7 +17,10 @@ request. Their difference is what the check costs when the cache misses.
 
 Floors (bench/floor_main.py): `floor_reserve_settle`, the least generate can do (one read; a commit
 of ledger entry, balance and generation record; an instant model; a commit of version and status:
-3 round trips, 5 writes), and `floor_txn` (one transaction of one read and two writes).
+3 round trips, 5 writes), and `floor_txn` (one transaction of one read and two writes). A third
+baseline, `floor_data_model`, makes the same round trips writing the data model's seven documents
+as generate does, without generate's code around them: generate against it is what that code
+costs, and it against `floor_reserve_settle` what the documents cost.
 
 Targets (issue 11): generate p50 <= 1.15x floor_reserve_settle's; round trips <= the floor's.
 """
@@ -75,6 +78,7 @@ def generate_job(uids: list[str], client: Client) -> Answer:
 
 
 RESERVE = "floor_reserve_settle"
+DATA_MODEL = "floor_data_model"
 
 
 def floor_job(docs: list[str], client: Client) -> Answer:
@@ -147,12 +151,14 @@ def main() -> None:
             lookup_fn = stack.serve("generate", env={"AUTH_STATE_CACHE_S": "0"}, wait=False)
             floor_fn = stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False)
             reserve_fn = stack.serve(RESERVE, source=FLOOR_SOURCE, wait=False)
-            for fn in (gen_fn, lookup_fn, floor_fn, reserve_fn):
+            model_fn = stack.serve(DATA_MODEL, source=FLOOR_SOURCE, wait=False)
+            for fn in (gen_fn, lookup_fn, floor_fn, reserve_fn, model_fn):
                 fn.wait_ready()
             total = args.warmup + args.rounds * (args.sequential + args.concurrent)
             uids = [f"gen-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
             docs = [f"floor-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
             reserve_docs = [f"reserve-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
+            model_docs = [f"model-{i}-{uuid.uuid4().hex[:8]}" for i in range(args.clients)]
             progress(f"seeding {len(uids)} users")
             for uid in uids:
                 seed_user(uid, 2 * 50 * (total + 10))
@@ -161,6 +167,7 @@ def main() -> None:
                 "generate": (gen_fn, partial(generate_job, uids)),
                 "generate_lookup_each": (lookup_fn, partial(generate_job, uids)),
                 RESERVE: (reserve_fn, partial(floor_job, reserve_docs)),
+                DATA_MODEL: (model_fn, partial(floor_job, model_docs)),
                 "floor_txn": (floor_fn, partial(floor_job, docs)),
             }
             seq: dict[str, Run] = {name: Run() for name in targets}
@@ -253,6 +260,14 @@ def main() -> None:
             f"\nAccount check (disabled / revoked), lookup on every request minus cached, p50: sequential {ms(lookup_ms)} ms "
             f"({ratio(lookup_ms, median(base_seq.latencies))} of the floor's p50), {args.clients} clients {ms(lookup_ms_conc)} ms "
             f"({ratio(lookup_ms_conc, median(base_conc.latencies))})."
+        )
+        model_seq = median(seq["generate"].latencies) / median(seq[DATA_MODEL].latencies)
+        model_conc = median(conc["generate"].latencies) / median(conc[DATA_MODEL].latencies)
+        print(
+            f"\ngenerate against {DATA_MODEL} (the same round trips writing the data model's seven documents, "
+            f"without the token check, consent, validation and logs): p50 {model_seq:.2f}x sequential, "
+            f"{model_conc:.2f}x with {args.clients} clients; {DATA_MODEL} itself is "
+            f"{median(seq[DATA_MODEL].latencies) / median(base_seq.latencies):.2f}x {RESERVE} sequential."
         )
         p50 = median(seq["generate"].latencies) / median(base_seq.latencies)
         p50_conc = median(conc["generate"].latencies) / median(base_conc.latencies)
