@@ -124,8 +124,13 @@ if [ -n "${GENERATED:-}" ]; then
   echo "== writing $ENV_FILE for the deploy (removed afterwards)"
   if [ "$DRY_RUN" = 0 ]; then cp "$GENERATED" "$ENV_FILE"; trap 'rm -f "$GENERATED" "$ENV_FILE"' EXIT; fi
 fi
+# Rules and indexes first: new composite indexes build in the background, and the queries that need
+# them fail until they are READY, so the functions go out only once they are.
+run "$FIREBASE" deploy --only firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
+echo "== waiting for Firestore's composite indexes to be READY"
+run tools/wait_for_indexes.sh "$PROJECT_ID"
 # firebase.json's predeploy compiles the functions' bytecode first, so it ships (tools/bytecode.py).
-run "$FIREBASE" deploy --only functions,firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
+run "$FIREBASE" deploy --only functions --project "$PROJECT_ID" --non-interactive
 
 # Private functions: only the named accounts may invoke them (the scheduler may invoke only the sweep).
 for pair in "${INVOKERS[@]}"; do

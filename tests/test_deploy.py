@@ -89,10 +89,17 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
     assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith(
         "secrets: none"
     )
-    assert (
-        "+ tools/firebase/node_modules/.bin/firebase deploy --only functions\\,firestore:rules\\,firestore:indexes --project acme-credits-prod"
-        in out
-    )
+    firebase = "+ tools/firebase/node_modules/.bin/firebase deploy --only"
+    deploy_steps = [
+        line.removesuffix(" --non-interactive")
+        for line in out.splitlines()
+        if line.startswith((firebase, "+ tools/wait_for_indexes.sh"))
+    ]
+    assert deploy_steps == [  # the functions go out once the indexes their queries need are READY
+        f"{firebase} firestore:rules\\,firestore:indexes --project acme-credits-prod",
+        "+ tools/wait_for_indexes.sh acme-credits-prod",
+        f"{firebase} functions --project acme-credits-prod",
+    ]
     assert "gcloud functions deploy" not in out
 
 
@@ -206,3 +213,71 @@ def test_missing_gcloud_fails_naming_it(tmp_path: Path) -> None:
 def test_deploy_script_is_executable() -> None:
     # What a deploy uploads is checked by tests/test_upload.py with the Firebase CLI's own packaging.
     assert os.access(ROOT / "deploy.sh", os.X_OK)
+
+
+def wait_for_indexes(
+    tmp_path: Path, *listings: str | None, timeout_s: int = 60
+) -> subprocess.CompletedProcess[str]:
+    """tools/wait_for_indexes.sh against a gcloud stub whose Nth call prints listings[N] (None: the call
+    fails); the last listing repeats. Polls every 0 s."""
+    bin_dir = tool_dir(tmp_path, gcloud=False)
+    for tool in ("head", "sleep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    for n, listing in enumerate(listings):
+        (tmp_path / f"listing{n}").write_text("FAIL" if listing is None else listing)
+    stub = bin_dir / "gcloud"
+    stub.write_text(
+        f'#!/bin/bash\necho "$@" >> {tmp_path / "calls"}\n'
+        f"n=$(grep -c . {tmp_path / 'calls'}); f={tmp_path}/listing$((n - 1))\n"
+        f'[ -f "$f" ] || f={tmp_path}/listing{len(listings) - 1}\n'
+        '[ "$(cat "$f")" != FAIL ] || exit 1\ncat "$f"\n'
+    )
+    stub.chmod(0o755)
+    return subprocess.run(
+        ["bash", str(ROOT / "tools" / "wait_for_indexes.sh"), "acme-credits-prod", str(timeout_s), "0"],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_the_deploy_waits_until_every_composite_index_is_ready(tmp_path: Path) -> None:
+    res = wait_for_indexes(
+        tmp_path, "READY\nCREATING\nCREATING\n", "READY\nREADY\nCREATING\n", "READY\nREADY\nREADY\n"
+    )
+
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "   composite indexes: 1 of 3 READY, 2 building; checking again in 0s",
+        "   composite indexes: 2 of 3 READY, 1 building; checking again in 0s",
+        "   composite indexes: 3 of 3 READY",
+    ]
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert (
+        calls
+        == ["firestore indexes composite list --format=value(state) --project=acme-credits-prod --quiet"] * 3
+    )
+
+
+@pytest.mark.parametrize(
+    ("listings", "message"),
+    [
+        (("READY\nNEEDS_REPAIR\n",), "an index is NEEDS_REPAIR"),
+        ((None,), "could not list the composite indexes of acme-credits-prod"),
+        (("READY\nCREATING\n",), "1 of 2 composite indexes still building after 0s"),
+    ],
+)
+def test_an_index_that_will_not_be_ready_stops_the_deploy_naming_why(
+    tmp_path: Path, listings: tuple[str | None, ...], message: str
+) -> None:
+    res = wait_for_indexes(tmp_path, *listings, timeout_s=0)
+
+    assert res.returncode == 1 and message in res.stderr, res.stderr
+
+
+def test_a_database_without_composite_indexes_does_not_wait(tmp_path: Path) -> None:
+    res = wait_for_indexes(tmp_path, "")
+
+    assert res.returncode == 0 and "composite indexes: none" in res.stdout, res.stderr
