@@ -205,3 +205,38 @@ def test_a_replay_that_leaves_its_event_open_fails(
     code = admin("replay", early["id"])
 
     assert code == 1 and "still open" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [("grant", "nell", "100", "--reason", "r", "--id", "t-1"), ("forget", "nell")]
+)
+def test_a_command_without_google_credentials_names_what_to_set(
+    db: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    command: tuple[str, ...],
+) -> None:
+    """Locally, FIRESTORE_EMULATOR_HOST without FIREBASE_AUTH_EMULATOR_HOST sends the Auth calls to
+    Google, which needs credentials: a message naming the missing variable and exit 2, not a traceback."""
+    monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    reset_caches()
+
+    assert admin(*command) == 2
+    err = capsys.readouterr().err
+    assert f"{command[0]} failed: no Google credentials for Firebase Auth" in err
+    assert "FIREBASE_AUTH_EMULATOR_HOST is not" in err and "Traceback" not in err
+    assert entries(db, "nell", "grant") == []
+
+
+def test_schedule_without_google_credentials_says_how_to_log_in(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    argv = ["--project", "acme-prod", "--region", "us-central1", "--url", "https://sweep.example.com"]
+
+    assert admin("schedule", *argv, "--service-account", "sweep@acme-prod.iam.gserviceaccount.com") == 2
+    err = capsys.readouterr().err
+    assert "schedule failed: no Google credentials" in err and "gcloud auth application-default login" in err
+    assert "Traceback" not in err

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -380,7 +381,9 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def add_audit(subparsers: Any) -> None:
-    cmd = subparsers.add_parser("audit", help="check balance == sum of ledger and >= 0 for every user")
+    cmd = subparsers.add_parser(
+        "audit", help="check every user's balance == sum of ledger, below 0 only after a reversal"
+    )
     cmd.add_argument(
         "--progress-every", type=int, default=1000, help="print progress every N users (default 1000)"
     )
@@ -505,6 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def no_credentials_hint(command: str, exc: Exception) -> str:
+    """What to set when a Google API (Firebase Auth, Cloud Scheduler) found no credentials."""
+    local = os.environ.get("FIRESTORE_EMULATOR_HOST") and not os.environ.get("FIREBASE_AUTH_EMULATOR_HOST")
+    if local and command != "schedule":
+        return (
+            "no Google credentials for Firebase Auth: FIRESTORE_EMULATOR_HOST is set but "
+            "FIREBASE_AUTH_EMULATOR_HOST is not; set both to use the local emulators, then run it again"
+        )
+    return (
+        f"no Google credentials ({exc}); run `gcloud auth application-default login` "
+        "(or set GOOGLE_APPLICATION_CREDENTIALS), then run it again"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -517,8 +534,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.command} failed: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
+        from google.auth.exceptions import DefaultCredentialsError
+
         from functions.lib.db import firestore_unavailable
 
+        if isinstance(exc, DefaultCredentialsError):
+            print(f"{args.command} failed: {no_credentials_hint(args.command, exc)}", file=sys.stderr)
+            return EXIT_CONFIG
         if not firestore_unavailable(exc):
             raise
         print(
