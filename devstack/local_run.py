@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -249,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="credits-local-"))
     step(f"logs: {log_dir}")
     stack = Stack(log_dir)
+    passed = False
     try:
         stack.start()
         if not args.no_journey:
             journey(stack)
+            passed = not args.serve
         if args.serve:
             step("\nserving; try:")
             for target, fn in stack.functions.items():
@@ -268,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         step("stopping everything this run started")
         stack.stop()
+        if passed:  # a failed or served run keeps its logs to read
+            shutil.rmtree(log_dir, ignore_errors=True)
+            step(f"the journey passed: removed its logs ({log_dir})")
+        else:
+            step(f"logs kept in {log_dir}")
         if args.report is not None:
             args.report.write_text(json.dumps({"steps": TRANSCRIPT, "stopped": True}, indent=2))
     return 0

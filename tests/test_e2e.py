@@ -25,10 +25,12 @@ def test_local_run_journey_passes_and_stops_everything(tmp_path: Path) -> None:
         if not k.startswith(("FIRESTORE_EMULATOR", "FIREBASE_AUTH_EMULATOR", "STRIPE_", "GEMINI_"))
     }
     report_file = tmp_path / "journey.json"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     res = subprocess.run(
         [sys.executable, "-m", "devstack.local_run", "--report", str(report_file)],
         cwd=ROOT,
-        env=env,
+        env={**env, "TMPDIR": str(temp)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -53,6 +55,7 @@ def test_local_run_journey_passes_and_stops_everything(tmp_path: Path) -> None:
     assert len(statement["transactions"]) == 5
     assert calls["retention_sweep: one nightly pass"][1]["complete"] is True
     assert report["stopped"] is True
+    assert not list(temp.glob("credits-local-*")), "a passed run removes its logs"
 
 
 def _descendants(pid: int) -> set[int]:
