@@ -97,6 +97,14 @@ run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com clou
   cloudscheduler.googleapis.com cloudtasks.googleapis.com secretmanager.googleapis.com firestore.googleapis.com eventarc.googleapis.com \
   iam.googleapis.com "${G[@]}"
 
+# The database's location is chosen once and for good; firebase deploy would create (default) in nam5.
+echo "== Firestore database (default) must exist: its location cannot change later"
+if [ "$DRY_RUN" = 1 ]; then
+  printf '+ gcloud firestore databases describe --database=(default) --project=%s\n' "$PROJECT_ID"
+elif ! gcloud firestore databases describe --database='(default)' "${G[@]}" >/dev/null 2>&1; then
+  fail "project $PROJECT_ID has no Firestore database: create it once, choosing its location: gcloud firestore databases create --location=LOCATION --delete-protection --project=$PROJECT_ID"
+fi
+
 SECRETS=($(echo "$IAM" | sed -n 's/^secret [^ ]* //p' | sort -u))
 echo "== secrets required in Secret Manager: ${SECRETS[*]:-none}"
 for secret in "${SECRETS[@]}"; do
@@ -107,6 +115,7 @@ done
 
 echo "== one service account per function, each with only its roles; each secret readable by its function only"
 INVOKERS=()
+ENQUEUERS=()
 while read -r kind account what; do
   case "$kind" in
     account)
@@ -117,6 +126,7 @@ while read -r kind account what; do
     secret) run gcloud secrets add-iam-policy-binding "$what" --member="serviceAccount:$(sa_email "$account")" --role=roles/secretmanager.secretAccessor "${G[@]}" ;;
     actas) run gcloud iam service-accounts add-iam-policy-binding "$(sa_email "$what")" --member="serviceAccount:$(sa_email "$account")" --role=roles/iam.serviceAccountUser "${G[@]}" ;;
     invoker) INVOKERS+=("$account $what") ;;
+    enqueuer) ENQUEUERS+=("$account $what") ;;
   esac
 done <<<"$IAM"
 
@@ -130,12 +140,20 @@ run "$FIREBASE" deploy --only firestore:rules,firestore:indexes --project "$PROJ
 echo "== waiting for Firestore's composite indexes to be READY"
 run tools/wait_for_indexes.sh "$PROJECT_ID"
 # firebase.json's predeploy compiles the functions' bytecode first, so it ships (tools/bytecode.py).
-run "$FIREBASE" deploy --only functions --project "$PROJECT_ID" --non-interactive
+# --force: a non-interactive deploy otherwise stops with an error after deploying, asking for a
+# cleanup policy for the functions' container images (this sets the CLI's default), and it lets the
+# deploy delete a function that main.py no longer declares.
+run "$FIREBASE" deploy --only functions --project "$PROJECT_ID" --non-interactive --force
 
-# Private functions: only the named accounts may invoke them (the scheduler may invoke only the sweep).
+# The task queue function cannot declare who may call it or add to its queue (the HTTPS functions'
+# invokers are in their declarations): only the sweep's account may, on this queue alone.
 for pair in "${INVOKERS[@]}"; do
   read -r account function <<<"$pair"
   run gcloud functions add-invoker-policy-binding "$function" --region="$REGION" --member="serviceAccount:$(sa_email "$account")" "${G[@]}"
+done
+for pair in "${ENQUEUERS[@]}"; do
+  read -r account queue <<<"$pair"
+  run gcloud tasks queues add-iam-policy-binding "$queue" --location="$REGION" --member="serviceAccount:$(sa_email "$account")" --role=roles/cloudtasks.enqueuer "${G[@]}"
 done
 SWEEP_URL="$(capture "https://retention-sweep-HASH-${REGION}.a.run.app" gcloud functions describe retention_sweep --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")"
 run "$PYTHON" -m functions.admin schedule --project "$PROJECT_ID" --region "$REGION" --url "$SWEEP_URL" \

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from firebase_functions import https_fn, options, scheduler_fn, tasks_fn
 
-from functions.lib.config import deploy_region, generate_timeout_s, refuse_unsafe_environment
-from functions.lib.deployment import PURGE_FUNCTION, runs_as
+from functions.lib.config import deploy_project, deploy_region, generate_timeout_s, refuse_unsafe_environment
+from functions.lib.deployment import PURGE_FUNCTION, SWEEP_FUNCTION, invokers_of, runs_as
 
 if TYPE_CHECKING:
     import flask
@@ -32,7 +32,8 @@ refuse_unsafe_environment()
 
 MB = options.MemoryOption
 options.set_global_options(region=deploy_region(), cpu=1)
-PUBLIC, PRIVATE = "public", "private"
+PUBLIC = "public"
+PROJECT = deploy_project()
 
 
 @https_fn.on_request(
@@ -41,7 +42,7 @@ PUBLIC, PRIVATE = "public", "private"
     max_instances=100,
     concurrency=20,
     invoker=PUBLIC,
-    **runs_as("generate"),
+    **runs_as("generate", PROJECT),
 )
 def generate(request: flask.Request) -> flask.Response:
     """HTTPS POST: charge, generate, save a version; refund on failure."""
@@ -51,7 +52,12 @@ def generate(request: flask.Request) -> flask.Response:
 
 
 @https_fn.on_request(
-    memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("consent")
+    memory=MB.MB_256,
+    timeout_sec=30,
+    max_instances=50,
+    concurrency=80,
+    invoker=PUBLIC,
+    **runs_as("consent", PROJECT),
 )
 def consent(request: flask.Request) -> flask.Response:
     """HTTPS GET/POST: read or accept the current terms."""
@@ -61,7 +67,12 @@ def consent(request: flask.Request) -> flask.Response:
 
 
 @https_fn.on_request(
-    memory=MB.MB_256, timeout_sec=30, max_instances=50, concurrency=80, invoker=PUBLIC, **runs_as("credits")
+    memory=MB.MB_256,
+    timeout_sec=30,
+    max_instances=50,
+    concurrency=80,
+    invoker=PUBLIC,
+    **runs_as("credits", PROJECT),
 )
 def credits(request: flask.Request) -> flask.Response:
     """HTTPS GET: balance and recent ledger entries."""
@@ -71,7 +82,12 @@ def credits(request: flask.Request) -> flask.Response:
 
 
 @https_fn.on_request(
-    memory=MB.MB_256, timeout_sec=60, max_instances=50, concurrency=40, invoker=PUBLIC, **runs_as("checkout")
+    memory=MB.MB_256,
+    timeout_sec=60,
+    max_instances=50,
+    concurrency=40,
+    invoker=PUBLIC,
+    **runs_as("checkout", PROJECT),
 )
 def checkout(request: flask.Request) -> flask.Response:
     """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
@@ -86,7 +102,7 @@ def checkout(request: flask.Request) -> flask.Response:
     max_instances=50,
     concurrency=40,
     invoker=PUBLIC,
-    **runs_as("stripe_webhook"),
+    **runs_as("stripe_webhook", PROJECT),
 )
 def stripe_webhook(request: flask.Request) -> flask.Response:
     """HTTPS POST from Stripe: verify the signature; credit a paid session exactly once; reverse refunds
@@ -96,14 +112,15 @@ def stripe_webhook(request: flask.Request) -> flask.Response:
     return handle(request)
 
 
-# Called by Cloud Scheduler with an OIDC token (deploy.sh upserts the job): private, one at a time.
+# Called by Cloud Scheduler with an OIDC token (deploy.sh upserts the job): only the scheduler's
+# account may invoke it, one call at a time.
 @https_fn.on_request(
     memory=MB.MB_512,
     timeout_sec=540,
     max_instances=1,
     concurrency=1,
-    invoker=PRIVATE,
-    **runs_as("retention_sweep"),
+    invoker=invokers_of(SWEEP_FUNCTION, PROJECT),
+    **runs_as(SWEEP_FUNCTION, PROJECT),
 )
 def retention_sweep(request: flask.Request) -> flask.Response:
     """Cloud Scheduler, nightly (HTTP POST with OIDC): delete expired projects, fanning out to
@@ -115,7 +132,12 @@ def retention_sweep(request: flask.Request) -> flask.Response:
 
 # Erasure is resumable, so a timeout mid-way loses nothing; 540 s covers thousands of versions.
 @https_fn.on_request(
-    memory=MB.MB_512, timeout_sec=540, max_instances=20, concurrency=20, invoker=PUBLIC, **runs_as("account")
+    memory=MB.MB_512,
+    timeout_sec=540,
+    max_instances=20,
+    concurrency=20,
+    invoker=PUBLIC,
+    **runs_as("account", PROJECT),
 )
 def account(request: flask.Request) -> flask.Response:
     """HTTPS GET/DELETE: export everything kept about the caller, or erase the caller."""
@@ -134,7 +156,7 @@ def account(request: flask.Request) -> flask.Response:
     timeout_sec=300,
     max_instances=1,
     concurrency=1,
-    **runs_as("settle_charges"),
+    **runs_as("settle_charges", PROJECT),
 )
 def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
     """Every 10 minutes: refund generations left `charged` by a killed process, exactly once each."""
@@ -156,7 +178,7 @@ def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
     timeout_sec=540,
     max_instances=6,
     concurrency=1,
-    **runs_as(PURGE_FUNCTION),
+    **runs_as(PURGE_FUNCTION, PROJECT),
 )
 def purgeProject(request: https_fn.CallableRequest[object]) -> dict[str, object]:
     """Cloud Tasks: delete one expired project and its versions, under the sweep's rules."""

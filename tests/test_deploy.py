@@ -80,7 +80,10 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
             "region europe-west1" in plan[name]
             and f"runs as {account}@acme-credits-prod.iam.gserviceaccount.com" in plan[name]
         )
-    assert "invoker private" in plan["retention_sweep"] and "timeout 540 s" in plan["retention_sweep"]
+    assert (
+        "invoker sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com;" in plan["retention_sweep"]
+        and "timeout 540 s" in plan["retention_sweep"]
+    )
     for public in ("generate", "consent", "credits", "checkout", "stripe_webhook", "account"):
         assert "HTTPS, invoker public" in plan[public]
     assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith(
@@ -98,7 +101,7 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
     assert deploy_steps == [  # the functions go out once the indexes their queries need are READY
         f"{firebase} firestore:rules\\,firestore:indexes --project acme-credits-prod",
         "+ tools/wait_for_indexes.sh acme-credits-prod",
-        f"{firebase} functions --project acme-credits-prod",
+        f"{firebase} functions --project acme-credits-prod --non-interactive --force",
     ]
     assert "gcloud functions deploy" not in out
 
@@ -126,7 +129,7 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     ]
     roles = [line for line in lines if "add-iam-policy-binding acme-credits-prod" in line]
     assert not [r for r in roles if "sweep-scheduler" in r]
-    narrow = ("--role=roles/datastore.user", "--role=roles/firebaseauth.viewer", "cloudtasks")
+    narrow = ("--role=roles/datastore.user", "--role=roles/firebaseauth.viewer")
     # Only `account` may delete Firebase Auth accounts (an erased user's sign-in).
     assert all(
         any(role in r for role in narrow) or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r)
@@ -140,9 +143,13 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
         "service-accounts add-iam-policy-binding fn-retention-sweep@" in line and "serviceAccountUser" in line
         for line in lines
     )
-    assert [i for i in invokers if "sweep-scheduler" in i] == [
-        "+ gcloud functions add-invoker-policy-binding retention_sweep --region=us-central1 "
-        "--member=serviceAccount:sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com --project=acme-credits-prod --quiet"
+    # The sweep's invoker is in its declaration (firebase deploy sets it each time), the queue's
+    # enqueuer on the queue alone, not the project.
+    assert len(invokers) == 1 and not [i for i in invokers if "retention_sweep" in i]
+    assert [line for line in lines if "roles/cloudtasks" in line] == [
+        "+ gcloud tasks queues add-iam-policy-binding purgeProject --location=us-central1 "
+        "--member=serviceAccount:fn-retention-sweep@acme-credits-prod.iam.gserviceaccount.com "
+        "--role=roles/cloudtasks.enqueuer --project=acme-credits-prod --quiet"
     ]
     assert "-m functions.admin schedule --project acme-credits-prod" in res.stdout
     assert "--service-account sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com" in res.stdout
@@ -281,3 +288,30 @@ def test_a_database_without_composite_indexes_does_not_wait(tmp_path: Path) -> N
     res = wait_for_indexes(tmp_path, "")
 
     assert res.returncode == 0 and "composite indexes: none" in res.stdout, res.stderr
+
+
+def test_a_project_without_a_firestore_database_stops_before_anything_is_deployed(tmp_path: Path) -> None:
+    """firebase deploy would create the database itself, in nam5, and its location never changes."""
+    bin_dir = tool_dir(tmp_path)
+    (bin_dir / "gcloud").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n'
+        'case "$*" in "firestore databases describe"*) exit 1 ;; esac\nexit 0\n'
+    )
+    res = subprocess.run(
+        ["bash", str(ROOT / "deploy.sh"), "acme-credits-prod"],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path), **CONFIG},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+    assert res.returncode == 1
+    assert (
+        "project acme-credits-prod has no Firestore database: create it once, choosing its location: "
+        "gcloud firestore databases create --location=LOCATION --delete-protection" in res.stderr
+    )
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[-1].startswith("firestore databases describe --database=(default)")
+    assert [c.split()[0] for c in calls] == ["services", "firestore"]  # no account, role or secret touched
+    assert "+ tools/firebase/node_modules/.bin/firebase deploy" not in res.stdout

@@ -17,11 +17,17 @@ from functions.lib.config import settings_from
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "stripe_webhook"}
+PROJECT = "acme-credits-prod"
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    return discover(ROOT, env={"FUNCTIONS_REGION": "europe-west1"})
+    # As `firebase deploy` discovers them: it sets GCLOUD_PROJECT (firebase-tools, functions/env.js).
+    return discover(ROOT, env={"FUNCTIONS_REGION": "europe-west1", "GCLOUD_PROJECT": PROJECT})
+
+
+def email(account: str) -> str:
+    return f"{account}@{PROJECT}.iam.gserviceaccount.com"
 
 
 def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: dict[str, Any]) -> None:
@@ -31,7 +37,9 @@ def test_every_entry_point_is_declared_with_its_trigger_and_invoker(manifest: di
     assert set(endpoints) <= set(deployment.FUNCTIONS)
     for name in PUBLIC_HTTP:
         assert endpoints[name]["httpsTrigger"] == {"invoker": ["public"]}, name
-    assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": ["private"]}
+    # Only the scheduler's account, named on the function: "private" would make every deploy clear
+    # the binding deploy.sh grants, and the nightly job get 403 until the next grant.
+    assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": [email("sweep-scheduler")]}
     for name, endpoint in endpoints.items():
         assert endpoint["entryPoint"] == name
         assert endpoint["platform"] == "gcfv2" and endpoint["region"] == ["europe-west1"], name
@@ -51,7 +59,9 @@ def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest
     assert secrets["stripe_webhook"] == ["STRIPE_WEBHOOK_SECRET"]
     assert all(not secrets[name] for name in set(endpoints) - {"generate", "checkout", "stripe_webhook"})
     accounts = {name: e["serviceAccountEmail"] for name, e in endpoints.items()}
-    assert accounts == {name: f"{deployment.FUNCTIONS[name].account}@" for name in endpoints}
+    # Full emails: the CLI expands the `fn-x@` shorthand for the run-as account only, and would grant
+    # the secrets to, and write the settlement job's token for, `fn-x@` verbatim.
+    assert accounts == {name: email(deployment.FUNCTIONS[name].account) for name in endpoints}
     assert len(set(accounts.values())) == len(accounts)
 
 
@@ -87,7 +97,7 @@ def test_the_settlement_job_runs_on_a_schedule_of_at_most_15_minutes(manifest: d
     assert job["scheduleTrigger"]["retryConfig"] == {}  # the next run, 10 minutes on, is the retry
     assert (
         job["maxInstances"] == 1
-        and job["serviceAccountEmail"] == "fn-settle-charges@"
+        and job["serviceAccountEmail"] == email("fn-settle-charges")
         and not job["secretEnvironmentVariables"]
     )
     assert "cloudscheduler.googleapis.com" in {api["api"] for api in manifest["requiredAPIs"]}
@@ -115,3 +125,11 @@ def test_importing_main_loads_no_heavy_library() -> None:
         "assert 'firebase_functions.https_fn' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={"PATH": "/usr/bin:/bin"}, check=True)
+
+
+def test_without_a_project_the_accounts_use_the_clis_shorthand() -> None:
+    """Discovery outside the CLI (no GCLOUD_PROJECT) still declares every identity."""
+    endpoints = discover(ROOT, env={"FUNCTIONS_REGION": "europe-west1"})["endpoints"]
+
+    assert endpoints["generate"]["serviceAccountEmail"] == "fn-generate@"
+    assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": ["sweep-scheduler@"]}

@@ -5,7 +5,9 @@ steps deploy.sh runs before it, from the one table in `functions/lib/deployment.
     python -m tools.deploy_plan PROJECT REGION --iam      # IAM steps, one per line, for deploy.sh
 
 IAM step lines (space-separated): `account ID`, `role ID ROLE`, `secret ID SECRET`, `invoker ID FUNCTION`,
-`actas ID ACCOUNT` (ID may mint tokens as ACCOUNT).
+`enqueuer ID QUEUE`, `actas ID ACCOUNT` (ID may mint tokens as ACCOUNT). `invoker` lines are only for
+functions that cannot declare their invokers (task queue functions): an HTTPS function's invokers
+are in its declaration, and `firebase deploy` sets them.
 Calls no cloud API: discovery runs firebase-functions' admin server locally, as the CLI does.
 """
 
@@ -76,8 +78,11 @@ def iam_lines(manifest: dict[str, Any]) -> list[str]:
         )
         lines.extend(f"secret {spec.account} {secret}" for secret in secrets)
         lines.extend(
-            f"invoker {spec.account} {function}" for function in spec.invokes if function in declared
+            f"invoker {spec.account} {function}"
+            for function in spec.invokes
+            if function in declared and "httpsTrigger" not in declared[function]
         )
+        lines.extend(f"enqueuer {spec.account} {queue}" for queue in spec.enqueues if queue in declared)
         if spec.acts_as_itself:
             lines.append(f"actas {spec.account} {spec.account}")
     return lines

@@ -221,6 +221,12 @@ def deploy_region(env: Mapping[str, str] = os.environ) -> str:
     return region
 
 
+def deploy_project(env: Mapping[str, str] = os.environ) -> str:
+    """The project the functions are declared for ('' when none is set): the Firebase CLI sets
+    GCLOUD_PROJECT while it discovers them."""
+    return project_of(env)
+
+
 def _functions_emulator(env: Mapping[str, str]) -> bool:
     """The Firebase Functions emulator also sets K_SERVICE; it is local only with a demo- project."""
     return env.get("FUNCTIONS_EMULATOR") == "true" and project_of(env).startswith(DEMO_PREFIX)

@@ -23,7 +23,6 @@ DATASTORE_USER = "roles/datastore.user"
 AUTH_VIEWER = "roles/firebaseauth.viewer"
 # Erasure deletes the Firebase Auth account.
 AUTH_ADMIN = "roles/firebaseauth.admin"
-TASKS_ENQUEUER = "roles/cloudtasks.enqueuer"
 
 # The task queue function of the sweep's fan-out. Its name is its queue's id, and queue ids take
 # only letters, digits and hyphens (an underscore is refused).
@@ -41,6 +40,8 @@ class Deployed:
     secrets: tuple[str, ...] = ()  # Secret Manager secrets, bound as environment variables of the same name
     roles: tuple[str, ...] = ()  # project-level roles of the account
     invokes: tuple[str, ...] = ()  # private functions the account may invoke (roles/run.invoker on each)
+    # task queues the account may add tasks to (roles/cloudtasks.enqueuer on each queue, not the project)
+    enqueues: tuple[str, ...] = ()
     # Enqueues Cloud Tasks whose OIDC token names this same account: iam.serviceAccountUser on itself.
     acts_as_itself: bool = False
 
@@ -53,7 +54,11 @@ FUNCTIONS: dict[str, Deployed] = {
     "stripe_webhook": Deployed("fn-stripe-webhook", ("STRIPE_WEBHOOK_SECRET",), (DATASTORE_USER,)),
     # Enqueues purge tasks with an OIDC token of its own account, which the task function accepts.
     SWEEP_FUNCTION: Deployed(
-        "fn-retention-sweep", (), (DATASTORE_USER, TASKS_ENQUEUER), (PURGE_FUNCTION,), acts_as_itself=True
+        "fn-retention-sweep",
+        roles=(DATASTORE_USER,),
+        invokes=(PURGE_FUNCTION,),
+        enqueues=(PURGE_FUNCTION,),
+        acts_as_itself=True,
     ),
     "settle_charges": Deployed("fn-settle-charges", (), (DATASTORE_USER,)),
     PURGE_FUNCTION: Deployed("fn-purge-project", (), (DATASTORE_USER,)),
@@ -62,13 +67,33 @@ FUNCTIONS: dict[str, Deployed] = {
 SCHEDULER = Deployed(SCHEDULER_ACCOUNT, invokes=(SWEEP_FUNCTION,))
 
 
-def runs_as(name: str) -> dict[str, Any]:
-    """The decorator options of `name`'s identity: its service account and exactly its secrets.
+def service_account(account: str, project: str) -> str:
+    """`account`'s email in `project` (the CLI's `account@` shorthand when no project is known).
 
-    `fn-x@` is the Firebase CLI's shorthand for fn-x@PROJECT.iam.gserviceaccount.com.
+    The Firebase CLI expands the shorthand for the account a function runs as and for invokers, but
+    not where it grants the function's secrets or writes a scheduled function's job (firebase-tools
+    15: deploy/functions/ensure.js, gcp/cloudscheduler.js): those would name `fn-x@` verbatim. It sets
+    GCLOUD_PROJECT while it discovers the functions, so the manifest can carry the full email.
     """
+    return f"{account}@{project}.iam.gserviceaccount.com" if project else f"{account}@"
+
+
+def runs_as(name: str, project: str) -> dict[str, Any]:
+    """The decorator options of `name`'s identity: its service account and exactly its secrets."""
     spec = FUNCTIONS[name]
-    return {"service_account": f"{spec.account}@", "secrets": list(spec.secrets)}
+    return {"service_account": service_account(spec.account, project), "secrets": list(spec.secrets)}
+
+
+def invokers_of(name: str, project: str) -> list[str]:
+    """The accounts that may invoke the private HTTPS function `name`, for its `invoker=` option.
+
+    Declared on the function, the Firebase CLI sets exactly these as its invokers on every deploy
+    ("private" would make each deploy clear the binding, and the nightly job get 403 until it is
+    granted again). A task queue function cannot declare its invokers (firebase-functions leaves
+    them out of the manifest): deploy.sh grants those with gcloud.
+    """
+    callers = [spec.account for spec in (*FUNCTIONS.values(), SCHEDULER) if name in spec.invokes]
+    return [service_account(account, project) for account in callers]
 
 
 def required_secrets(name: str) -> tuple[str, ...]:
