@@ -95,7 +95,7 @@ if [ -n "${GENERATED:-}" ]; then sed 's/^/   /' "$GENERATED"; else sed 's/^/   /
 
 run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
   cloudscheduler.googleapis.com cloudtasks.googleapis.com secretmanager.googleapis.com firestore.googleapis.com eventarc.googleapis.com \
-  iam.googleapis.com "${G[@]}"
+  iam.googleapis.com identitytoolkit.googleapis.com "${G[@]}"
 
 # The database's location is chosen once and for good; firebase deploy would create (default) in nam5.
 echo "== Firestore database (default) must exist: its location cannot change later"

@@ -104,6 +104,11 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
         f"{firebase} functions --project acme-credits-prod --non-interactive --force",
     ]
     assert "gcloud functions deploy" not in out
+    [enable] = [line for line in out.splitlines() if line.startswith("+ gcloud services enable")]
+    # Firebase Auth's API: generate, checkout and account look accounts up; firestore for the rules.
+    assert {"identitytoolkit.googleapis.com", "firestore.googleapis.com", "cloudtasks.googleapis.com"} <= set(
+        enable.split()
+    )
 
 
 def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -> None:
