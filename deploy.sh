@@ -99,10 +99,14 @@ run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com clou
 
 # The database's location is chosen once and for good; firebase deploy would create (default) in nam5.
 echo "== Firestore database (default) must exist: its location cannot change later"
-if [ "$DRY_RUN" = 1 ]; then
-  printf '+ gcloud firestore databases describe --database=(default) --project=%s\n' "$PROJECT_ID"
-elif ! gcloud firestore databases describe --database='(default)' "${G[@]}" >/dev/null 2>&1; then
-  fail "project $PROJECT_ID has no Firestore database: create it once, choosing its location: gcloud firestore databases create --location=LOCATION --delete-protection --project=$PROJECT_ID"
+DESCRIBE=(gcloud firestore databases describe --database='(default)' "${G[@]}")
+printf '+'; printf ' %q' "${DESCRIBE[@]}"; printf '\n'
+if [ "$DRY_RUN" = 0 ] && ! found="$("${DESCRIBE[@]}" 2>&1)"; then
+  case "$found" in
+    *NOT_FOUND*|*"does not exist"*)
+      fail "project $PROJECT_ID has no Firestore database: create it once, choosing its location: gcloud firestore databases create --location=LOCATION --delete-protection --project=$PROJECT_ID" ;;
+    *) fail "could not check project $PROJECT_ID's Firestore database: $found" ;;
+  esac
 fi
 
 SECRETS=($(echo "$IAM" | sed -n 's/^secret [^ ]* //p' | sort -u))

@@ -37,7 +37,9 @@ def free_port() -> int:
     that way; one handed out earlier in this process is not offered again (the child may not listen yet).
     """
     ephemeral = ephemeral_ports()
-    candidates = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(ephemeral.stop, 65536)
+    candidates = [*range(10000, min(ephemeral.start, 65536)), *range(max(ephemeral.stop, 10000), 65536)]
+    if len(candidates) < 1000:  # the kernel's range covers (nearly) everything: take what it gives
+        return _bind_any()
     for _ in range(500):
         port = random.choice(candidates)
         if port in _handed_out:
@@ -49,7 +51,18 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {candidates.start}-{candidates.stop - 1}")
+    raise RuntimeError(
+        f"no free TCP port on 127.0.0.1 among {len(candidates)} outside the ephemeral range "
+        f"{ephemeral.start}-{ephemeral.stop - 1}"
+    )
+
+
+def _bind_any() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def http_ok(url: str, *, timeout: float = 1.0) -> bool:

@@ -238,5 +238,27 @@ def test_schedule_without_google_credentials_says_how_to_log_in(
 
     assert admin("schedule", *argv, "--service-account", "sweep@acme-prod.iam.gserviceaccount.com") == 2
     err = capsys.readouterr().err
-    assert "schedule failed: no Google credentials" in err and "gcloud auth application-default login" in err
+    assert (
+        "schedule failed: no usable Google credentials" in err
+        and "gcloud auth application-default login" in err
+    )
     assert "Traceback" not in err
+
+
+def test_a_login_that_can_no_longer_be_refreshed_says_how_to_log_in_again(
+    db: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.auth.exceptions import RefreshError
+
+    from functions.lib import auth
+
+    def expired(uid: str) -> Any:
+        raise RefreshError("Reauthentication is needed")
+
+    monkeypatch.setattr(auth, "lookup_account", expired)
+
+    assert admin("grant", "nell", "100", "--reason", "r", "--id", "t-1") == 2
+    err = capsys.readouterr().err
+    assert "grant failed: no usable Google credentials (Reauthentication is needed)" in err
+    assert "gcloud auth application-default login" in err and "Traceback" not in err
+    assert entries(db, "nell", "grant") == []

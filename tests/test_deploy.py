@@ -295,12 +295,31 @@ def test_a_database_without_composite_indexes_does_not_wait(tmp_path: Path) -> N
     assert res.returncode == 0 and "composite indexes: none" in res.stdout, res.stderr
 
 
-def test_a_project_without_a_firestore_database_stops_before_anything_is_deployed(tmp_path: Path) -> None:
-    """firebase deploy would create the database itself, in nam5, and its location never changes."""
+@pytest.mark.parametrize(
+    ("gcloud_says", "message"),
+    [
+        (
+            "ERROR: (gcloud.firestore.databases.describe) NOT_FOUND: Project 'acme-credits-prod' or "
+            "database '(default)' does not exist.",
+            "project acme-credits-prod has no Firestore database: create it once, choosing its location: "
+            "gcloud firestore databases create --location=LOCATION --delete-protection",
+        ),
+        (
+            "ERROR: (gcloud.firestore.databases.describe) PERMISSION_DENIED: missing permission",
+            "could not check project acme-credits-prod's Firestore database: ERROR: "
+            "(gcloud.firestore.databases.describe) PERMISSION_DENIED",
+        ),
+    ],
+)
+def test_a_project_without_a_firestore_database_stops_before_anything_is_deployed(
+    tmp_path: Path, gcloud_says: str, message: str
+) -> None:
+    """firebase deploy would create the database itself, in nam5, and its location never changes;
+    any other failure to look is said as it is, not as a missing database."""
     bin_dir = tool_dir(tmp_path)
     (bin_dir / "gcloud").write_text(
         f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n'
-        'case "$*" in "firestore databases describe"*) exit 1 ;; esac\nexit 0\n'
+        f'case "$*" in "firestore databases describe"*) echo "{gcloud_says}" >&2; exit 1 ;; esac\nexit 0\n'
     )
     res = subprocess.run(
         ["bash", str(ROOT / "deploy.sh"), "acme-credits-prod"],
@@ -311,11 +330,7 @@ def test_a_project_without_a_firestore_database_stops_before_anything_is_deploye
         cwd=ROOT,
     )
 
-    assert res.returncode == 1
-    assert (
-        "project acme-credits-prod has no Firestore database: create it once, choosing its location: "
-        "gcloud firestore databases create --location=LOCATION --delete-protection" in res.stderr
-    )
+    assert res.returncode == 1 and message in res.stderr, res.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[-1].startswith("firestore databases describe --database=(default)")
     assert [c.split()[0] for c in calls] == ["services", "firestore"]  # no account, role or secret touched

@@ -133,3 +133,19 @@ def test_without_a_project_the_accounts_use_the_clis_shorthand() -> None:
 
     assert endpoints["generate"]["serviceAccountEmail"] == "fn-generate@"
     assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": ["sweep-scheduler@"]}
+
+
+def test_the_project_firebase_deploys_to_names_the_accounts_whatever_else_the_shell_says() -> None:
+    """The CLI passes its own environment through to discovery: Cloud Shell's GOOGLE_CLOUD_PROJECT
+    (the active gcloud project) must not put another project's accounts into the declarations."""
+    endpoints = discover(
+        ROOT,
+        env={
+            "FUNCTIONS_REGION": "europe-west1",
+            "GCLOUD_PROJECT": PROJECT,
+            "GOOGLE_CLOUD_PROJECT": "sandbox",
+        },
+    )["endpoints"]
+
+    assert endpoints["generate"]["serviceAccountEmail"] == email("fn-generate")
+    assert endpoints["retention_sweep"]["httpsTrigger"] == {"invoker": [email("sweep-scheduler")]}

@@ -509,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def no_credentials_hint(command: str, exc: Exception) -> str:
-    """What to set when a Google API (Firebase Auth, Cloud Scheduler) found no credentials."""
+    """What to set when a Google API (Firebase Auth, Cloud Scheduler) found no usable credentials
+    (none at all, or a login that can no longer be refreshed)."""
     local = os.environ.get("FIRESTORE_EMULATOR_HOST") and not os.environ.get("FIREBASE_AUTH_EMULATOR_HOST")
     if local and command != "schedule":
         return (
@@ -517,7 +518,7 @@ def no_credentials_hint(command: str, exc: Exception) -> str:
             "FIREBASE_AUTH_EMULATOR_HOST is not; set both to use the local emulators, then run it again"
         )
     return (
-        f"no Google credentials ({exc}); run `gcloud auth application-default login` "
+        f"no usable Google credentials ({exc}); run `gcloud auth application-default login` "
         "(or set GOOGLE_APPLICATION_CREDENTIALS), then run it again"
     )
 
@@ -534,11 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.command} failed: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
-        from google.auth.exceptions import DefaultCredentialsError
+        from google.auth.exceptions import DefaultCredentialsError, RefreshError
 
         from functions.lib.db import firestore_unavailable
 
-        if isinstance(exc, DefaultCredentialsError):
+        if isinstance(exc, DefaultCredentialsError | RefreshError):
             print(f"{args.command} failed: {no_credentials_hint(args.command, exc)}", file=sys.stderr)
             return EXIT_CONFIG
         if not firestore_unavailable(exc):

@@ -222,9 +222,10 @@ def deploy_region(env: Mapping[str, str] = os.environ) -> str:
 
 
 def deploy_project(env: Mapping[str, str] = os.environ) -> str:
-    """The project the functions are declared for ('' when none is set): the Firebase CLI sets
-    GCLOUD_PROJECT while it discovers them."""
-    return project_of(env)
+    """The project the functions are declared for ('' when none is set). GCLOUD_PROJECT first: the
+    Firebase CLI sets it to the project it deploys to while it discovers them, and passes its own
+    environment through, where a GOOGLE_CLOUD_PROJECT may name another (Cloud Shell sets it)."""
+    return env.get("GCLOUD_PROJECT", "").strip() or project_of(env)
 
 
 def _functions_emulator(env: Mapping[str, str]) -> bool:
