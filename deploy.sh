@@ -74,14 +74,15 @@ fi
 
 export FUNCTIONS_REGION="$REGION"
 G=(--project="$PROJECT_ID" --quiet)
+show() { printf '+'; printf ' %q' "$@"; printf '\n'; }
 run() {
-  printf '+'; printf ' %q' "$@"; printf '\n'
+  show "$@"
   [ "$DRY_RUN" = 1 ] || "$@"
 }
 # Output of a read-only command; a placeholder in a dry run.
 capture() {
   local placeholder="$1"; shift
-  if [ "$DRY_RUN" = 1 ]; then { printf '+'; printf ' %q' "$@"; printf '\n'; } >&2; echo "$placeholder"; else "$@"; fi
+  if [ "$DRY_RUN" = 1 ]; then show "$@" >&2; echo "$placeholder"; else "$@"; fi
 }
 sa_email() { echo "$1@${PROJECT_ID}.iam.gserviceaccount.com"; }
 
@@ -100,7 +101,7 @@ run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com clou
 # The database's location is chosen once and for good; firebase deploy would create (default) in nam5.
 echo "== Firestore database (default) must exist: its location cannot change later"
 DESCRIBE=(gcloud firestore databases describe --database='(default)' "${G[@]}")
-printf '+'; printf ' %q' "${DESCRIBE[@]}"; printf '\n'
+show "${DESCRIBE[@]}"
 if [ "$DRY_RUN" = 0 ] && ! found="$("${DESCRIBE[@]}" 2>&1)"; then
   case "$found" in
     *NOT_FOUND*|*"does not exist"*)

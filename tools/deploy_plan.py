@@ -41,13 +41,12 @@ def trigger_of(endpoint: dict[str, Any]) -> str:
     return "unknown trigger"
 
 
-def plan_lines(manifest: dict[str, Any], project: str) -> list[str]:
+def plan_lines(manifest: dict[str, Any]) -> list[str]:
     lines = []
     for name, endpoint in sorted(manifest["endpoints"].items()):
         secrets = [s["key"] for s in endpoint.get("secretEnvironmentVariables") or []]
+        # Full emails: discovery runs with GCLOUD_PROJECT set, as the CLI's does (deployment.service_account).
         account = str(endpoint.get("serviceAccountEmail") or "default compute account")
-        if account.endswith("@"):
-            account += f"{project}.iam.gserviceaccount.com"
         size = (
             f"{endpoint['availableMemoryMb']} MB, {endpoint['cpu']} CPU, "
             f"timeout {endpoint['timeoutSeconds']} s, "
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             f"deploy plan: {', '.join(unknown)} not in functions/lib/deployment.py FUNCTIONS", file=sys.stderr
         )
         return 1
-    print("\n".join(iam_lines(manifest) if args.iam else plan_lines(manifest, args.project)))
+    print("\n".join(iam_lines(manifest) if args.iam else plan_lines(manifest)))
     return 0
 
 

@@ -178,9 +178,9 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     """
     generation_id = req.generation_id()
     project_id = req.project_id or "p" + generation_id[1:]
-    refs = [client.collection(schema.USERS).document(req.uid), _generations(client).document(generation_id)]
-    if req.kind == ITERATION:
-        refs.append(client.collection(PROJECTS).document(project_id))
+    user_ref = client.collection(schema.USERS).document(req.uid)
+    gen_ref = _generations(client).document(generation_id)
+    project_refs = [client.collection(PROJECTS).document(project_id)] if req.kind == ITERATION else []
     # Marks this call's own charge: when a commit is applied but its answer is lost, the client
     # library re-sends it and the re-read finds the generation; the token tells "mine" from a
     # concurrent request with the same Idempotency-Key.
@@ -195,10 +195,10 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         nonlocal fresh_id
         if fresh_id:
             fresh_id = False
-            user, *maybe_project = db.get_all(client, [refs[0], *refs[2:]])
             gen = None
+            user, *maybe_project = db.get_all(client, [user_ref, *project_refs])
         else:
-            user, gen, *maybe_project = db.get_all(client, refs)
+            user, gen, *maybe_project = db.get_all(client, [user_ref, gen_ref, *project_refs])
         project = maybe_project[0] if maybe_project else None
         if gen is not None and gen.exists:
             return db.Plan(_existing(client, req, gen, project, token, stale_before))
