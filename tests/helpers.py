@@ -58,6 +58,7 @@ def reset_caches() -> None:
 
     config.get_settings.cache_clear()
     db.get_client.cache_clear()
+    db.rpc.cache_clear()
     models.get_provider.cache_clear()
     auth._app.cache_clear()
     auth.account_states.clear()
@@ -65,7 +66,7 @@ def reset_caches() -> None:
     import firebase_admin
 
     with contextlib.suppress(ValueError):
-        firebase_admin.delete_app(firebase_admin.get_app("credits-backbone"))
+        firebase_admin.delete_app(firebase_admin.get_app(auth.APP_NAME))
 
 
 def token(uid: str, *, account: bool = True, issued_at: int | None = None) -> str:

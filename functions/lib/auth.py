@@ -13,7 +13,6 @@ checks no expiry; `config.refuse_unsafe_environment` allows that switch for demo
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from functions.lib import ids
 from functions.lib.config import get_settings
 from functions.lib.errors import Unauthenticated, Unavailable
+from functions.lib.once import once
 
 log = logging.getLogger(__name__)
 ACCOUNT_LOOKUP_TIMEOUT_S = 10.0
@@ -32,17 +32,22 @@ ACCOUNT_LOOKUP_TIMEOUT_S = 10.0
 MAX_CACHED_ACCOUNTS = 10_000
 
 
-@functools.cache
+APP_NAME = "credits-backbone"
+
+
+@once
 def _app() -> Any:
+    """This process's firebase-admin app, initialized by one caller while racing first calls wait."""
     import firebase_admin
 
+    try:
+        return firebase_admin.get_app(APP_NAME)
+    except ValueError:
+        pass
     settings = get_settings()
     # A short HTTP timeout: an account lookup that hangs must become a 503, not hold the request.
     options = {"projectId": settings.project, "httpTimeout": ACCOUNT_LOOKUP_TIMEOUT_S}
-    try:
-        return firebase_admin.get_app("credits-backbone")
-    except ValueError:
-        pass
+    credential = None
     if settings.auth_emulator_host:
         from firebase_admin import credentials
         from google.auth.credentials import AnonymousCredentials
@@ -51,8 +56,12 @@ def _app() -> Any:
             def get_credential(self) -> AnonymousCredentials:
                 return AnonymousCredentials()
 
-        return firebase_admin.initialize_app(_Anonymous(), options, name="credits-backbone")
-    return firebase_admin.initialize_app(options=options, name="credits-backbone")
+        credential = _Anonymous()
+    try:
+        return firebase_admin.initialize_app(credential, options, name=APP_NAME)
+    except ValueError:
+        # Initialized meanwhile outside `_app` (firebase-admin's registry is global): use that one.
+        return firebase_admin.get_app(APP_NAME)
 
 
 def firebase_app() -> Any:
@@ -75,8 +84,9 @@ def verify_id_token(token: str) -> dict[str, Any]:
     """The claims of a valid Firebase ID token whose uid can name a document; Unauthenticated otherwise."""
     from firebase_admin import auth
 
+    app = _app()  # outside the try: a failure to set the app up is ours (5xx), never a bad token
     try:
-        claims = auth.verify_id_token(token, app=_app())
+        claims = auth.verify_id_token(token, app=app)
     except auth.CertificateFetchError as exc:
         log.warning("could not fetch Firebase token certificates: %s", type(exc).__name__)
         raise Unavailable("Could not verify the ID token right now; retry shortly.") from exc

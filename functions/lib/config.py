@@ -3,7 +3,6 @@ contract (README, "Configuration"); every error names the variable."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 
 from functions.lib.deployment import required_secrets
 from functions.lib.errors import ConfigError
+from functions.lib.once import once
 
 DEFAULT_CREDIT_PACKS: dict[str, dict[str, object]] = {
     "starter": {"credits": 100, "price": "price_starter_100"},
@@ -195,7 +195,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     )
 
 
-@functools.cache
+@once
 def get_settings() -> Settings:
     """Settings of this process, parsed once. Tests call `get_settings.cache_clear()`."""
     return settings_from(os.environ)

@@ -10,7 +10,6 @@ beyond Firestore, so re-running it is always safe.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from functions.lib.config import get_settings
 from functions.lib.errors import Contention, Unavailable
+from functions.lib.once import once
 from functions.lib.schema import USERS
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ MAX_ATTEMPTS = 12
 RPC_TIMEOUT_S = 10.0
 
 
-@functools.cache
+@once
 def rpc() -> dict[str, Any]:
     """Keyword arguments for every Firestore call: a bounded retry of transient errors.
 
@@ -54,7 +54,7 @@ def rpc() -> dict[str, Any]:
     }
 
 
-@functools.cache
+@once
 def get_client() -> Client:
     """The process's Firestore client, created on first use (never at import)."""
     from google.cloud import firestore

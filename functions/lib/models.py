@@ -6,12 +6,12 @@ function's; every failure surfaces as `ModelError` with a short, client-safe rea
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 from functions.lib.config import Settings, get_settings
+from functions.lib.once import once
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +45,22 @@ class GeminiProvider:
     """The Gemini API through google-genai; `GEMINI_BASE_URL` points it at a local double in tests."""
 
     def __init__(self, api_key: str, model: str, timeout_s: float, base_url: str | None = None) -> None:
-        self.model = model
-        self._api_key = api_key
-        self._timeout_ms = max(1, int(timeout_s * 1000))
-        self._base_url = base_url
-
-    @functools.cached_property
-    def _client(self) -> Any:
+        # Built here, not on first use: the provider itself is built once per process (`get_provider`),
+        # so racing first generations share one client instead of each building its own.
         from google import genai
         from google.genai import types
 
+        self.model = model
+        timeout_ms = max(1, int(timeout_s * 1000))
         options = (
-            types.HttpOptions(timeout=self._timeout_ms, base_url=self._base_url)
-            if self._base_url
-            else types.HttpOptions(timeout=self._timeout_ms)
+            types.HttpOptions(timeout=timeout_ms, base_url=base_url)
+            if base_url
+            else types.HttpOptions(timeout=timeout_ms)
         )
-        return genai.Client(api_key=self._api_key, http_options=options)
-
-    @functools.cached_property
-    def _config(self) -> Any:
-        from google.genai import types
-
+        self._client = genai.Client(api_key=api_key, http_options=options)
         # No tools are passed, so automatic function calling has nothing to do; left on, google-genai
         # logs "AFC is enabled with max remote calls: 10" at INFO on every generation.
-        return types.GenerateContentConfig(
+        self._config = types.GenerateContentConfig(
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)
         )
 
@@ -116,7 +108,7 @@ def provider_for(settings: Settings) -> Provider:
     )
 
 
-@functools.cache
+@once
 def get_provider() -> Provider:
     """The process's provider, built on first use. Tests call `get_provider.cache_clear()`."""
     return provider_for(get_settings())

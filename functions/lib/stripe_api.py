@@ -6,7 +6,6 @@ nothing heavy, and `generate` never loads stripe at all. Nothing here touches Fi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from functions.lib import ids
 from functions.lib.config import CreditPack, Settings
 from functions.lib.errors import IdempotencyKeyReused, InvalidRequest, InvalidSignature, UpstreamFailed
+from functions.lib.once import once
 
 if TYPE_CHECKING:
     import stripe
@@ -30,7 +30,7 @@ NETWORK_RETRIES = 2
 RETURN_URL_FIELDS = {"success_url": "successUrl", "cancel_url": "cancelUrl"}
 
 
-@functools.cache
+@once
 def _client(api_key: str, api_base: str | None) -> stripe.StripeClient:
     import stripe
 
