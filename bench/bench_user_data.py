@@ -111,14 +111,7 @@ def seed(client: Any, projects: int, versions: int) -> None:
     with ThreadPoolExecutor(SEED_THREADS) as pool:
         list(pool.map(one, range(projects)))
     for p in range(projects):  # one after another: they all move one balance
-        ledger.post(
-            client,
-            UID,
-            type=ledger.CHARGE,
-            ref=f"bench-{p:03d}",
-            amount=-versions,
-            metadata={"projectId": f"{UID}-p{p:03d}"},
-        )
+        ledger.charge(client, UID, f"bench-{p:03d}", versions, {"projectId": f"{UID}-p{p:03d}"})
 
 
 def count(query: Any) -> int:

@@ -81,8 +81,9 @@ def bearer(uid: str) -> dict[str, str]:
 
 
 def assert_ledger_consistent(db: Any) -> None:
-    """The invariants: every user's credits equal the sum of their ledger amounts, and are below zero
-    only for a user whose credits a reversal took back."""
+    """The invariants: every user's credits equal the sum of their ledger amounts and the sum of their
+    live grants' remaining plus their debt; below zero only for a user whose credits a reversal took
+    back; no live grant with nothing left, and debt never above zero."""
     sums: dict[str, int] = {}
     reversed_users: set[str] = set()
     for entry in db.collection("credit_transactions").stream():
@@ -90,14 +91,18 @@ def assert_ledger_consistent(db: Any) -> None:
         sums[data["userId"]] = sums.get(data["userId"], 0) + data["amount"]
         if data["type"] == "reversal":
             reversed_users.add(data["userId"])
-    balances = {u.id: (u.to_dict() or {}).get("credits", 0) for u in db.collection("users").stream()}
-    for uid in set(sums) | set(balances):
-        assert balances.get(uid, 0) == sums.get(uid, 0), (
-            f"user {uid}: credits {balances.get(uid)} != ledger sum {sums.get(uid)}"
-        )
-        assert balances.get(uid, 0) >= 0 or uid in reversed_users, (
-            f"user {uid}: {balances.get(uid)} credits without a reversal"
-        )
+    users = {u.id: u.to_dict() or {} for u in db.collection("users").stream()}
+    for uid in set(sums) | set(users):
+        data = users.get(uid, {})
+        credits = data.get("credits", 0)
+        assert credits == sums.get(uid, 0), f"user {uid}: credits {credits} != ledger sum {sums.get(uid)}"
+        assert credits >= 0 or uid in reversed_users, f"user {uid}: {credits} credits without a reversal"
+        if "grants" in data:
+            grants = data["grants"]
+            assert all(g["remaining"] > 0 for g in grants), f"user {uid}: a live grant with nothing left"
+            assert data.get("debt", 0) <= 0, f"user {uid}: debt {data.get('debt')} above zero"
+            held = sum(g["remaining"] for g in grants) + data.get("debt", 0)
+            assert credits == held, f"user {uid}: credits {credits} != grants {held} (with debt)"
 
 
 def make_user(db: Any, uid: str, *, credits: int = 0, consent: bool = True) -> None:

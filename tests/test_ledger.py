@@ -60,7 +60,7 @@ def test_a_debit_below_zero_is_refused_with_figures(db: Any) -> None:
     ledger.grant(db, "u5", "g", 10, "seed")
 
     with pytest.raises(InsufficientCredits) as err:
-        ledger.post(db, "u5", type=ledger.CHARGE, ref="gen1", amount=-25)
+        ledger.charge(db, "u5", "gen1", 25)
 
     assert err.value.details == {"balance": 10, "required": 25, "shortfall": 15}
     assert balance(db, "u5") == 10

@@ -57,14 +57,7 @@ def payment(db: Any, pi: str) -> dict[str, Any]:
 def spend(db: Any, uid: str, credits: int) -> None:
     from functions.lib import ledger
 
-    ledger.post(
-        db,
-        uid,
-        type=ledger.CHARGE,
-        ref=f"spend-{uid}-{credits}",
-        amount=-credits,
-        metadata={"reason": "test spend"},
-    )
+    ledger.charge(db, uid, f"spend-{uid}-{credits}", credits, {"reason": "test spend"})
 
 
 # --- verification -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class CreditPack:
     id: str
     credits: int
     price: str
+    expires_in_days: int | None = None  # a pack's grant expires this long after the purchase
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Settings:
     checkout_window_s: int = 3600
     initial_cost: int = 50
     iteration_cost: int = 25
+    signup_credits: int = 0
+    signup_credits_expire_days: int = 30
 
     def require(self, name: str) -> str:
         """The value of a required secret or setting, or a ConfigError naming the variable."""
@@ -139,7 +142,15 @@ def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
                 "CREDIT_PACKS",
                 f"CREDIT_PACKS entry {pack_id!r} needs a positive integer 'credits' and a 'price' id",
             )
-        packs[pack_id] = CreditPack(pack_id, credits, price)
+        expires = spec.get("expiresInDays") if isinstance(spec, dict) else None
+        if expires is not None and (
+            not isinstance(expires, int) or isinstance(expires, bool) or expires <= 0
+        ):
+            raise ConfigError(
+                "CREDIT_PACKS",
+                f"CREDIT_PACKS entry {pack_id!r}: 'expiresInDays' must be a positive whole number or null",
+            )
+        packs[pack_id] = CreditPack(pack_id, credits, price, expires)
     return packs
 
 
@@ -183,6 +194,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
         auth_state_cache_s=_float(env, "AUTH_STATE_CACHE_S", 30.0),
         checkout_limit=_int(env, "CHECKOUT_LIMIT", 10, minimum=1),
+        signup_credits=_int(env, "SIGNUP_CREDITS", 0),
+        signup_credits_expire_days=_int(env, "SIGNUP_CREDITS_EXPIRE_DAYS", 30, minimum=1),
         checkout_window_s=_int(env, "CHECKOUT_WINDOW_S", 3600, minimum=1),
         allowed_origins=origins,
         stripe_mode=stripe_mode,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, ledger, schema, terms
+from functions.lib import analytics, clock, db, ledger, schema, terms
 from functions.lib.config import Settings
 from functions.lib.errors import (
     Contention,
@@ -35,6 +35,7 @@ from functions.lib.errors import (
 )
 from functions.lib.models import ModelError, Provider
 from functions.lib.schema import GENERATIONS, PROJECTS, VERSIONS
+from functions.lib.wallet import LEGACY_PREFIX
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot
@@ -274,10 +275,9 @@ def _stage_charge(
         batch.update(
             project.reference, {"updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, project)
         )
-    metadata = {"generationId": generation_id, "projectId": project_id}
-    balance = ledger.stage_entry(
-        client, batch, user, type=ledger.CHARGE, ref=generation_id, amount=-cost, metadata=metadata
-    )
+    book = ledger.Book(client, batch, user, clock.now())
+    draws = book.charge(generation_id, cost, {"generationId": generation_id, "projectId": project_id})
+    balance = book.close()
     record = {
         "userId": req.uid,
         "projectId": project_id,
@@ -287,6 +287,7 @@ def _stage_charge(
         "requestHash": req.fingerprint(),
         "chargeToken": token,
         "balanceAfterCharge": balance,
+        "draws": draws,  # {grantId: credits}: what a refund gives back, to the same grants
         "createdAt": SERVER_TIMESTAMP,
         "updatedAt": SERVER_TIMESTAMP,
         "error": None,
@@ -419,10 +420,13 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
                 Refund(generation_id, False, str(data.get("status")), cost, ledger.balance_of(user))
             )
         batch = client.batch()
+        book = ledger.Book(client, batch, user, clock.now())
+        # A charge from before grants existed drew from the balance, now the legacy grant.
+        draws = {str(k): int(v) for k, v in (data.get("draws") or {LEGACY_PREFIX + uid: cost}).items()}
+        grants = ledger.ended_grants(client, uid, list(draws), book.wallet)
         metadata = {"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason}
-        balance = ledger.stage_entry(
-            client, batch, user, type=ledger.REFUND, ref=generation_id, amount=cost, metadata=metadata
-        )
+        book.refund(generation_id, draws, grants, metadata)
+        balance = book.close()
         batch.update(
             gen_ref,
             {

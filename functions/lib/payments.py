@@ -44,12 +44,14 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, db, ids, ledger, problems, schema
+from functions.lib import analytics, clock, db, ids, ledger, problems, schema
 from functions.lib.config import Settings
 from functions.lib.errors import NotFound
 from functions.lib.schema import PAYMENTS
+from functions.lib.wallet import DEFAULT_PRIORITY, PAID, Grant
 
 if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
@@ -296,20 +298,23 @@ def credit_checkout_session(
                 "payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}"
             )
         batch = client.batch()
-        balance = ledger.stage_entry(
-            client,
-            batch,
-            user,
-            type=ledger.PURCHASE,
-            ref=session_id,
-            amount=pack.credits,
-            metadata={
+        book = ledger.Book(client, batch, user, clock.now())
+        expires = book.now + timedelta(days=pack.expires_in_days) if pack.expires_in_days else None
+        grant = Grant(
+            entry_id, pack.credits, pack.credits, PAID, DEFAULT_PRIORITY, f"pack:{pack.id}", book.now, expires
+        )
+        book.add_grant(
+            ledger.PURCHASE,
+            session_id,
+            grant,
+            {
                 "stripeSessionId": session_id,
                 "stripePaymentIntentId": payment_intent,
                 "stripeEventId": event_id,
                 "packageId": pack.id,
             },
         )
+        balance = book.close()
         if record_ref is not None:
             opened = replace(
                 record,
@@ -473,7 +478,14 @@ def _move_credits(
             "ledger_id_taken", f"{entry_id} exists although the payment's record does not account for it"
         )
     entry_meta = {**metadata, "purchaseId": record.purchase_id}
-    balance = ledger.stage_entry(client, batch, user, type=kind, ref=ref, amount=-delta, metadata=entry_meta)
+    book = ledger.Book(client, batch, user, clock.now())
+    assert record.purchase_id is not None  # recorded with the purchase: its grant's id
+    if delta > 0:
+        book.reverse(ref, record.purchase_id, delta, entry_meta)
+    else:
+        [(grant, ended)] = ledger.ended_grants(client, record.uid, [record.purchase_id], book.wallet).values()
+        book.reinstate(ref, grant, ended, -delta, entry_meta)
+    balance = book.close()
     props = {"entryId": entry_id, "credits": -delta, **metadata}
     analytics.stage_event(client, batch, _ANALYTICS[kind], record.uid, props, event_id=entry_id)
     return Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
