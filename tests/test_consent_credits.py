@@ -89,4 +89,5 @@ def test_credits_caps_history_at_50(app: Any, db: Any) -> None:
 def test_credits_for_a_new_user_is_zero(app: Any, db: Any) -> None:
     res = app("credits").get("/", headers=bearer("new"))
 
-    assert res.status_code == 200 and res.json == {"balance": 0, "transactions": []}
+    assert res.status_code == 200
+    assert res.json == {"balance": 0, "transactions": [], "grants": [], "debt": 0, "subscription": None}

@@ -4,7 +4,9 @@ in COMMANDS; add one by writing an `add_<name>(subparsers)` that sets `run=` and
     python -m functions.admin sweep [--dry-run] [--workers N]
     python -m functions.admin settle [--dry-run]
     python -m functions.admin schedule --project P --region R --url URL --service-account SA [--schedule CRON]
-    python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID [--allow-unknown-user]
+    python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID [--category promotional|paid]
+        [--expires-in-days N] [--priority P] [--allow-unknown-user]
+    python -m functions.admin void USER GRANT_ID --reason TEXT
     python -m functions.admin ledger USER [--limit N]
     python -m functions.admin audit
     python -m functions.admin replay STRIPE_EVENT_ID
@@ -19,7 +21,8 @@ Exit status: 0 done, 3 stopped by the time budget with work left (run it again),
 configuration, 4 the audit found differences.
 
 `grant` is idempotent by its id (a second run with the same id grants nothing and says so), and
-refuses a uid that has no Firebase Auth account unless given `--allow-unknown-user`.
+refuses a uid that has no Firebase Auth account unless given `--allow-unknown-user`. `void` writes off
+what a grant still holds, once. `settle` also writes off expired grants.
 `audit` streams every user and ledger entry, prints progress, and lists every difference.
 `replay` runs a Stripe event stored in `stripe_event_problems` (a permanent problem an operator
 has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own code path.
@@ -41,6 +44,7 @@ from typing import Any, TextIO
 
 from functions.lib.config import refuse_unsafe_environment
 from functions.lib.errors import AppError, ConfigError
+from functions.lib.wallet import CATEGORIES, DEFAULT_PRIORITY, PROMOTIONAL
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_DIFFERENCES = 0, 1, 2, 3, 4
 PROGRESS_EVERY_S = 2.0
@@ -105,6 +109,8 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "would_delete_project": lambda f: f"would delete project {f['projectId']} ({f['versions']} versions)",
     "would_delete": lambda f: f"would delete {f['count']} {_WHAT[f['what']]}",
     "refunded": lambda f: f"refunded generation {f['generationId']}: {f['amount']} credits to {f['userId']}",
+    "would_expire": lambda f: f"would write off the expired grants of user {f['userId']}",
+    "expired": lambda f: f"wrote off {f['credits']} expired credits of user {f['userId']}",
     "project": lambda f: (
         f"project {f['projectId']} {'deleted' if f['deleted'] else 'finished by another sweep'}: "
         f"{f['versionsDeleted']} versions deleted by this run"
@@ -300,9 +306,22 @@ def run_grant(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    posted = ledger.grant(db.get_client(), args.user, args.id, args.amount, args.reason)
+    posted = ledger.grant(
+        db.get_client(),
+        args.user,
+        args.id,
+        args.amount,
+        args.reason,
+        category=args.category,
+        priority=args.priority,
+        expires_in_days=args.expires_in_days,
+    )
     if posted.applied:
-        print(f"granted {posted.amount} credits to {args.user} ({posted.entry_id}); balance {posted.balance}")
+        expiry = f"expires in {args.expires_in_days:g} days" if args.expires_in_days else "never expires"
+        print(
+            f"granted {posted.amount} {args.category} credits to {args.user} ({posted.entry_id}, "
+            f"priority {args.priority}, {expiry}); balance {posted.balance}"
+        )
     else:
         print(
             f"{posted.entry_id} was already granted ({posted.amount} credits); nothing changed; "
@@ -322,11 +341,51 @@ def add_grant(subparsers: Any) -> None:
         help="grant id: the same id never grants twice (e.g. a ticket number)",
     )
     cmd.add_argument(
+        "--category",
+        choices=CATEGORIES,
+        default=PROMOTIONAL,
+        help="paid or promotional (default promotional): promotional is spent first at equal terms",
+    )
+    cmd.add_argument(
+        "--expires-in-days",
+        type=float,
+        default=None,
+        help="the grant expires this long from now (default never)",
+    )
+    cmd.add_argument(
+        "--priority",
+        type=int,
+        default=DEFAULT_PRIORITY,
+        help=f"0..100, lower spent first (default {DEFAULT_PRIORITY})",
+    )
+    cmd.add_argument(
         "--allow-unknown-user",
         action="store_true",
         help="grant even if no Firebase Auth account has this uid (refused by default)",
     )
     cmd.set_defaults(run=run_grant)
+
+
+def run_void(args: argparse.Namespace) -> int:
+    from functions.lib import db, ledger
+
+    posted = ledger.void(db.get_client(), args.user, args.grant_id, args.reason)
+    if posted.applied:
+        print(
+            f"voided {args.grant_id}: wrote off {-posted.amount} credits ({posted.entry_id}); "
+            f"balance {posted.balance}"
+        )
+    else:
+        print(f"{args.grant_id} was already voided; nothing changed; balance {posted.balance}")
+    return EXIT_OK
+
+
+def add_void(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("void", help="write off what a grant still holds, idempotent")
+    cmd.add_argument("user", help="the user's uid")
+    cmd.add_argument("grant_id", help="the grant's id (its ledger entry, e.g. grant_promo-7; see `ledger`)")
+    cmd.add_argument("--reason", required=True, help="why, stored on the void entry")
+    cmd.set_defaults(run=run_void)
 
 
 def run_ledger(args: argparse.Namespace) -> int:
@@ -335,9 +394,15 @@ def run_ledger(args: argparse.Namespace) -> int:
     limit = at_least_one(args.limit, "--limit")
     statement = ledger.statement(db.get_client(), ids.require_doc_id(args.user, "user"), limit=limit)
     print(
-        f"user {args.user}: balance {statement.balance}; "
-        f"latest {len(statement.transactions)} entries, newest first"
+        f"user {args.user}: balance {statement.balance}; debt {statement.debt}; "
+        f"{len(statement.grants)} live grants"
     )
+    for g in statement.grants:
+        print(
+            f"  grant {g['id']}: {g['remaining']} of {g['amount']} left, {g['category']}, "
+            f"priority {g['priority']}, expires {g['expiresAt'] or 'never'}"
+        )
+    print(f"latest {len(statement.transactions)} entries, newest first")
     for entry in statement.transactions:
         meta = " ".join(f"{k}={v}" for k, v in sorted(entry["metadata"].items()))
         print(
@@ -370,7 +435,8 @@ def run_audit(args: argparse.Namespace) -> int:
 
     report = audit(db.get_client(), progress, every=every)
     for d in report.differences:
-        print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum})")
+        held = f", grants and debt {d.held}" if d.held is not None else ""
+        print(f"DIFFERENCE user {d.uid}: {d.problem} (credits {d.credits}, ledger sum {d.ledger_sum}{held})")
     verdict = "clean" if report.clean else f"{len(report.differences)} differences"
     print(
         f"audit: {report.users} users, {report.entries} ledger entries, "
@@ -490,6 +556,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_settle,
     add_schedule,
     add_grant,
+    add_void,
     add_ledger,
     add_audit,
     add_replay,

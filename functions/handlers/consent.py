@@ -11,10 +11,14 @@ from functions.lib.config import get_settings
 
 @endpoint("consent", methods=("GET", "POST"))
 def handle(call: Call) -> dict[str, Any]:
-    """GET -> {version, accepted, acceptedAt}; POST {version} accepts the current version."""
-    uid = auth.authenticate(call.headers.get("Authorization"))
+    """GET -> {version, accepted, acceptedAt}; POST {version} accepts the current version (and gives a
+    qualifying new account its sign-up credits, once)."""
+    claims = auth.verify_id_token(auth.bearer_token(call.headers.get("Authorization")))
+    uid = claims["uid"]
     logs.bind(uid=uid)
-    current = get_settings().terms_version
+    settings = get_settings()
     if call.method == "GET":
-        return terms.read(db.get_client(), uid, current).body()
-    return terms.accept(db.get_client(), uid, call.json().get("version"), current).body()
+        return terms.read(db.get_client(), uid, settings.terms_version).body()
+    signup = settings if terms.signup_eligible(claims) else None
+    version = call.json().get("version")
+    return terms.accept(db.get_client(), uid, version, settings.terms_version, signup=signup).body()

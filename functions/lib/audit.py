@@ -1,5 +1,7 @@
-"""The ledger audit: every user's `credits` must equal the sum of their ledger amounts, and be below
-zero only when a reversal took back credits the user had already spent.
+"""The ledger audit: every user's `credits` must equal the sum of their ledger amounts and the sum of
+their live grants' remaining plus their debt, be below zero only when a reversal took back credits
+the user had already spent, and hold no grant past its expiry for longer than a settlement interval.
+A balance from before grants existed (no `grants` field) reads as one legacy grant: it agrees.
 
 Both collections are streamed in the same order (users by id, ledger entries by `userId`) and
 merged like two sorted files, a page at a time: memory holds one page of each and the running sum
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from functions.lib import db, ledger, schema
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 
 PAGE = 300
 MISMATCH, NEGATIVE, NO_USER = "balance_differs_from_ledger", "negative_balance", "ledger_without_user"
+GRANTS_DIFFER, EXPIRY_OVERDUE = "balance_differs_from_grants", "expiry_overdue"
+# The settlement job runs every 10 minutes; an expired grant still holding credits after this long
+# means the write-offs are not running.
+EXPIRY_GRACE = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Difference:
     problem: str
     credits: int | None
     ledger_sum: int
+    held: int | None = None  # live grants' remaining plus debt, for a balance that disagrees with them
 
 
 @dataclass
@@ -84,10 +91,20 @@ def _ledger_sums(client: Client, read_time: datetime) -> Iterator[_Sum]:
         yield current
 
 
-def _balances(client: Client, read_time: datetime) -> Iterator[tuple[str, int]]:
-    query = client.collection(schema.USERS).order_by("__name__").select(["credits"])
+@dataclass(frozen=True)
+class _User:
+    uid: str
+    credits: int
+    held: int  # live grants' remaining plus debt
+    overdue: bool  # a live grant past its expiry by more than EXPIRY_GRACE
+
+
+def _users(client: Client, read_time: datetime) -> Iterator[_User]:
+    query = client.collection(schema.USERS).order_by("__name__").select(["credits", "grants", "debt"])
     for snap in db.pages(query, PAGE, read_time=read_time):
-        yield snap.id, ledger.balance_of(snap)
+        wallet = ledger.wallet_of(snap)
+        overdue = any(g.expired(read_time - EXPIRY_GRACE) for g in wallet.grants)
+        yield _User(snap.id, ledger.balance_of(snap), wallet.credits, overdue)
 
 
 def audit(
@@ -103,14 +120,23 @@ def audit(
     report = AuditReport()
     sums = _ledger_sums(client, at)
     pending = next(sums, None)
-    for uid, credits in _balances(client, at):
+    for user in _users(client, at):
+        uid = user.uid
         while pending is not None and pending.uid < uid:  # ledger entries of a user with no document
             _check(report, pending.uid, None, pending)
             pending = next(sums, None)
         found = None
         if pending is not None and pending.uid == uid:
             found, pending = pending, next(sums, None)
-        _check(report, uid, credits, found)
+        _check(report, uid, user.credits, found)
+        if user.held != user.credits:
+            report.differences.append(
+                Difference(uid, GRANTS_DIFFER, user.credits, found.total if found else 0, user.held)
+            )
+        if user.overdue:
+            report.differences.append(
+                Difference(uid, EXPIRY_OVERDUE, user.credits, found.total if found else 0)
+            )
         report.users += 1
         if progress is not None and report.users % every == 0:
             progress(report)

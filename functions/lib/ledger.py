@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import clock, db, ids
+from functions.lib.config import Settings
 from functions.lib.errors import IdempotencyKeyReused, InsufficientCredits, InvalidRequest, NotFound
 from functions.lib.schema import LEDGER, USERS
 from functions.lib.wallet import (
@@ -194,12 +195,13 @@ class Book:
         self._entry(FORFEIT, ref, moved, metadata={"reason": reason})
         return moved
 
-    def close(self) -> int:
-        """Stage the user document with the wallet; the balance after this commit."""
+    def close(self, also: dict[str, Any] | None = None) -> int:
+        """Stage the user document with the wallet (and the fields in `also`, e.g. consent); the
+        balance after this commit."""
         from google.cloud.firestore import SERVER_TIMESTAMP
 
-        fields = self.wallet.fields()
-        if fields["credits"] != self.balance:  # the entries and the grants must tell one story
+        fields = {**self.wallet.fields(), **(also or {})}
+        if self.wallet.credits != self.balance:  # the entries and the grants must tell one story
             raise AssertionError(f"ledger {self.balance} != grants {fields['credits']} for {self.uid}")
         if self.user.exists:
             self.batch.update(self.user.reference, fields, option=db.precondition(self.client, self.user))
@@ -330,6 +332,16 @@ def charge(client: Client, uid: str, ref: str, cost: int, metadata: dict[str, An
         return -cost
 
     return _once(client, uid, entry_id(CHARGE, ref), write)
+
+
+def signup_grant(book: Book, settings: Settings) -> None:
+    """Stage a new account's sign-up credits (`grant_signup_{uid}`: promotional, expiring after
+    SIGNUP_CREDITS_EXPIRE_DAYS). The caller makes sure it is the account's first and it qualifies."""
+    ident = entry_id(GRANT, SIGNUP_PREFIX + book.uid)
+    expires = book.now + timedelta(days=settings.signup_credits_expire_days)
+    credits = settings.signup_credits
+    grant = Grant(ident, credits, credits, PROMOTIONAL, DEFAULT_PRIORITY, "signup", book.now, expires)
+    book.add_grant(GRANT, SIGNUP_PREFIX + book.uid, grant, {"reason": "sign-up credits"})
 
 
 def require_terms(category: str, priority: int, expires_in_days: float | None) -> None:

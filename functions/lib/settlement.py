@@ -11,6 +11,10 @@ first (docs/ARCHITECTURE.md, "Settlement"):
 - an operator (`python -m functions.admin settle`).
 They race safely: the refund commits under a precondition on the generation as read, so only one of
 them writes it; the others see `refunded` and change nothing.
+
+The same passes write off expired grants (docs/ARCHITECTURE.md, "Grants"): the users whose
+`nextExpiryAt` has passed each get their `expiry_{grantId}` entries in one commit, exactly once (the
+ids are the grant's), so expired credits stay in a stored balance at most one settlement interval.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import db, generations, schema
+from functions.lib import clock, db, generations, ledger, schema
 from functions.lib.config import Settings
 from functions.lib.errors import Contention, NotFound
 
@@ -34,7 +38,8 @@ log = logging.getLogger("settlement")
 REASON = generations.STALE_CHARGE_REASON
 PAGE = 100
 
-# progress(event, fields): events are `refunded` and, in a dry run, `would_refund`.
+# progress(event, fields): events are `refunded` and `expired`; in a dry run, `would_refund` and
+# `would_expire`.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -56,6 +61,7 @@ class SettlementReport:
     """What one settlement pass did (in a dry run: would do)."""
 
     refunds_settled: int = 0
+    credits_expired: int = 0
     deferred: int = 0  # contended or without a user: left for the next pass
     complete: bool = True
     elapsed_ms: int = 0
@@ -64,6 +70,7 @@ class SettlementReport:
         return {
             "complete": self.complete,
             "refundsSettled": self.refunds_settled,
+            "creditsExpired": self.credits_expired,
             "chargesDeferred": self.deferred,
             "elapsedMs": self.elapsed_ms,
         }
@@ -110,6 +117,8 @@ def settle_stale_charges(
         if settled.applied:
             report.refunds_settled += 1
             _emit(progress, "refunded", generationId=snap.id, userId=owner, amount=settled.amount)
+    if report.complete:
+        _expire_grants(client, report, uid=uid, has_time=has_time, dry_run=dry_run, progress=progress)
     report.complete = report.complete and not report.deferred
     report.elapsed_ms = round((time.monotonic() - started) * 1000)
     if report.refunds_settled and not dry_run:
@@ -117,8 +126,41 @@ def settle_stale_charges(
     return report
 
 
+def _expire_grants(
+    client: Client,
+    report: SettlementReport,
+    *,
+    uid: str | None,
+    has_time: Callable[[], bool],
+    dry_run: bool,
+    progress: Progress | None,
+) -> None:
+    """Write off the expired grants of every user whose next expiry has passed (or of `uid`)."""
+    now = clock.now()
+    owners = (
+        [uid] if uid is not None else (snap.id for snap in db.pages(ledger.expiring_users(client, now), PAGE))
+    )
+    for owner in owners:
+        if not has_time():
+            report.complete = False
+            return
+        if dry_run:
+            _emit(progress, "would_expire", userId=owner)
+            continue
+        try:
+            credits = ledger.settle_expiries(client, owner)
+        except Contention:
+            log.warning("expired grants of %s: the write-off kept conflicting; the next pass retries", owner)
+            report.deferred += 1
+            continue
+        if credits:
+            report.credits_expired += credits
+            _emit(progress, "expired", userId=owner, credits=credits)
+
+
 def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
-    """Refund one user's stale charges (before `credits` answers); the number refunded."""
+    """Refund one user's stale charges and write off their expired grants (before `credits` answers);
+    the number of charges refunded."""
     return settle_stale_charges(client, settings, now=now, uid=uid).refunds_settled
 
 

@@ -110,7 +110,14 @@ def export(client: Client, uid: str) -> Iterator[str]:
 
 
 def _export_pieces(client: Client, uid: str, user: DocumentSnapshot) -> Iterator[str]:
-    head = {"uid": uid, "exportedAt": datetime.now(UTC), "user": user.to_dict() if user.exists else None}
+    wallet = ledger.wallet_of(user)
+    head = {
+        "uid": uid,
+        "exportedAt": datetime.now(UTC),
+        "user": user.to_dict() if user.exists else None,
+        "grants": [ledger.public_grant(g) for g in wallet.fields()["grants"]],
+        "debt": wallet.debt,
+    }
     yield _dumps(head)[:-1]
     for name, query in _sections(client, uid):
         yield f', "{name}": ['
@@ -318,7 +325,7 @@ class _Erasure:
         if not user.exists:
             return True
         data = user.to_dict() or {}
-        if ledger.balance_of(user) != 0 or "consent" in data:
+        if ledger.balance_of(user) != 0 or ledger.wallet_of(user).grants or "consent" in data:
             return False
         left = self.still_named()
         if left:
