@@ -16,7 +16,13 @@ def _b64(data: dict[str, object]) -> str:
 
 
 def emulator_id_token(
-    uid: str, project: str, *, email: str | None = None, issued_at: int | None = None
+    uid: str,
+    project: str,
+    *,
+    email: str | None = None,
+    issued_at: int | None = None,
+    email_verified: bool = False,
+    provider: str = "password",
 ) -> str:
     now = int(time.time()) if issued_at is None else issued_at
     claims = {
@@ -28,6 +34,7 @@ def emulator_id_token(
         "iat": now,
         "exp": now + 3600,
         "email": email or f"{uid}@example.com",
-        "firebase": {"identities": {}, "sign_in_provider": "password"},
+        "email_verified": email_verified,
+        "firebase": {"identities": {}, "sign_in_provider": provider},
     }
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."

@@ -69,11 +69,12 @@ def reset_caches() -> None:
         firebase_admin.delete_app(firebase_admin.get_app(auth.APP_NAME))
 
 
-def token(uid: str, *, account: bool = True, issued_at: int | None = None) -> str:
-    """An emulator ID token for `uid` (issued now, or at `issued_at`); with `account`, its Firebase Auth account exists too."""
+def token(uid: str, *, account: bool = True, issued_at: int | None = None, **claims: Any) -> str:
+    """An emulator ID token for `uid` (issued now, or at `issued_at`; `claims`: email_verified,
+    provider); with `account`, its Firebase Auth account exists too."""
     if account:
         ACCOUNTS.ensure(uid)
-    return emulator_id_token(uid, PROJECT, issued_at=issued_at)
+    return emulator_id_token(uid, PROJECT, issued_at=issued_at, **claims)
 
 
 def bearer(uid: str) -> dict[str, str]:
