@@ -109,8 +109,8 @@ _LINES: dict[str, Callable[[dict[str, Any]], str]] = {
     "would_delete_project": lambda f: f"would delete project {f['projectId']} ({f['versions']} versions)",
     "would_delete": lambda f: f"would delete {f['count']} {_WHAT[f['what']]}",
     "refunded": lambda f: f"refunded generation {f['generationId']}: {f['amount']} credits to {f['userId']}",
-    "would_expire": lambda f: f"would write off the expired grants of user {f['userId']}",
-    "expired": lambda f: f"wrote off {f['credits']} expired credits of user {f['userId']}",
+    "would_expire_grants": lambda f: f"would write off the expired grants of user {f['userId']}",
+    "grants_expired": lambda f: f"wrote off {f['credits']} expired credits of user {f['userId']}",
     "project": lambda f: (
         f"project {f['projectId']} {'deleted' if f['deleted'] else 'finished by another sweep'}: "
         f"{f['versionsDeleted']} versions deleted by this run"

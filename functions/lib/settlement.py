@@ -38,8 +38,8 @@ log = logging.getLogger("settlement")
 REASON = generations.STALE_CHARGE_REASON
 PAGE = 100
 
-# progress(event, fields): events are `refunded` and `expired`; in a dry run, `would_refund` and
-# `would_expire`.
+# progress(event, fields): events are `refunded` and `grants_expired`; in a dry run, `would_refund`
+# and `would_expire_grants`.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -145,7 +145,7 @@ def _expire_grants(
             report.complete = False
             return
         if dry_run:
-            _emit(progress, "would_expire", userId=owner)
+            _emit(progress, "would_expire_grants", userId=owner)
             continue
         try:
             credits = ledger.settle_expiries(client, owner)
@@ -155,7 +155,7 @@ def _expire_grants(
             continue
         if credits:
             report.credits_expired += credits
-            _emit(progress, "expired", userId=owner, credits=credits)
+            _emit(progress, "grants_expired", userId=owner, credits=credits)
 
 
 def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
