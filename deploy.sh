@@ -48,20 +48,29 @@ done
 ENV_FILE=".env.$PROJECT_ID"
 CONFIG_VARS=(TERMS_VERSION ALLOWED_ORIGINS GENERATOR GEMINI_MODEL RETENTION_DAYS STALE_CHARGE_AFTER_S SWEEP_BUDGET_S
              SWEEP_INLINE_PROJECTS CREDIT_PACKS GENERATION_TIMEOUT_S ANALYTICS_RETENTION_DAYS STRIPE_MODE)
-config_value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
+# The files the Firebase CLI loads for this deploy, in its order (a later one wins): `.env`, then
+# `.env.PROJECT_ID`. They are read with the CLI's own grammar (tools/dotenv.py: `export KEY=`,
+# indented keys, quotes, comments), and a line it cannot read stops the deploy, naming the line.
+LOADED=()
+[ ! -f .env ] || LOADED+=(.env)
+[ ! -f "$ENV_FILE" ] || LOADED+=("$ENV_FILE")
+config_value() { "$PYTHON" -m tools.dotenv get "$1" "${LOADED[@]}"; }
+if [ "${#LOADED[@]}" -gt 0 ]; then
+  KEYS="$("$PYTHON" -m tools.dotenv keys "${LOADED[@]}")" || fail "${LOADED[*]}: the Firebase CLI would refuse or misread the lines named above"
+  for reserved in GOOGLE_CLOUD_PROJECT GCLOUD_PROJECT K_SERVICE FIREBASE_AUTH_EMULATOR_HOST FIRESTORE_EMULATOR_HOST \
+                  CLOUD_TASKS_EMULATOR_HOST STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
+    ! grep -qx "$reserved" <<<"$KEYS" || fail "${LOADED[*]} sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only or set by the platform)"
+  done
+fi
 if [ -f "$ENV_FILE" ]; then
-  CONFIG_SOURCE="$ENV_FILE"
+  CONFIG_SOURCE="${LOADED[*]}"
   for var in ALLOWED_ORIGINS TERMS_VERSION; do
-    [ -n "$(config_value "$var" "$ENV_FILE")" ] || fail "$var is not set in $ENV_FILE"
+    [ -n "$(config_value "$var")" ] || fail "$var is not set in $ENV_FILE"
   done
   # The sweep enqueues its purge tasks in the functions' own region, which it reads from here.
-  [ "$(config_value FUNCTIONS_REGION "$ENV_FILE")" = "$REGION" ] || fail "FUNCTIONS_REGION=$REGION is not set in $ENV_FILE (the region deployed to)"
-  for reserved in GOOGLE_CLOUD_PROJECT GCLOUD_PROJECT K_SERVICE FIREBASE_AUTH_EMULATOR_HOST FIRESTORE_EMULATOR_HOST \
-                  STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
-    ! grep -q "^$reserved=" "$ENV_FILE" || fail "$ENV_FILE sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only or set by the platform)"
-  done
+  [ "$(config_value FUNCTIONS_REGION)" = "$REGION" ] || fail "FUNCTIONS_REGION=$REGION is not set in $ENV_FILE (the region deployed to)"
 else
-  CONFIG_SOURCE="the environment"
+  CONFIG_SOURCE="the environment${LOADED[*]:+ and ${LOADED[*]}}"
   [ -n "${ALLOWED_ORIGINS:-}" ] || fail "ALLOWED_ORIGINS is not set (comma-separated web app origins, e.g. https://app.example.com), nor is there a $ENV_FILE"
   [ -n "${TERMS_VERSION:-}" ] || fail "TERMS_VERSION is not set (the terms version users must accept), nor is there a $ENV_FILE"
   GENERATED="$(mktemp)"
@@ -70,6 +79,10 @@ else
     [ -z "${!var:-}" ] || printf '%s=%s\n' "$var" "${!var}" >> "$GENERATED"
   done
   printf 'FUNCTIONS_REGION=%s\n' "$REGION" >> "$GENERATED"
+  for var in "${CONFIG_VARS[@]}"; do
+    [ -z "${!var:-}" ] || [ "$("$PYTHON" -m tools.dotenv get "$var" "$GENERATED")" = "${!var}" ] \
+      || fail "$var's value would reach the functions changed (the Firebase CLI reads a # or a quote in it as .env syntax): write $ENV_FILE with it quoted instead"
+  done
 fi
 
 export FUNCTIONS_REGION="$REGION"
@@ -92,7 +105,7 @@ PLAN="$("$PYTHON" -m tools.deploy_plan "$PROJECT_ID" "$REGION")" || fail "could 
 echo "$PLAN"
 IAM="$("$PYTHON" -m tools.deploy_plan "$PROJECT_ID" "$REGION" --iam)" || fail "could not discover the functions in main.py"
 echo "== config for every function, from $CONFIG_SOURCE:"
-if [ -n "${GENERATED:-}" ]; then sed 's/^/   /' "$GENERATED"; else sed 's/^/   /' "$ENV_FILE"; fi
+for file in "${LOADED[@]}" ${GENERATED:+"$GENERATED"}; do sed 's/^/   /' "$file"; done
 
 run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
   cloudscheduler.googleapis.com cloudtasks.googleapis.com secretmanager.googleapis.com firestore.googleapis.com eventarc.googleapis.com \

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +199,23 @@ def test_bad_operator_input_fails_with_a_message_naming_it_and_writes_nothing(
 
     assert code == 1 and says in capsys.readouterr().err
     assert list(db.collection("credit_transactions").stream()) == []
+
+
+def test_export_files_are_readable_by_their_owner_only_even_when_they_existed(
+    db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token("uma")
+    admin("grant", "uma", "40", "--reason", "r", "--id", "t-export")
+    fresh, existing = tmp_path / "new.json", tmp_path / "old.json"
+    existing.write_text("an older, longer export that must not survive " * 100)
+    existing.chmod(0o644)
+
+    assert admin("export", "uma", "--out", str(fresh)) == 0
+    assert admin("export", "uma", "--out", str(existing)) == 0
+
+    for path in (fresh, existing):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert [e["id"] for e in json.loads(path.read_text())["ledger"]] == ["grant_t-export"]
 
 
 def test_a_replay_that_leaves_its_event_open_fails(

@@ -72,6 +72,50 @@ def test_stripe_mode() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "mode"),
+    [
+        ("sk_live_51Hx", {}),  # the default mode is test
+        ("sk_live_51Hx", {"STRIPE_MODE": "test"}),
+        ("rk_live_51Hx", {"STRIPE_MODE": "test"}),
+        ("sk_test_51Hx", {"STRIPE_MODE": "live"}),
+        ("rk_test_51Hx", {"STRIPE_MODE": "live"}),
+    ],
+)
+def test_a_stripe_key_of_the_other_mode_refuses_to_start_naming_both_variables(
+    key: str, mode: dict[str, str]
+) -> None:
+    env = {**BASE, "STRIPE_SECRET_KEY": key, **mode}
+    for parse in (settings_from, refuse_unsafe_environment):
+        with pytest.raises(ConfigError) as err:
+            parse(env)
+
+        message = str(err.value)
+        assert "STRIPE_SECRET_KEY" in message and "STRIPE_MODE" in message and "refusing to start" in message
+        assert key not in message  # the prefix only: a key never reaches a log
+    # Not only a deployed process: a laptop with a live key would charge real cards too.
+    with pytest.raises(ConfigError):
+        refuse_unsafe_environment({**env, "K_SERVICE": "checkout", "FUNCTION_TARGET": "checkout"})
+
+
+@pytest.mark.parametrize(
+    ("key", "mode"),
+    [
+        ("sk_live_51Hx", "live"),
+        ("rk_live_51Hx", "live"),
+        ("sk_test_51Hx", "test"),
+        ("rk_test_51Hx", "test"),
+        ("sk_local", "live"),  # a key that names no mode (a local double's) is not judged
+        ("sk_local", "test"),
+    ],
+)
+def test_a_stripe_key_of_its_own_mode_starts(key: str, mode: str) -> None:
+    env = {**BASE, "STRIPE_SECRET_KEY": key, "STRIPE_MODE": mode}
+
+    refuse_unsafe_environment(env)
+    assert settings_from(env).stripe_mode == mode
+
+
 def test_credit_packs_override() -> None:
     s = settings_from({**BASE, "CREDIT_PACKS": '{"mega": {"credits": 9000, "price": "price_mega"}}'})
 

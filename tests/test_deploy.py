@@ -4,6 +4,7 @@ config fail with a message that names them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -335,3 +336,82 @@ def test_a_project_without_a_firestore_database_stops_before_anything_is_deploye
     assert calls[-1].startswith("firestore databases describe --database=(default)")
     assert [c.split()[0] for c in calls] == ["services", "firestore"]  # no account, role or secret touched
     assert "+ tools/firebase/node_modules/.bin/firebase deploy" not in res.stdout
+
+
+# Lines as people write them, and as the Firebase CLI's dotenv grammar reads them (or refuses them).
+DOTENV_FILES = [
+    "A=1\nexport B=2\nexport   C=3\n  D=4\n\tE=5\nF = 6\n",
+    "G=\"a b\" # a comment\nH='x # y'\nI=v # c\nJ=v#c\nK=\nL=\"\"\nM=' spaced '  \n",
+    'N="esc \\n \\" \\\\ q"\nO=\'single \\n kept\'\nP="two\nlines"\nQ=\'also\ntwo\'\n',
+    "# export SECRET=1\n\n   # indented comment\nR=1\r\nS=2\r\nT=3\r\n",
+    "A='x\r\ny'\r\nB='p\r\nq'\r\n",  # the CLI turns only the first CRLF into LF
+    "\ufeffU=bom\nV=\u00a0nbsp\n\u00a0W=1\nexportX=1\nexport=1\nK.E/Y=1\nZ=1\nZ=2\n",
+    'junk\nKEY\n=v\nA=1\n"Q"=1\nB="unterminated\nC=2\n',
+    "A='a' trailing\nB=\"b\" c\"\nexport  \t D = 'q' # c\n",
+]
+
+
+@pytest.mark.parametrize("text", DOTENV_FILES)
+def test_env_files_are_read_as_the_firebase_cli_reads_them(tmp_path: Path, text: str) -> None:
+    from tools import dotenv
+
+    node = shutil.which("node")
+    assert node, "node is needed (scripts/setup installs firebase-tools with it)"
+    env_js = ROOT / "tools/firebase/node_modules/firebase-tools/lib/functions/env.js"
+    path = tmp_path / ".env.x"
+    path.write_text(text, encoding="utf-8")
+    script = (
+        f"const env = require({json.dumps(str(env_js))});"
+        f"const data = require('fs').readFileSync({json.dumps(str(path))}, 'utf8');"
+        "process.stdout.write(JSON.stringify(env.parse(data)));"
+    )
+    cli = json.loads(subprocess.run([node, "-e", script], capture_output=True, check=True, text=True).stdout)
+
+    ours = dotenv.parse(text)
+
+    assert ours.envs == cli["envs"]
+    assert [line for _, line in ours.bad_lines] == cli["errors"]
+
+
+def test_a_secret_in_an_env_file_is_refused_however_the_line_is_written(tmp_path: Path) -> None:
+    base = "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nFUNCTIONS_REGION=us-central1\n"
+    project_file, shared_file = ROOT / ".env.acme-dotenv-test", ROOT / ".env"
+    assert not shared_file.exists(), "a .env in the repository would be deployed with every project"
+    cases = {
+        "export": (project_file, base + "export STRIPE_SECRET_KEY=sk_live_oops\n", "sets STRIPE_SECRET_KEY"),
+        "indented": (project_file, base + "   GEMINI_API_KEY = 'AIza-oops' # later\n", "sets GEMINI_API_KEY"),
+        # The CLI loads .env for every project, before .env.PROJECT_ID.
+        "shared": (shared_file, "\texport STRIPE_WEBHOOK_SECRET=whsec_oops\n", "sets STRIPE_WEBHOOK_SECRET"),
+        "unreadable": (
+            project_file,
+            base + "STRIPE_SECRET_KEY sk_live_oops\n",
+            ".env.acme-dotenv-test line 4:",
+        ),
+    }
+    results = {}
+    try:
+        for name, (path, text, _) in cases.items():
+            project_file.write_text(base)
+            path.write_text(text)
+            results[name] = deploy(tmp_path / name, "acme-dotenv-test", "--dry-run", env={})
+            shared_file.unlink(missing_ok=True)
+        project_file.write_text(
+            "export TERMS_VERSION='2027-01-01'\n  ALLOWED_ORIGINS=\"https://quoted.example\" # ours\n"
+            "FUNCTIONS_REGION=us-central1 # where the sweep enqueues\n"
+        )
+        quoted = deploy(tmp_path / "quoted", "acme-dotenv-test", "--dry-run", env={})
+    finally:
+        project_file.unlink(missing_ok=True)
+        shared_file.unlink(missing_ok=True)
+
+    for name, (_, _, says) in cases.items():
+        res = results[name]
+        assert res.returncode != 0 and says in res.stderr, (name, res.stderr)
+        assert "oops" not in res.stdout + res.stderr, name  # a refused line is named, never printed
+    assert quoted.returncode == 0, quoted.stderr
+
+
+def test_a_config_value_the_cli_would_read_differently_is_refused(tmp_path: Path) -> None:
+    res = deploy(tmp_path, "acme-credits-prod", "--dry-run", env={**CONFIG, "TERMS_VERSION": "v1 #2"})
+
+    assert res.returncode != 0 and "TERMS_VERSION's value would reach the functions changed" in res.stderr

@@ -464,6 +464,7 @@ def test_an_event_of_the_other_mode_credits_nothing_and_is_stored(
     app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     monkeypatch.setenv("STRIPE_MODE", mode)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", f"sk_{mode}_local")  # a key of another mode is refused
     reset_caches()
     session = se.checkout_session(se.new_id("cs"), "ola", "starter", payment_intent=se.new_id("pi"))
     event = se.event(

@@ -63,6 +63,8 @@ DEPLOYED = {"GOOGLE_CLOUD_PROJECT": REAL_PROJECT}
             {"K_SERVICE": "generate", "GOOGLE_CLOUD_PROJECT": "demo-x", "GENERATOR": "gemini"},
             "GEMINI_API_KEY",
         ),
+        # A live key with the default STRIPE_MODE=test: refused before a buyer is charged, anywhere.
+        ("checkout", {"STRIPE_SECRET_KEY": "sk_live_51Hx", "STRIPE_MODE": ""}, "STRIPE_MODE"),
     ],
 )
 def test_process_with_unsafe_config_refuses_to_start_naming_the_variable(

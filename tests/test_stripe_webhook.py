@@ -117,6 +117,20 @@ def test_a_timestamp_older_than_300_s_is_400(app: Any, db: Any) -> None:
     assert_ledger_consistent(db)
 
 
+def test_a_timestamp_more_than_300_s_ahead_is_400(app: Any, db: Any) -> None:
+    # stripe-python checks only the past; a signature dated ahead would stay replayable until then.
+    event = se.checkout_completed("cs_test_ahead", "bob", "starter", "pi_ahead")
+
+    ahead = deliver(app, event, timestamp=int(time.time()) + 301)
+    assert ahead.status_code == 400 and ahead.json["error"] == "invalid_signature"
+    assert balance(db, "bob") == 0
+
+    # A clock a little ahead of Stripe's is within the tolerance.
+    skewed = deliver(app, event, timestamp=int(time.time()) + 240)
+    assert skewed.status_code == 200 and balance(db, "bob") == STARTER
+    assert_ledger_consistent(db)
+
+
 @pytest.mark.parametrize(
     "header",
     [

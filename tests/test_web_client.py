@@ -2,7 +2,8 @@
 in a real headless Chromium (Debian's, driven by Playwright) against the local stack of
 `scripts/run-local`: sign up, 403 then accept, 402 then buy through the Stripe double's checkout
 page, generate (a 409 retried with the same Idempotency-Key), iterate, a failed generation refunded,
-the ledger table equal to `credits`, sign out and in again.
+the ledger table equal to `credits`, sign out (the cached prompts and outputs go) and in again,
+export, erase (the cache goes again); the page's Content-Security-Policy blocks nothing on the way.
 
 On failure a screenshot is saved under .local/browser/. `UPDATE_WEB_SCREENSHOT=1 scripts/test
 tests/test_web_client.py` also writes the README's docs/web-client.png from the journey's end.
@@ -202,6 +203,32 @@ def answer_409_once(page: Any, url: str, origin: str, keys: list[str]) -> None:
     page.route(url, handle)
 
 
+def stored(page: Any) -> str:
+    """Everything the page's origin keeps in localStorage and sessionStorage, keys and values."""
+    return str(page.evaluate("() => JSON.stringify([{...localStorage}, {...sessionStorage}])"))
+
+
+def outputs(page: Any) -> list[str]:
+    return [
+        str(text) for text in page.eval_on_selector_all(".project pre", "els => els.map(e => e.textContent)")
+    ]
+
+
+def watch_csp(page: Any) -> list[str]:
+    """Every Content-Security-Policy violation on any page this tab shows, as the browser reports it."""
+    violations: list[str] = []
+    page.expose_function("reportCspViolation", lambda text: violations.append(text))
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e =>"
+        " window.reportCspViolation(`${e.effectiveDirective} ${e.blockedURI} on ${location.origin}`))"
+    )
+    page.on(
+        "console",
+        lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    return violations
+
+
 def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
     started = time.monotonic()
     context = browser.new_context(viewport={"width": 1280, "height": 860})
@@ -209,12 +236,15 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
     page.set_default_timeout(15_000)
     traffic = Traffic(stack)
     page.on("response", traffic.on_response)
+    csp_violations = watch_csp(page)
     email = "ada@example.com"  # the stack, its Auth emulator included, is this module's own
     generate_url = stack.functions["generate"].url + "/"
 
     with screenshot_on_failure(page, "journey"):
         page.goto(stack.web.url)
         page.wait_for_selector("body[data-ready='signed-out']")
+        policy = page.get_attribute("meta[http-equiv='Content-Security-Policy']", "content") or ""
+        assert "default-src 'none'" in policy and "script-src 'self';" in policy
         sign_in(page, email, "#sign-up")
         wait_for_balance(page, 0)
 
@@ -265,23 +295,37 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
             README_SHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(README_SHOT))
 
+        # Signed in, the page caches the user's prompts and outputs; signed out, it keeps none.
+        cached = ["a lighthouse at dusk", "now with storm clouds", *outputs(page)]
+        assert all(text in stored(page) for text in cached)
         page.click("#sign-out")
         page.wait_for_selector("body[data-ready='signed-out']")
+        assert not any(text in stored(page) for text in cached), stored(page)
+        assert "credits-client." not in stored(page) and not outputs(page)
         sign_in(page, email, "#sign-in")
         wait_for_balance(page, 425)
-        assert page.locator(".project .version").count() == 2
+        assert page.locator(".project .version").count() == 0  # the cache went with the sign-out
+        page.fill("#prompt", "a harbour at dawn")
+        page.click("#generate")
+        page.wait_for_selector(".project .version")
+        wait_for_balance(page, 375)
+        cached = ["a harbour at dawn", *outputs(page)]
+        assert all(text in stored(page) for text in cached)
 
         with page.expect_download() as download:
             page.click("#export")
         exported = json.loads(Path(download.value.path()).read_text())
-        assert "Your data was downloaded as my-data.json (ledger entries: 5, projects: 1)." in notice(
+        assert "Your data was downloaded as my-data.json (ledger entries: 6, projects: 2)." in notice(
             page, "ok"
         )
-        assert sorted(e["id"] for e in exported["ledger"]) == sorted(r[3] for r in rows)
+        exported_ids = {e["id"] for e in exported["ledger"]}
+        assert len(exported_ids) == 6 and {r[3] for r in rows} < exported_ids
         page.fill("#erase-password", PASSWORD)
         page.click("#erase")
         page.wait_for_selector("body[data-ready='signed-out']")
-        assert "Your account was deleted; 425 unused credits were forfeited." in notice(page, "ok")
+        assert "Your account was deleted; 375 unused credits were forfeited." in notice(page, "ok")
+        assert not any(text in stored(page) for text in cached), stored(page)
+        assert "credits-client." not in stored(page) and not outputs(page)
         page.fill("#email", email)
         page.fill("#password", PASSWORD)
         page.click("#sign-in")
@@ -290,14 +334,15 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
 
     context.close()
     generates = [(status, key) for fn, _, status, key in traffic.calls if fn == "generate"]
-    assert [status for status, _ in generates] == [403, 402, 409, 200, 200, 502]
+    assert [status for status, _ in generates] == [403, 402, 409, 200, 200, 502, 200]
     keys = [key for _, key in generates]
     assert refused_keys == [keys[2]] and keys[2] == keys[3], (
         "the 409 retry reuses its click's Idempotency-Key"
     )
-    assert len(set(keys)) == 5 and None not in keys, "one Idempotency-Key per click"
+    assert len(set(keys)) == 6 and None not in keys, "one Idempotency-Key per click"
     assert traffic.statuses("checkout") == [200]
     assert [(m, s) for fn, m, s, _ in traffic.calls if fn == "account"] == [("GET", 200), ("DELETE", 200)]
     undocumented = {(fn, m) for fn, m, _, _ in traffic.calls if m.lower() not in SPEC["paths"][f"/{fn}"]}
     assert not undocumented and not traffic.elsewhere
+    assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
     print(f"browser journey: {time.monotonic() - started:.1f} s")

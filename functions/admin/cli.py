@@ -27,8 +27,9 @@ what a grant still holds, once. `settle` also writes off expired grants.
 `replay` runs a Stripe event stored in `stripe_event_problems` (a permanent problem an operator
 has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own code path.
 `export` writes everything kept about a user as the `account` function's GET answers it (to stdout
-or --out), and `forget` erases a user as its DELETE does (the same code; running it again finishes
-an interrupted erasure). Both print progress on stderr.
+or --out, a file only its owner may read: mode 0600, also when it existed), and `forget` erases a
+user as its DELETE does (the same code; running it again finishes an interrupted erasure).
+Both print progress on stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -482,13 +484,28 @@ def add_replay(subparsers: Any) -> None:
     cmd.set_defaults(run=run_replay)
 
 
+def open_private(path: str) -> TextIO:
+    """`path` opened for writing, truncated, readable and writable by its owner only (0600): an
+    export holds a user's prompts, outputs and ledger. The mode is set on the open file, so a file
+    that existed with a wider mode is narrowed before anything is written; a device or pipe
+    (`/dev/stdout`) keeps its own."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def run_export(args: argparse.Namespace) -> int:
     from functions.lib import db, ids, user_data
 
     ids.require_doc_id(args.user, "user")
     # Closed below (a `with` cannot hold stdout, which must stay open).
     try:
-        out: TextIO = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+        out: TextIO = open_private(args.out) if args.out else sys.stdout
     except OSError as exc:
         print(f"export failed: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED

@@ -29,6 +29,10 @@ DOUBLE_VARIABLES = ("STRIPE_API_BASE", "GEMINI_BASE_URL")
 DEPLOYED_MARKER = "K_SERVICE"
 # Firebase's convention for projects that exist only in emulators: no real data, no real credentials.
 DEMO_PREFIX = "demo-"
+# Stripe's secret (sk_) and restricted (rk_) keys name their mode. A key of the other mode than
+# STRIPE_MODE would take payments whose events the webhook then refuses (livemode differs): buyers
+# charged, nothing credited. So the settings refuse the pair before anything is served.
+STRIPE_KEY_MODES = {"sk_live_": "live", "rk_live_": "live", "sk_test_": "test", "rk_test_": "test"}
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     project = project_of(env)
     if not project:
         raise ConfigError("GOOGLE_CLOUD_PROJECT")
-    stripe_mode = env.get("STRIPE_MODE", "").strip() or "test"
-    if stripe_mode not in ("test", "live"):
-        raise ConfigError("STRIPE_MODE", f"STRIPE_MODE must be 'test' or 'live', got {stripe_mode!r}")
+    stripe_mode = stripe_mode_of(env)
     timeout_s = _float(env, "GENERATION_TIMEOUT_S", 30.0)
     # A live request must never look stale: the deployed generate function times out before this.
     stale_minimum = math.ceil(timeout_s) + 30
@@ -251,10 +253,29 @@ def project_of(env: Mapping[str, str]) -> str:
     return env.get("GOOGLE_CLOUD_PROJECT", "").strip() or env.get("GCLOUD_PROJECT", "").strip()
 
 
+def stripe_mode_of(env: Mapping[str, str]) -> str:
+    """STRIPE_MODE ('test' by default), refused when STRIPE_SECRET_KEY is a key of the other mode."""
+    mode = env.get("STRIPE_MODE", "").strip() or "test"
+    if mode not in ("test", "live"):
+        raise ConfigError("STRIPE_MODE", f"STRIPE_MODE must be 'test' or 'live', got {mode!r}")
+    key = env.get("STRIPE_SECRET_KEY", "").strip()
+    for prefix, key_mode in STRIPE_KEY_MODES.items():
+        if key.startswith(prefix) and key_mode != mode:
+            # The prefix only: the key itself must never reach a log.
+            raise ConfigError(
+                "STRIPE_SECRET_KEY",
+                f"refusing to start: STRIPE_SECRET_KEY is a {key_mode} key ({prefix}...) but STRIPE_MODE "
+                f"is {mode!r}; set STRIPE_MODE={key_mode} or use a {mode} key",
+            )
+    return mode
+
+
 def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
     """Fail closed before serving: raise ConfigError naming the first variable that makes this
     process unsafe.
 
+    - A Stripe key of the other mode than STRIPE_MODE, wherever the process runs (see
+      STRIPE_KEY_MODES).
     - An emulator switch is honoured only for a `demo-` project, wherever the process runs (a VM,
       GKE or a laptop with real credentials sets no K_SERVICE): with a real project it refuses.
     - A deployed process (K_SERVICE and a project that is not `demo-`) refuses the base-URL
@@ -262,6 +283,7 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
       The Firebase Functions emulator also sets K_SERVICE (with FUNCTIONS_EMULATOR=true and a
       `demo-` project): it is not deployed, and may use the emulators and the doubles.
     """
+    stripe_mode_of(env)
     project = project_of(env)
     is_demo = project.startswith(DEMO_PREFIX)
     switches = [name for name in EMULATOR_VARIABLES if env.get(name)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -130,13 +131,21 @@ def _upstream_failed(exc: stripe.StripeError) -> UpstreamFailed:
     )
 
 
+def signed_at(signature: str) -> int:
+    """The timestamp of a verified `Stripe-Signature`, read as stripe-python reads it (the first
+    `t=`, the text up to any further `=`), so it is the one the signature was checked with."""
+    return int(next(item.split("=", 2)[1] for item in signature.split(",") if item.split("=", 1)[0] == "t"))
+
+
 def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
     """The event in a webhook delivery, verified before it is parsed.
 
     `Stripe-Signature` must carry a v1 HMAC-SHA256 of "timestamp.body" under the endpoint secret,
-    with a timestamp inside Stripe's default 300 s tolerance (replays of old deliveries fail).
-    Any failure is a 400: a bad signature as `invalid_signature`, a signed but unusable body as
-    `invalid_request`.
+    with a timestamp inside Stripe's default 300 s tolerance on either side: stripe-python refuses
+    old ones (replays of old deliveries), and this refuses ones dated further ahead, which
+    stripe-python accepts (a signature dated ahead, made with a leaked secret or under a wrong
+    clock, would stay replayable until its date and beyond). Any failure is a 400: a bad signature
+    as `invalid_signature`, a signed but unusable body as `invalid_request`.
     """
     import stripe
 
@@ -148,6 +157,8 @@ def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[
         raise InvalidSignature() from None
     except UnicodeDecodeError:
         raise InvalidRequest("The webhook body is not UTF-8.") from None
+    if signed_at(cast(str, signature)) > time.time() + stripe.Webhook.DEFAULT_TOLERANCE:
+        raise InvalidSignature()
     try:
         event = json.loads(payload)
     except (json.JSONDecodeError, RecursionError):

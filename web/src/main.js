@@ -5,9 +5,12 @@
 import { initializeApp } from "firebase/app";
 import {
   EmailAuthProvider,
+  browserLocalPersistence,
+  browserSessionPersistence,
   connectAuthEmulator,
   createUserWithEmailAndPassword,
-  getAuth,
+  indexedDBLocalPersistence,
+  initializeAuth,
   onAuthStateChanged,
   reauthenticateWithCredential,
   signInWithEmailAndPassword,
@@ -27,7 +30,20 @@ const el = (tag, props = {}, ...children) => {
 let auth;
 let api;
 let projects = [];
-const DRAFT_KEY = "credits-client.draft";
+// Everything this page keeps in the browser's storage starts with this prefix.
+const CACHE_PREFIX = "credits-client.";
+const DRAFT_KEY = `${CACHE_PREFIX}draft`;
+
+// Prompts and outputs are cached on this device for the signed-in user only: a signed-out page (after
+// signing out, an erasure, or a session that ended elsewhere) keeps none for the next person to read.
+function clearCache() {
+  for (const storage of [localStorage, sessionStorage]) {
+    for (let i = storage.length - 1; i >= 0; i--) {
+      const key = storage.key(i);
+      if (key?.startsWith(CACHE_PREFIX)) storage.removeItem(key);
+    }
+  }
+}
 
 // ---- notices: one line of what happened and, for errors, the next step with a button for it
 
@@ -171,7 +187,7 @@ async function afterCheckout() {
 // ---- generating: a new project, then iterations on it
 
 function storageKey() {
-  return `credits-client.projects.${auth.currentUser.uid}`;
+  return `${CACHE_PREFIX}projects.${auth.currentUser.uid}`;
 }
 
 function saveProjects() {
@@ -258,9 +274,8 @@ async function eraseAccount() {
     const user = auth.currentUser;
     // The backend erases only for a sign-in from the last few minutes: sign in again first.
     await reauthenticateWithCredential(user, EmailAuthProvider.credential(user.email, password));
-    const key = storageKey();
     const report = await api.eraseAccount();
-    localStorage.removeItem(key);
+    clearCache();
     $("erase-password").value = "";
     await signOut(auth);
     const forfeited = report.creditsForfeited > 0 ? `; ${report.creditsForfeited} unused credits were forfeited` : "";
@@ -297,12 +312,19 @@ function onSignedOut() {
   $("app").hidden = true;
   $("who").hidden = true;
   projects = [];
+  renderProjects();
+  $("prompt").value = "";
+  clearCache();
 }
 
 async function start() {
   const config = await (await fetch("config.json")).json();
   const app = initializeApp(config.firebase);
-  auth = getAuth(app);
+  // getAuth() would also set up sign-in by popup or redirect, which loads Google scripts and frames
+  // this page never needs (email and password only) and its Content-Security-Policy does not allow.
+  auth = initializeAuth(app, {
+    persistence: [indexedDBLocalPersistence, browserLocalPersistence, browserSessionPersistence],
+  });
   if (config.authEmulator) connectAuthEmulator(auth, config.authEmulator, { disableWarnings: true });
   api = createApi({
     urls: config.functions,
