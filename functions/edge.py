@@ -165,7 +165,8 @@ def error_reply(exc: BaseException) -> Reply:
         exc = Unavailable()
     if isinstance(exc, AppError):
         if exc.status >= 500:
-            log.error("%s: %s", exc.code, exc, exc_info=exc.status == 500)
+            level = logging.ERROR if exc.alert else logging.WARNING
+            log.log(level, "%s: %s", exc.code, exc, exc_info=exc.status == 500)
         return Reply(exc.body(), exc.status, dict(exc.headers))
     log.error("unhandled error", exc_info=exc)
     return Reply({"error": "internal", "message": "Something went wrong on our side."}, 500)

@@ -54,9 +54,10 @@ ACCOUNTS = Accounts()
 
 
 def reset_caches() -> None:
-    from functions.lib import auth, config, db, models
+    from functions.lib import auth, breaker, config, db, models
 
     config.get_settings.cache_clear()
+    breaker.get_breaker.cache_clear()
     db.get_client.cache_clear()
     models.get_provider.cache_clear()
     auth._app.cache_clear()

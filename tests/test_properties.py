@@ -103,10 +103,18 @@ class Payment:
 class Credits(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
+        import dataclasses
+
         from functions.lib import terms
+        from functions.lib.breaker import CircuitBreaker
 
         _env["emulator"].clear()
-        self.db, self.settings = _env["db"], _env["settings"]
+        # The money invariants, not the abuse limits (tests/test_generate_limits.py), are under test here.
+        self.db = _env["db"]
+        self.settings = dataclasses.replace(
+            _env["settings"], generate_concurrency=10**6, generate_limit=10**6, generate_failure_limit=10**6
+        )
+        self.breaker = CircuitBreaker(10**6, 1, 1)
         for uid in USERS:
             terms.accept(self.db, uid, TERMS, TERMS)
         self.payments = [Payment(n) for n in range(PAYMENTS)]
@@ -253,7 +261,7 @@ class Credits(RuleBasedStateMachine):
 
         def attempt() -> Any:
             try:
-                return generations.generate(self.db, self.settings, provider, req)
+                return generations.generate(self.db, self.settings, provider, req, self.breaker)
             except GenerationFailed as failed:
                 return failed
 

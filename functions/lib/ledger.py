@@ -66,8 +66,12 @@ def stage_entry(
     ref: str,
     amount: int,
     metadata: dict[str, Any] | None = None,
+    user_fields: dict[str, Any] | None = None,
 ) -> int:
     """Stage a ledger entry and the balance it causes in `batch`; return the new balance.
+
+    `user_fields` are written to the user document in the same write (generate's limit counters,
+    which must move with the charge or refund that they count).
 
     The user document is created when missing (first purchase), otherwise updated under a
     precondition on its update time as read. Raises InsufficientCredits when a debit would take the
@@ -91,10 +95,11 @@ def stage_entry(
             "createdAt": SERVER_TIMESTAMP,
         },
     )
+    fields = {**(user_fields or {}), "credits": after}
     if user.exists:
-        batch.update(user.reference, {"credits": after}, option=db.precondition(client, user))
+        batch.update(user.reference, fields, option=db.precondition(client, user))
     else:
-        batch.create(user.reference, {"credits": after, "createdAt": SERVER_TIMESTAMP})
+        batch.create(user.reference, {**fields, "createdAt": SERVER_TIMESTAMP})
     return after
 
 
