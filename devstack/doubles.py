@@ -94,7 +94,13 @@ class _Double:
 
 
 class GeminiDouble(_Double):
-    """Answers `POST /v1beta/models/MODEL:generateContent`. Modes: ok, error500, error429, hang."""
+    """Answers `POST /v1beta/models/MODEL:generateContent`. Modes: ok, error500, error429, hang,
+    blocked (the prompt refused by safety filters), max_tokens (the output cap reached before any
+    text). `received` holds every request; `generation_config(n)` is the n-th one's generationConfig."""
+
+    def generation_config(self, n: int = -1) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads(self.received[n].body).get("generationConfig", {})
+        return config
 
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
         if self.mode == "hang":
@@ -103,6 +109,12 @@ class GeminiDouble(_Double):
             return 500, {"error": {"code": 500, "message": "internal", "status": "INTERNAL"}}
         if self.mode == "error429":
             return 429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}
+        if self.mode == "blocked":
+            return 200, {"promptFeedback": {"blockReason": "SAFETY"}}
+        if self.mode == "max_tokens":
+            return 200, {
+                "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "MAX_TOKENS"}]
+            }
         prompt = ""
         with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
             prompt = json.loads(req.body)["contents"][0]["parts"][0]["text"]
