@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from functions.edge import Call, endpoint
-from functions.lib import auth, db, logs, terms
+from functions.lib import auth, db, limits, logs, terms
 from functions.lib.config import get_settings
 
 
@@ -14,7 +15,8 @@ def handle(call: Call) -> dict[str, Any]:
     """GET -> {version, accepted, acceptedAt}; POST {version} accepts the current version."""
     uid = auth.authenticate(call.headers.get("Authorization"))
     logs.bind(uid=uid)
-    current = get_settings().terms_version
+    settings, client = get_settings(), db.get_client()
+    limits.take_call_slot(client, settings, limits.CONSENT, uid, now=datetime.now(UTC))
     if call.method == "GET":
-        return terms.read(db.get_client(), uid, current).body()
-    return terms.accept(db.get_client(), uid, call.json().get("version"), current).body()
+        return terms.read(client, uid, settings.terms_version).body()
+    return terms.accept(client, uid, call.json().get("version"), settings.terms_version).body()

@@ -19,9 +19,11 @@ the start of the next can reach twice the limit; that bound is what is promised.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -205,3 +207,38 @@ def finished_field(generation_id: str) -> str:
     """The field path that a completion deletes: the generation is no longer in flight. Deleting one
     key needs no read and commutes with every other write of the user document."""
     return f"{GENERATE_FIELD}.inFlight.{generation_id}"
+
+
+class ConcurrencyLimit:
+    """At most `capacity` of one action at once in this process, and one per user: taking a slot never
+    waits (a full one is a 429 at once), so a request that does not take one (an erasure) never
+    queues behind those that do."""
+
+    def __init__(self, what: str, capacity: int) -> None:
+        self.what, self.capacity = what, capacity
+        self._lock = threading.Lock()
+        self._holders: set[str] = set()
+
+    def take(self, uid: str) -> Callable[[], None]:
+        """A slot for `uid`, or RateLimited; call the returned function (once or more) to give it back."""
+        with self._lock:
+            if uid in self._holders:
+                raise RateLimited(
+                    f"One {self.what} at a time; retry when yours has finished.", retry_after_s=10
+                )
+            if len(self._holders) >= self.capacity:
+                raise RateLimited(f"Too many {self.what}s running; retry shortly.", retry_after_s=10)
+            self._holders.add(uid)
+        return functools.partial(self._give_back, uid)
+
+    def _give_back(self, uid: str) -> None:
+        with self._lock:
+            self._holders.discard(uid)
+
+
+@functools.cache
+def running_exports() -> ConcurrencyLimit:
+    """This process's exports in progress (EXPORT_CONCURRENCY). Tests call `running_exports.cache_clear()`."""
+    from functions.lib.config import get_settings
+
+    return ConcurrencyLimit("export", get_settings().export_concurrency)
