@@ -204,3 +204,19 @@ def test_the_output_cap_reached_before_any_text_is_refunded_as_the_users_and_log
         r for r in caplog.records if r.levelno == logging.WARNING and "output_limit" in r.getMessage()
     ]
     assert refunded
+
+
+def test_settling_a_crashed_charge_frees_its_slot_without_counting_a_failure(db: Any, settings: Any) -> None:
+    from functions.lib import generations as gens
+
+    make_user(db, "ida", credits=100)
+    crashed = gens.charge(db, settings, gens.GenerationRequest("ida", "crash"))
+    assert isinstance(crashed, gens.Charge)
+    in_flight = db.document("users/ida").get().to_dict()["generateLimits"]["inFlight"]
+
+    settled = gens.refund(db, crashed.generation_id, "ida", gens.STALE_CHARGE_REASON)
+
+    limits = db.document("users/ida").get().to_dict()["generateLimits"]
+    assert list(in_flight) == [crashed.generation_id] and settled.applied
+    assert limits["inFlight"] == {} and "failures" not in limits and limits["calls"]["count"] == 1
+    assert_ledger_consistent(db)
