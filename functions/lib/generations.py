@@ -305,9 +305,9 @@ def _stage_charge(
     counted: dict[str, Any],
 ) -> db.Plan[Charge | Completed]:
     """The charge's batch: ledger entry and balance with the user's limit counters (`counted`), the
-    `charged` generation, and for an iteration
-    the project's `updatedAt` under a precondition (a sweep that marked the project first makes the
-    commit fail and the retry answers 404; a sweep after it sees the project fresh)."""
+    `charged` generation, and for an iteration the project's `updatedAt` under a precondition (a
+    sweep that marked the project first makes the commit fail and the retry answers 404; a sweep
+    after it sees the project fresh)."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     cost = cost_of(settings, req.kind)
