@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 from firebase_functions import https_fn, options, scheduler_fn, tasks_fn
 
-from functions.lib.config import deploy_project, deploy_region, generate_timeout_s, refuse_unsafe_environment
+from functions.lib.config import (
+    ACCOUNT_CONCURRENCY,
+    deploy_project,
+    deploy_region,
+    generate_timeout_s,
+    refuse_unsafe_environment,
+)
 from functions.lib.deployment import PURGE_FUNCTION, SWEEP_FUNCTION, invokers_of, runs_as
 
 if TYPE_CHECKING:
@@ -135,7 +141,7 @@ def retention_sweep(request: flask.Request) -> flask.Response:
     memory=MB.MB_512,
     timeout_sec=540,
     max_instances=20,
-    concurrency=20,
+    concurrency=ACCOUNT_CONCURRENCY,
     invoker=PUBLIC,
     **runs_as("account", PROJECT),
 )

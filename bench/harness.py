@@ -91,6 +91,13 @@ class Stack:
             "STRIPE_SECRET_KEY": "sk_test_bench",
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "ALLOWED_ORIGINS": "http://localhost:5173",
+            # Benchmarks measure the paths, not the abuse limits: each limit is checked and counted the
+            # same way at any value, so the per-user windows and concurrency are set out of reach.
+            "GENERATE_LIMIT": "1000000",
+            "GENERATE_CONCURRENCY": "1000",
+            "CREDITS_LIMIT": "1000000",
+            "CONSENT_LIMIT": "1000000",
+            "EXPORT_LIMIT": "1000000",
         }
         # The bench process itself seeds data through the real domain code, against the same emulator.
         os.environ.update(self.env)

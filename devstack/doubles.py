@@ -7,6 +7,7 @@ and answers as its `mode` says, so tests drive the real client libraries over re
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -94,7 +95,13 @@ class _Double:
 
 
 class GeminiDouble(_Double):
-    """Answers `POST /v1beta/models/MODEL:generateContent`. Modes: ok, error500, error429, hang."""
+    """Answers `POST /v1beta/models/MODEL:generateContent`. Modes: ok, error500, error429, hang,
+    blocked (the prompt refused by safety filters), max_tokens (the output cap reached before any
+    text). `received` holds every request; `generation_config(n)` is the n-th one's generationConfig."""
+
+    def generation_config(self, n: int = -1) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads(self.received[n].body).get("generationConfig", {})
+        return config
 
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
         if self.mode == "hang":
@@ -103,6 +110,12 @@ class GeminiDouble(_Double):
             return 500, {"error": {"code": 500, "message": "internal", "status": "INTERNAL"}}
         if self.mode == "error429":
             return 429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}
+        if self.mode == "blocked":
+            return 200, {"promptFeedback": {"blockReason": "SAFETY"}}
+        if self.mode == "max_tokens":
+            return 200, {
+                "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "MAX_TOKENS"}]
+            }
         prompt = ""
         with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
             prompt = json.loads(req.body)["contents"][0]["parts"][0]["text"]
@@ -114,3 +127,33 @@ class GeminiDouble(_Double):
                 }
             ]
         }
+
+
+class AppCheckKeysDouble(_Double):
+    """Firebase App Check's key set (JWKS), and tokens signed with its key the way App Check signs
+    them: RS256, a `kid`, `typ` JWT. Tests point firebase-admin's key URL here."""
+
+    @functools.cached_property
+    def _key(self) -> Any:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
+        from jwt.algorithms import RSAAlgorithm
+
+        jwk = json.loads(RSAAlgorithm.to_jwk(self._key.public_key()))
+        return 200, {"keys": [{**jwk, "kid": "local", "alg": "RS256", "use": "sig"}]}
+
+    def token(self, project: str, *, app_id: str = "1:123:web:abc", expires_in_s: int = 3600) -> str:
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "iss": "https://firebaseappcheck.googleapis.com/123",
+            "aud": ["projects/123", f"projects/{project}"],
+            "sub": app_id,
+            "iat": now,
+            "exp": now + expires_in_s,
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": "local", "typ": "JWT"})

@@ -74,6 +74,8 @@ class Stream:
     """
 
     pieces: Iterable[str]
+    # Runs once when the response ends, sent in full, broken off or abandoned by the client.
+    on_close: Callable[[], None] | None = None
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _cors_headers(origin: str | None, methods: tuple[str, ...]) -> dict[str, str
     return {
         "Access-Control-Allow-Origin": origin,
         "Access-Control-Allow-Methods": ", ".join((*methods, "OPTIONS")),
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key, X-Firebase-AppCheck",
         "Access-Control-Expose-Headers": "Retry-After",
         "Access-Control-Max-Age": "3600",
         "Vary": "Origin",
@@ -144,19 +146,49 @@ def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
     )
 
 
-def _stream_response(stream: Stream, extra_headers: dict[str, str]) -> flask.Response:
-    import flask
+class _StreamBody:
+    """A streamed body that knows what it sent: a piece counts once the server asked for the next
+    one (it was written). It ends once: when the last piece was taken, or when the WSGI server
+    calls `close` before that (a client that went away, a broken stream); then the Stream's
+    `on_close` runs and `ended(bytes_sent, client_gone)` hears of it."""
 
-    def pieces() -> Iterator[bytes]:
+    def __init__(self, stream: Stream, ended: Callable[[int, bool], None]) -> None:
+        self._stream, self._ended = stream, ended
+        self.sent, self.over = 0, False
+
+    def __iter__(self) -> Iterator[bytes]:
         try:
-            for piece in stream.pieces:
-                yield piece.encode()
+            for piece in self._stream.pieces:
+                data = piece.encode()
+                yield data
+                self.sent += len(data)
         except Exception:
             log.error("stream broken off", exc_info=True)
             raise
+        self._end(client_gone=False)
+
+    def _end(self, *, client_gone: bool) -> None:
+        if self.over:
+            return
+        self.over = True
+        try:
+            if self._stream.on_close is not None:
+                self._stream.on_close()
+        finally:
+            self._ended(self.sent, client_gone)
+
+    def close(self) -> None:
+        self._end(client_gone=True)
+
+
+def _stream_response(
+    stream: Stream, extra_headers: dict[str, str], ended: Callable[[int, bool], None]
+) -> flask.Response:
+    import flask
 
     headers = {**extra_headers, "Cache-Control": "no-store"}
-    return flask.Response(pieces(), status=200, headers=headers, mimetype="application/json")
+    body = _StreamBody(stream, ended)
+    return flask.Response(body, status=200, headers=headers, mimetype="application/json")
 
 
 def error_reply(exc: BaseException) -> Reply:
@@ -165,13 +197,84 @@ def error_reply(exc: BaseException) -> Reply:
         exc = Unavailable()
     if isinstance(exc, AppError):
         if exc.status >= 500:
-            log.error("%s: %s", exc.code, exc, exc_info=exc.status == 500)
+            level = logging.ERROR if exc.alert else logging.WARNING
+            log.log(level, "%s: %s", exc.code, exc, exc_info=exc.status == 500)
         return Reply(exc.body(), exc.status, dict(exc.headers))
     log.error("unhandled error", exc_info=exc)
     return Reply({"error": "internal", "message": "Something went wrong on our side."}, 500)
 
 
 Handler = Callable[[Call], dict[str, Any] | Reply | Stream]
+APP_CHECK_HEADER = "X-Firebase-AppCheck"
+
+
+@dataclass(frozen=True)
+class _Route:
+    name: str
+    handler: Handler
+    methods: tuple[str, ...]
+    cors: bool
+    max_body: int
+
+    def run(self, request: flask.Request) -> Reply | Stream:
+        """The handler's answer to `request`, or the AppError that stops it before the handler."""
+        if request.method == "OPTIONS" and self.cors:
+            return Reply({}, 204)
+        if request.method not in self.methods:
+            raise MethodNotAllowed(
+                f"Use {' or '.join(self.methods)}.", headers={"Allow": ", ".join(self.methods)}
+            )
+        # The browser-facing functions (those with CORS) are the ones an App Check token attests.
+        if self.cors and get_settings().app_check:
+            from functions.lib import auth
+
+            auth.verify_app_check(request.headers.get(APP_CHECK_HEADER))
+        # Reading one byte past the limit bounds the work whatever Content-Length claims.
+        raw = request.stream.read(self.max_body + 1) if request.method != "GET" else b""
+        if len(raw) > self.max_body:
+            raise PayloadTooLarge(f"The body exceeds {self.max_body} bytes.", limit=self.max_body)
+        result = self.handler(Call(request.method, request.headers, raw, request.args))
+        return result if isinstance(result, Reply | Stream) else Reply(result)
+
+    def log(self, method: str, reply: Reply, started: float, **more: Any) -> None:
+        """The request's one line: outcome, status, credits moved, latency (and a stream's bytes)."""
+        fields = {
+            "outcome": reply.body.get("error", "ok") if reply.status >= 400 else "ok",
+            "status": reply.status,
+            "creditsMoved": reply.credits_moved,
+            **more,
+            "latencyMs": round((time.perf_counter() - started) * 1000, 1),
+        }
+        log.info("%s %s %s", self.name, method, reply.status, extra={"json_fields": fields})
+
+    def serve(self, request: flask.Request) -> flask.Response:
+        started = time.perf_counter()
+        logs.configure()
+        logs.reset()
+        extra: dict[str, str] = {}
+        try:
+            settings = get_settings()
+            logs.bind(
+                function=self.name,
+                trace=logs.trace_from_header(request.headers.get("X-Cloud-Trace-Context"), settings.project),
+            )
+            if self.cors:
+                extra = _cors_headers(request.headers.get("Origin"), self.methods)
+            result = self.run(request)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+            result = error_reply(exc)
+        if isinstance(result, Reply):
+            self.log(request.method, result, started)
+            return _respond(result, extra)
+        context = logs.snapshot()
+
+        def ended(sent: int, client_gone: bool) -> None:
+            # A stream's line is written when it ends, with what was sent and whether the client went
+            # away first: its status line left long before, so "200 in 6 ms" would say nothing.
+            with logs.restored(context):
+                self.log(request.method, Reply({}), started, bytesSent=sent, clientGone=client_gone)
+
+        return _stream_response(result, extra, ended)
 
 
 def endpoint(
@@ -180,56 +283,10 @@ def endpoint(
     """Wrap a handler of `Call` into a functions-framework HTTP function."""
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
+        route = _Route(name, handler, methods, cors, max_body)
+
         def serve(request: flask.Request) -> flask.Response:
-            started = time.perf_counter()
-            logs.configure()
-            logs.reset()
-            extra: dict[str, str] = {}
-            stream: Stream | None = None
-            try:
-                settings = get_settings()
-                logs.bind(
-                    function=name,
-                    trace=logs.trace_from_header(
-                        request.headers.get("X-Cloud-Trace-Context"), settings.project
-                    ),
-                )
-                if cors:
-                    extra = _cors_headers(request.headers.get("Origin"), methods)
-                if request.method == "OPTIONS" and cors:
-                    reply = Reply({}, 204)
-                elif request.method not in methods:
-                    raise MethodNotAllowed(
-                        f"Use {' or '.join(methods)}.", headers={"Allow": ", ".join(methods)}
-                    )
-                else:
-                    # Reading one byte past the limit bounds the work whatever Content-Length claims.
-                    raw = request.stream.read(max_body + 1) if request.method != "GET" else b""
-                    if len(raw) > max_body:
-                        raise PayloadTooLarge(f"The body exceeds {max_body} bytes.", limit=max_body)
-                    result = handler(Call(request.method, request.headers, raw, request.args))
-                    if isinstance(result, Stream):
-                        stream, reply = result, Reply({})
-                    else:
-                        reply = result if isinstance(result, Reply) else Reply(result)
-            except Exception as exc:  # noqa: BLE001 - the one place errors become responses
-                reply = error_reply(exc)
-            response = _stream_response(stream, extra) if stream is not None else _respond(reply, extra)
-            log.info(
-                "%s %s %s",
-                name,
-                request.method,
-                reply.status,
-                extra={
-                    "json_fields": {
-                        "outcome": reply.body.get("error", "ok") if reply.status >= 400 else "ok",
-                        "status": reply.status,
-                        "creditsMoved": reply.credits_moved,
-                        "latencyMs": round((time.perf_counter() - started) * 1000, 1),
-                    }
-                },
-            )
-            return response
+            return route.serve(request)
 
         serve.__name__ = name
         serve.__doc__ = handler.__doc__

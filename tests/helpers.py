@@ -54,9 +54,11 @@ ACCOUNTS = Accounts()
 
 
 def reset_caches() -> None:
-    from functions.lib import auth, config, db, models
+    from functions.lib import auth, breaker, config, db, limits, models
 
     config.get_settings.cache_clear()
+    breaker.get_breaker.cache_clear()
+    limits.running_exports.cache_clear()
     db.get_client.cache_clear()
     db.rpc.cache_clear()
     models.get_provider.cache_clear()
@@ -143,6 +145,7 @@ USER_FIELDS = {
     "stripe_event_problems": "userId",
     "payments": "userId",
     "projects": "ownerId",
+    "rate_limits": "userId",
 }
 
 

@@ -21,6 +21,14 @@ def test_defaults() -> None:
         "gemini",
     )
     assert s.credit_packs["starter"].credits == 100
+    assert (s.generate_limit, s.generate_failure_limit, s.generate_concurrency, s.app_check) == (
+        100,
+        10,
+        3,
+        False,
+    )
+    assert (s.max_output_tokens, s.thinking_budget, s.export_concurrency) == (2048, 1024, 4)
+    assert settings_from({**BASE, "APP_CHECK": "Enforce"}).app_check
 
 
 @pytest.mark.parametrize(
@@ -39,6 +47,15 @@ def test_defaults() -> None:
             "STALE_CHARGE_AFTER_S",
         ),  # below the default 30 s timeout + 30
         ({**BASE, "GENERATION_TIMEOUT_S": "100", "STALE_CHARGE_AFTER_S": "129"}, "STALE_CHARGE_AFTER_S"),
+        ({**BASE, "GENERATE_LIMIT": "0"}, "GENERATE_LIMIT"),
+        ({**BASE, "GENERATE_CONCURRENCY": "many"}, "GENERATE_CONCURRENCY"),
+        ({**BASE, "GENERATE_FAILURE_WINDOW_S": "0"}, "GENERATE_FAILURE_WINDOW_S"),
+        ({**BASE, "MODEL_BREAKER_COOLDOWN_S": "0"}, "MODEL_BREAKER_COOLDOWN_S"),
+        ({**BASE, "GEMINI_MAX_OUTPUT_TOKENS": "0"}, "GEMINI_MAX_OUTPUT_TOKENS"),
+        ({**BASE, "GEMINI_THINKING_BUDGET": "-1"}, "GEMINI_THINKING_BUDGET"),  # dynamic: unbounded
+        ({**BASE, "EXPORT_CONCURRENCY": "11"}, "EXPORT_CONCURRENCY"),  # more than half of account's 20
+        ({**BASE, "CREDITS_LIMIT": "0"}, "CREDITS_LIMIT"),
+        ({**BASE, "APP_CHECK": "yes"}, "APP_CHECK"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:

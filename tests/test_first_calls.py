@@ -63,13 +63,28 @@ def test_racing_first_token_checks_all_accept_valid_tokens(db: Any) -> None:
 
 @pytest.mark.parametrize(
     "builder",
-    ["db.get_client", "db.rpc", "auth.firebase_app", "config.get_settings", "models.get_provider"],
+    [
+        "db.get_client",
+        "db.rpc",
+        "auth.firebase_app",
+        "config.get_settings",
+        "models.get_provider",
+        "breaker.get_breaker",
+        "limits.running_exports",
+    ],
 )
 def test_racing_first_uses_share_one_process_wide_object(db: Any, builder: str) -> None:
-    from functions.lib import auth, config, models
+    from functions.lib import auth, breaker, config, limits, models
     from functions.lib import db as db_module
 
-    modules = {"db": db_module, "auth": auth, "config": config, "models": models}
+    modules = {
+        "db": db_module,
+        "auth": auth,
+        "config": config,
+        "models": models,
+        "breaker": breaker,
+        "limits": limits,
+    }
     module, name = builder.split(".")
     build = getattr(modules[module], name)
     for _ in range(10):

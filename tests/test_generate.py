@@ -315,7 +315,8 @@ def test_idempotency_key_while_first_request_runs_is_409(app: Any, db: Any, gemi
     assert balance(db, "jo") == 50
 
 
-def test_concurrent_generates_never_overdraw(app: Any, db: Any) -> None:
+def test_concurrent_generates_never_overdraw(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENERATE_CONCURRENCY", "8")  # the balance, not the limit, is under test
     make_user(db, "kim", credits=175)  # covers 3 of 8 initial generations
     make_user(db, "lee", credits=50)
     # Warm the lazy imports first: CPython 3.11.7 can raise "AST constructor recursion depth

@@ -52,6 +52,7 @@ def grant(db: Any, uid: str, gid: str, amount: int, **terms: Any) -> str:
 
 def generate(db: Any, settings: Any, uid: str, *, fails: bool = False) -> Any:
     from functions.lib import generations as gens
+    from functions.lib.breaker import CircuitBreaker
     from functions.lib.errors import GenerationFailed
     from functions.lib.models import ModelError, OfflineProvider
 
@@ -61,7 +62,8 @@ def generate(db: Any, settings: Any, uid: str, *, fails: bool = False) -> Any:
 
     req = gens.GenerationRequest(uid, "a prompt")
     try:
-        return gens.generate(db, settings, Failing() if fails else OfflineProvider(), req)
+        provider = Failing() if fails else OfflineProvider()
+        return gens.generate(db, settings, provider, req, CircuitBreaker(10**6, 1, 1))
     except GenerationFailed as failed:
         return failed
 

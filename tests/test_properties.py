@@ -197,6 +197,7 @@ class Credits(RuleBasedStateMachine):
     def setup(self, first: list[dict[str, Any]]) -> None:
         """Each user starts with one operator grant of random terms, so early steps already spend."""
         from functions.lib import clock, terms
+        from functions.lib.breaker import CircuitBreaker
         from functions.lib.config import CreditPack
 
         _env["emulator"].clear()
@@ -208,7 +209,15 @@ class Credits(RuleBasedStateMachine):
                 "creator", PACKS["creator"], base.credit_packs["creator"].price, CREATOR_EXPIRES.days
             ),
         }
-        self.settings = replace(base, credit_packs=packs)
+        # The money invariants, not the abuse limits (tests/test_generate_limits.py), are under test here.
+        self.settings = replace(
+            base,
+            credit_packs=packs,
+            generate_concurrency=10**6,
+            generate_limit=10**6,
+            generate_failure_limit=10**6,
+        )
+        self.breaker = CircuitBreaker(10**6, 1, 1)
         self.now = T0
         self.clock = contextlib.ExitStack()
         self.clock.enter_context(clock.frozen(T0))
@@ -425,7 +434,7 @@ class Credits(RuleBasedStateMachine):
 
         def attempt() -> Any:
             try:
-                return generations.generate(self.db, self.settings, provider, req)
+                return generations.generate(self.db, self.settings, provider, req, self.breaker)
             except GenerationFailed as failed:
                 return failed
 

@@ -3,6 +3,7 @@ live projects alive, the time budget, concurrent sweeps, settlement of stale cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -87,6 +88,8 @@ class CountingCommit:
 
 def stale_charges(db: Any, settings: Any, uid: str, n: int) -> list[str]:
     """`n` generations left `charged`, as a process killed mid-generation leaves them."""
+    # More at once than GENERATE_CONCURRENCY lets one user start: crashes piled up over time.
+    settings = dataclasses.replace(settings, generate_concurrency=1000)
     ids = []
     for i in range(n):
         ch = charge(db, settings, GenerationRequest(uid, f"crashed {i}"))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from functions.edge import Call, endpoint
-from functions.lib import auth, db, logs, terms
+from functions.lib import auth, db, limits, logs, terms
 from functions.lib.config import get_settings
 
 
@@ -16,9 +17,10 @@ def handle(call: Call) -> dict[str, Any]:
     claims = auth.verify_id_token(auth.bearer_token(call.headers.get("Authorization")))
     uid = claims["uid"]
     logs.bind(uid=uid)
-    settings = get_settings()
+    settings, client = get_settings(), db.get_client()
+    limits.take_call_slot(client, settings, limits.CONSENT, uid, now=datetime.now(UTC))
     if call.method == "GET":
-        return terms.read(db.get_client(), uid, settings.terms_version).body()
+        return terms.read(client, uid, settings.terms_version).body()
     signup = settings if terms.signup_eligible(claims) else None
     version = call.json().get("version")
-    return terms.accept(db.get_client(), uid, version, settings.terms_version, signup=signup).body()
+    return terms.accept(client, uid, version, settings.terms_version, signup=signup).body()

@@ -4,10 +4,11 @@ shown is the one that counts."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from functions.edge import Call, endpoint
-from functions.lib import auth, db, ledger, logs, settlement
+from functions.lib import auth, db, ledger, limits, logs, settlement
 from functions.lib.config import get_settings
 
 
@@ -17,8 +18,11 @@ def handle(call: Call) -> dict[str, Any]:
     debt, subscription}."""
     uid = auth.authenticate(call.headers.get("Authorization"))
     logs.bind(uid=uid)
-    client = db.get_client()
-    settlement.settle_user(client, get_settings(), uid)
+    client, settings = db.get_client(), get_settings()
+    # Sized for a client polling after a purchase (CREDITS_LIMIT per CREDITS_WINDOW_S), checked before
+    # the up to 52 reads a call makes.
+    limits.take_call_slot(client, settings, limits.CREDITS, uid, now=datetime.now(UTC))
+    settlement.settle_user(client, settings, uid)
     statement = ledger.statement(client, uid)
     return {
         "balance": statement.balance,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functions.edge import Call, Reply, endpoint
 from functions.lib import auth, db, ids, logs
+from functions.lib.breaker import get_breaker
 from functions.lib.config import get_settings
 from functions.lib.errors import InvalidRequest
 from functions.lib.generations import MAX_PROMPT_CHARS, GenerationRequest, generate
@@ -31,5 +32,5 @@ def handle(call: Call) -> Reply:
     uid = auth.authenticate(call.headers.get("Authorization"), check_revoked=True)
     logs.bind(uid=uid)
     request = parse(uid, call)
-    done = generate(db.get_client(), get_settings(), get_provider(), request)
+    done = generate(db.get_client(), get_settings(), get_provider(), request, get_breaker())
     return Reply(done.body(), credits_moved=0 if done.replayed else -done.credits_charged)

@@ -33,6 +33,10 @@ DEMO_PREFIX = "demo-"
 # STRIPE_MODE would take payments whose events the webhook then refuses (livemode differs): buyers
 # charged, nothing credited. So the settings refuse the pair before anything is served.
 STRIPE_KEY_MODES = {"sk_live_": "live", "rk_live_": "live", "sk_test_": "test", "rk_test_": "test"}
+# The longest the deployed generate function may run (its timeout is less when STALE_CHARGE_AFTER_S is).
+GENERATE_TIMEOUT_CAP_S = 120
+# Requests one `account` instance serves at once (main.py declares it with this).
+ACCOUNT_CONCURRENCY = 20
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,31 @@ class Settings:
     iteration_cost: int = 25
     signup_credits: int = 0
     signup_credits_expire_days: int = 30
+    # Cost and abuse controls (README, "Who may spend, and how often"): per-user windows, per-user
+    # generations in flight, the per-instance model circuit breaker, and what one model call may use.
+    generate_concurrency: int = 3
+    generate_limit: int = 100
+    generate_window_s: int = 3600
+    generate_failure_limit: int = 10
+    generate_failure_window_s: int = 3600
+    breaker_failures: int = 5
+    breaker_window_s: int = 30
+    breaker_cooldown_s: int = 30
+    max_output_tokens: int = 2048
+    thinking_budget: int = 1024
+    export_limit: int = 5
+    export_window_s: int = 3600
+    export_concurrency: int = 4
+    credits_limit: int = 120
+    credits_window_s: int = 60
+    consent_limit: int = 60
+    consent_window_s: int = 60
+    app_check: bool = False
+
+    @property
+    def generate_function_timeout_s(self) -> int:
+        """The deployed generate function's timeout (see `generate_timeout_s`): no live request is older."""
+        return min(GENERATE_TIMEOUT_CAP_S, self.stale_charge_after_s - 1)
 
     def require(self, name: str) -> str:
         """The value of a required secret or setting, or a ConfigError naming the variable."""
@@ -91,7 +120,15 @@ class Settings:
         return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, why: str = "") -> int:
+def _int(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int = 0,
+    maximum: int | None = None,
+    why: str = "",
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -102,6 +139,17 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, w
     if value < minimum:
         because = f" ({why})" if why else ""
         raise ConfigError(name, f"{name} must be at least {minimum}{because}, got {value}")
+    if maximum is not None and value > maximum:
+        because = f" ({why})" if why else ""
+        raise ConfigError(name, f"{name} must be at most {maximum}{because}, got {value}")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first is the default); anything else is refused, never guessed."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -207,6 +255,29 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         or (bool(env.get(DEPLOYED_MARKER)) and env.get("FUNCTIONS_EMULATOR") != "true"),
         cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
         region=deploy_region(env),
+        generate_concurrency=_int(env, "GENERATE_CONCURRENCY", 3, minimum=1),
+        generate_limit=_int(env, "GENERATE_LIMIT", 100, minimum=1),
+        generate_window_s=_int(env, "GENERATE_WINDOW_S", 3600, minimum=1),
+        generate_failure_limit=_int(env, "GENERATE_FAILURE_LIMIT", 10, minimum=1),
+        generate_failure_window_s=_int(env, "GENERATE_FAILURE_WINDOW_S", 3600, minimum=1),
+        breaker_failures=_int(env, "MODEL_BREAKER_FAILURES", 5, minimum=1),
+        breaker_window_s=_int(env, "MODEL_BREAKER_WINDOW_S", 30, minimum=1),
+        breaker_cooldown_s=_int(env, "MODEL_BREAKER_COOLDOWN_S", 30, minimum=1),
+        max_output_tokens=_int(env, "GEMINI_MAX_OUTPUT_TOKENS", 2048, minimum=1),
+        # 0 turns thinking off; the model's "dynamic" (-1) has no bound, so it is refused.
+        thinking_budget=_int(env, "GEMINI_THINKING_BUDGET", 1024, minimum=0, why="-1 (dynamic) is unbounded"),
+        export_limit=_int(env, "EXPORT_LIMIT", 5, minimum=1),
+        export_window_s=_int(env, "EXPORT_WINDOW_S", 3600, minimum=1),
+        # `account` serves 20 requests at once per instance: exports may hold at most half of them, so
+        # an erasure (or another user's export) always finds a free one.
+        export_concurrency=_int(
+            env, "EXPORT_CONCURRENCY", 4, minimum=1, maximum=ACCOUNT_CONCURRENCY // 2, why="half of account's"
+        ),
+        credits_limit=_int(env, "CREDITS_LIMIT", 120, minimum=1),
+        credits_window_s=_int(env, "CREDITS_WINDOW_S", 60, minimum=1),
+        consent_limit=_int(env, "CONSENT_LIMIT", 60, minimum=1),
+        consent_window_s=_int(env, "CONSENT_WINDOW_S", 60, minimum=1),
+        app_check=_switch(env, "APP_CHECK", ("off", "enforce")) == "enforce",
     )
 
 
@@ -214,9 +285,6 @@ def settings_from(env: Mapping[str, str]) -> Settings:
 def get_settings() -> Settings:
     """Settings of this process, parsed once. Tests call `get_settings.cache_clear()`."""
     return settings_from(os.environ)
-
-
-GENERATE_TIMEOUT_CAP_S = 120
 
 
 def generate_timeout_s(env: Mapping[str, str] = os.environ) -> int:

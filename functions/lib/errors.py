@@ -13,6 +13,9 @@ class AppError(Exception):
     status = 500
     code = "internal"
     message = "Something went wrong on our side."
+    # A 5xx is logged at ERROR (alertable) unless users can cause it at will: those go to WARNING,
+    # so no user can make alert noise.
+    alert = True
 
     def __init__(
         self, message: str | None = None, *, headers: dict[str, str] | None = None, **details: Any
@@ -42,6 +45,22 @@ class Unauthenticated(AppError):
         401,
         "unauthenticated",
         "A valid Firebase ID token is required in the Authorization header.",
+    )
+
+
+class AppCheckRequired(AppError):
+    status, code, message = (
+        401,
+        "app_check_required",
+        "This app requires a Firebase App Check token in the X-Firebase-AppCheck header.",
+    )
+
+
+class AppCheckInvalid(AppError):
+    status, code, message = (
+        403,
+        "app_check_invalid",
+        "The X-Firebase-AppCheck token is invalid or expired; get a new one and retry.",
     )
 
 
@@ -104,6 +123,7 @@ class RateLimited(AppError):
 
 class GenerationFailed(AppError):
     status, code, message = 502, "generation_failed", "The generation failed; your credits were refunded."
+    alert = False  # a refunded failure is logged at WARNING with its reason (lib/generations.py)
 
 
 class UpstreamFailed(AppError):
@@ -115,6 +135,16 @@ class Unavailable(AppError):
 
     def __init__(self, message: str | None = None, *, retry_after_s: int = 1, **details: Any) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **details)
+
+
+class ModelUnavailable(Unavailable):
+    """The model's circuit breaker is open (lib/breaker.py): nothing was charged, nothing called."""
+
+    code, message = (
+        "model_unavailable",
+        "The model is overloaded or failing right now; nothing was charged. Retry after Retry-After seconds.",
+    )
+    alert = False  # every caller during an outage gets one: the breaker's own WARNING is the signal
 
 
 class Contention(Unavailable):

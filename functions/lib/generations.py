@@ -10,6 +10,12 @@ The money path of `generate` (docs/ARCHITECTURE.md, "Money"):
    the generation as charged (a concurrent refund by the sweep makes it fail, never both).
 4. `refund`: status `charged` -> `refunded` plus `refund_{id}` in one commit, exactly once. The
    nightly sweep settles charges that a killed process left behind through the same function.
+
+Limits (`lib/limits.py`, `GenerateLimits`): the charge's commit checks and counts the user's calls,
+refunded failures and generations in flight on `users/{uid}`, which it writes anyway; the
+completion deletes the generation's in-flight key and the refund removes it (and counts the
+failure, by REFUND_POLICY) in their own commits. The model's circuit breaker (`lib/breaker.py`) is
+asked before the charge, so an open breaker charges nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import analytics, clock, db, ledger, schema, terms
+from functions.lib import analytics, clock, db, ledger, limits, models, schema, terms
+from functions.lib.breaker import CircuitBreaker
 from functions.lib.config import Settings
 from functions.lib.errors import (
     Contention,
@@ -47,6 +54,44 @@ INITIAL, ITERATION = "initial", "iteration"
 MAX_PROMPT_CHARS = 8000
 # Why a crashed charge was refunded (docs/ARCHITECTURE.md, "Settlement").
 STALE_CHARGE_REASON = "stale_charge"
+USER, OURS = "user", "ours"
+
+
+@dataclass(frozen=True)
+class RefundPolicy:
+    """Every failure is refunded; `fault` tells the user whose it was, and `counts` whether it counts
+    toward GENERATE_FAILURE_LIMIT (failures a prompt can provoke, and that may bill model tokens)."""
+
+    fault: str
+    counts: bool
+
+
+# README, "Who may spend, and how often" has the same table with the reasons for each row.
+REFUND_POLICY = {
+    models.BLOCKED: RefundPolicy(USER, True),
+    models.OUTPUT_LIMIT: RefundPolicy(USER, True),
+    models.REJECTED: RefundPolicy(USER, True),
+    models.TIMEOUT: RefundPolicy(OURS, True),
+    models.EMPTY: RefundPolicy(OURS, True),
+    models.UPSTREAM_RATE_LIMITED: RefundPolicy(OURS, False),
+    models.UPSTREAM_UNAVAILABLE: RefundPolicy(OURS, False),
+    "model_error": RefundPolicy(OURS, False),
+    "save_failed": RefundPolicy(OURS, False),
+    "project_deleted": RefundPolicy(OURS, False),
+    STALE_CHARGE_REASON: RefundPolicy(OURS, False),
+    "account_erased": RefundPolicy(OURS, False),
+}
+# A reason not in the table (a new one) counts: failing closed bounds what it can cost.
+UNLISTED = RefundPolicy(OURS, True)
+
+
+def policy_of(reason: str) -> RefundPolicy:
+    return REFUND_POLICY.get(reason, UNLISTED)
+
+
+def failed(refunded: object, balance: object, reason: str) -> GenerationFailed:
+    """The 502 of a refunded generation: what came back, the balance, why, and whose fault it was."""
+    return GenerationFailed(refunded=refunded, balance=balance, reason=reason, fault=policy_of(reason).fault)
 
 
 @dataclass(frozen=True)
@@ -145,9 +190,7 @@ def _replay(
             raise _Stale()  # its process died: settle it now instead of answering 409 until a job does
         raise InProgress(headers={"Retry-After": "2"})
     if status == REFUNDED:
-        raise GenerationFailed(
-            refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error")
-        )
+        raise failed(data.get("cost"), data.get("balanceAfterRefund"), str(data.get("error")))
     version = (
         client.collection(PROJECTS)
         .document(data["projectId"])
@@ -186,7 +229,8 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
     # library re-sends it and the re-read finds the generation; the token tells "mine" from a
     # concurrent request with the same Idempotency-Key.
     token = uuid.uuid4().hex
-    stale_before = stale_cutoff(settings)
+    now = datetime.now(UTC)
+    stale_before = stale_cutoff(settings, now)
     # Without a key the generation id is new and random: nothing can be stored under it before this
     # call's own first commit, so only a re-run (which may follow that commit, applied with its answer
     # lost) reads it. The usual call reads one document less.
@@ -204,7 +248,8 @@ def charge(client: Client, settings: Settings, req: GenerationRequest) -> Charge
         if gen is not None and gen.exists:
             return db.Plan(_existing(client, req, gen, project, token, stale_before))
         terms.require_current(user, settings.terms_version)
-        return _stage_charge(client, settings, req, user, project, generation_id, project_id, token)
+        counted = limits.GenerateLimits.of(settings).admit(user.to_dict() or {}, generation_id, now)
+        return _stage_charge(client, settings, req, user, project, generation_id, project_id, token, counted)
 
     try:
         try:
@@ -258,10 +303,12 @@ def _stage_charge(
     generation_id: str,
     project_id: str,
     token: str,
+    counted: dict[str, Any],
 ) -> db.Plan[Charge | Completed]:
-    """The charge's batch: ledger entry and balance, the `charged` generation, and for an iteration
-    the project's `updatedAt` under a precondition (a sweep that marked the project first makes the
-    commit fail and the retry answers 404; a sweep after it sees the project fresh)."""
+    """The charge's batch: ledger entry and balance with the user's limit counters (`counted`), the
+    `charged` generation, and for an iteration the project's `updatedAt` under a precondition (a
+    sweep that marked the project first makes the commit fail and the retry answers 404; a sweep
+    after it sees the project fresh)."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     cost = cost_of(settings, req.kind)
@@ -277,7 +324,7 @@ def _stage_charge(
         )
     book = ledger.Book(client, batch, user, clock.now())
     draws = book.charge(generation_id, cost, {"generationId": generation_id, "projectId": project_id})
-    balance = book.close()
+    balance = book.close(also=counted)
     record = {
         "userId": req.uid,
         "projectId": project_id,
@@ -314,7 +361,7 @@ def _settle_stale_replay(client: Client, req: GenerationRequest, generation_id: 
     """A replayed key whose process died: refund it now and answer that, not 409 until a job does."""
     settled = refund(client, generation_id, req.uid, STALE_CHARGE_REASON)
     if settled.applied:
-        raise GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=STALE_CHARGE_REASON)
+        raise failed(settled.amount, settled.balance, STALE_CHARGE_REASON)
     # Settled first by another path (its completion landed after all, or a refund did): answer from
     # what is stored, as every later replay of the key will.
     result: Completed = db.commit_optimistically(plan)
@@ -342,9 +389,7 @@ def complete(client: Client, ch: Charge, output: str) -> Completed:
         if data.get("status") == SUCCEEDED:
             return db.Plan(Completed(ch.project_id, data["versionId"], output, ch.cost, ch.balance))
         if data.get("status") != CHARGED:
-            raise GenerationFailed(
-                refunded=data.get("cost"), balance=data.get("balanceAfterRefund"), reason=data.get("error")
-            )
+            raise failed(data.get("cost"), data.get("balanceAfterRefund"), str(data.get("error")))
         if ch.kind == ITERATION and (
             not project.exists or (project.to_dict() or {}).get("deletingAt") is not None
         ):
@@ -363,9 +408,10 @@ def _stage_completion(
     gen_time: datetime,
     project_time: datetime | None,
 ) -> db.Plan[Completed]:
-    """The success batch: the version, the project (created, or updated under a precondition) and the
-    generation's status, under a precondition on the generation as charged."""
-    from google.cloud.firestore import SERVER_TIMESTAMP
+    """The success batch: the version, the project (created, or updated under a precondition), the
+    generation's status, under a precondition on the generation as charged, and the user's
+    in-flight key deleted."""
+    from google.cloud.firestore import DELETE_FIELD, SERVER_TIMESTAMP
 
     project_ref = client.collection(PROJECTS).document(ch.project_id)
     number, version_id = version_count + 1, ch.generation_id
@@ -391,6 +437,10 @@ def _stage_completion(
         {"status": SUCCEEDED, "versionId": version_id, "updatedAt": SERVER_TIMESTAMP},
         option=client.write_option(last_update_time=gen_time),
     )
+    batch.update(
+        client.collection(schema.USERS).document(ch.uid),
+        {limits.finished_field(ch.generation_id): DELETE_FIELD},
+    )
     props = {"generationId": ch.generation_id, "projectId": ch.project_id, "kind": ch.kind, "cost": ch.cost}
     analytics.stage_event(
         client, batch, analytics.GENERATION_SUCCEEDED, ch.uid, props, event_id=f"{ch.generation_id}-succeeded"
@@ -398,9 +448,21 @@ def _stage_completion(
     return db.Plan(Completed(ch.project_id, version_id, output, ch.cost, ch.balance), batch)
 
 
-def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
-    """Step 4: refund a `charged` generation exactly once (`refund_{id}`); a settled one is left as it is."""
+def refund(
+    client: Client, generation_id: str, uid: str, reason: str, gate: limits.GenerateLimits | None = None
+) -> Refund:
+    """Step 4: refund a `charged` generation exactly once (`refund_{id}`); a settled one is left as it is.
+
+    The same commit takes the generation out of the user's in-flight ones and, when its reason
+    counts (REFUND_POLICY), counts a failure in the user's window (`gate`: the limits of the
+    settings in force; the default ones when the caller has none).
+    """
     from google.cloud.firestore import SERVER_TIMESTAMP
+
+    from functions.lib.config import get_settings
+
+    gate = gate or limits.GenerateLimits.of(get_settings())
+    counts = policy_of(reason).counts
 
     gen_ref = _generations(client).document(generation_id)
     user_ref = client.collection(schema.USERS).document(uid)
@@ -425,8 +487,9 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
         draws = {str(k): int(v) for k, v in (data.get("draws") or {LEGACY_PREFIX + uid: cost}).items()}
         grants = ledger.ended_grants(client, uid, list(draws), book.wallet)
         metadata = {"generationId": generation_id, "projectId": data.get("projectId"), "reason": reason}
+        settled = gate.settled(user.to_dict() or {}, generation_id, datetime.now(UTC), failure=counts)
         book.refund(generation_id, draws, grants, metadata)
-        balance = book.close()
+        balance = book.close(also=settled)
         batch.update(
             gen_ref,
             {
@@ -453,10 +516,22 @@ def refund(client: Client, generation_id: str, uid: str, reason: str) -> Refund:
     return result
 
 
-def _fail(client: Client, ch: Charge, reason: str) -> GenerationFailed | Unavailable:
-    """Refund after a failure; the error to answer with (502 refunded, or 503 if even that failed)."""
+def _fail(client: Client, settings: Settings, ch: Charge, reason: str) -> GenerationFailed | Unavailable:
+    """Refund after a failure; the error to answer with (502 refunded, or 503 if even that failed).
+
+    Logged at WARNING with the reason, never ERROR: users can make failures at will, and an alert
+    per user would be noise (an outage shows as the breaker opening)."""
+    policy = policy_of(reason)
+    log.warning(
+        "generation %s failed: %s, refunding",
+        ch.generation_id,
+        reason,
+        extra={
+            "json_fields": {"refundReason": reason, "fault": policy.fault, "countsTowardLimit": policy.counts}
+        },
+    )
     try:
-        settled = refund(client, ch.generation_id, ch.uid, reason)
+        settled = refund(client, ch.generation_id, ch.uid, reason, limits.GenerateLimits.of(settings))
     except Exception:
         log.exception("refund of %s failed; the sweep will settle it", ch.generation_id)
         return Unavailable(
@@ -465,30 +540,60 @@ def _fail(client: Client, ch: Charge, reason: str) -> GenerationFailed | Unavail
         )
     if settled.status == SUCCEEDED:  # the completion had committed after all
         return Unavailable("The generation finished but its answer was lost; look for it in the project.")
-    return GenerationFailed(refunded=settled.amount, balance=settled.balance, reason=reason)
+    return failed(settled.amount, settled.balance, reason)
 
 
-def generate(client: Client, settings: Settings, provider: Provider, req: GenerationRequest) -> Completed:
-    """Charge, call the model, save the version; refund exactly once on any failure after the charge."""
-    charged = charge(client, settings, req)
+def _call_model(provider: Provider, breaker: CircuitBreaker, ticket: Any, prompt: str) -> str:
+    """The model call, its outcome told to the breaker: 429/5xx count against the model, an answer
+    for it, anything else (a timeout, a blocked prompt) neither."""
+    try:
+        output = provider.generate(prompt)
+    except ModelError as exc:
+        if exc.reason in models.UPSTREAM_FAILURES:
+            breaker.failed_upstream(ticket)
+            if breaker.state == "open":
+                log.warning("model circuit breaker open after %s", exc.reason)
+        else:
+            breaker.release(ticket)
+        raise
+    except BaseException:
+        breaker.release(ticket)
+        raise
+    breaker.succeeded(ticket)
+    return output
+
+
+def generate(
+    client: Client, settings: Settings, provider: Provider, req: GenerationRequest, breaker: CircuitBreaker
+) -> Completed:
+    """Charge, call the model, save the version; refund exactly once on any failure after the charge.
+
+    The breaker is asked first: while the model is failing, the call is a 503 that charged nothing."""
+    ticket = breaker.admit()
+    try:
+        charged = charge(client, settings, req)
+    except BaseException:
+        breaker.release(ticket)
+        raise
     if isinstance(charged, Completed):
+        breaker.release(ticket)
         return charged
     try:
-        output = provider.generate(req.prompt)
+        output = _call_model(provider, breaker, ticket, req.prompt)
     except ModelError as exc:
-        raise _fail(client, charged, exc.reason) from exc
+        raise _fail(client, settings, charged, exc.reason) from exc
     except Exception as exc:
         log.exception("model provider crashed")
-        raise _fail(client, charged, "model_error") from exc
+        raise _fail(client, settings, charged, "model_error") from exc
     try:
         done = complete(client, charged, output)
     except _ProjectGone as exc:
-        raise _fail(client, charged, "project_deleted") from exc
+        raise _fail(client, settings, charged, "project_deleted") from exc
     except GenerationFailed:
         raise
     except Exception as exc:
         log.exception("saving generation %s failed", charged.generation_id)
-        raise _fail(client, charged, "save_failed") from exc
+        raise _fail(client, settings, charged, "save_failed") from exc
     analytics.emitted(
         analytics.GENERATION_SUCCEEDED,
         req.uid,

@@ -1,10 +1,11 @@
-"""The credits ledger: the one module that writes balances and ledger entries.
+"""The credits ledger: the one module that writes balances, grants and ledger entries.
 
 Every movement is a `credit_transactions/{id}` entry with a deterministic id and the balance change
 it causes, written in one atomic commit: `create` on the entry id (fails if it exists, so a repeat
-can never write twice) plus the user's new balance under a precondition on the user document as
-read. `stage_entry` adds those writes to a caller's batch so that a domain step (a charge with its
-generation record, a refund with its status change) commits as one unit.
+can never write twice) plus the user's new balance and live grants (`lib/wallet.py` holds their
+rules) under a precondition on the user document as read. A `Book` stages those writes in a
+caller's batch so that a domain step (a charge with its generation record, a refund with its status
+change) commits as one unit.
 """
 
 from __future__ import annotations

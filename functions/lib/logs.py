@@ -7,10 +7,12 @@ secrets or prompts; callers pass fields explicitly under `extra={"json_fields": 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,21 @@ def bind(**fields: Any) -> None:
 
 def reset() -> None:
     _context.set({})
+
+
+def snapshot() -> dict[str, Any]:
+    """The current request's fields, for a line written after the request's own code returned."""
+    return dict(_context.get() or {})
+
+
+@contextlib.contextmanager
+def restored(fields: dict[str, Any]) -> Iterator[None]:
+    """Log with `fields` (a `snapshot`) as the request's fields, whatever this thread serves now."""
+    token = _context.set(fields)
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 class CloudLoggingFormatter(logging.Formatter):

@@ -158,10 +158,11 @@ def old_events(client: Client, cutoff: datetime) -> Query:
     )
 
 
-def expired_checkout_limits(client: Client, now: datetime) -> Query:
-    """Checkout rate-limit windows that have ended (a new window starts from nothing anyway)."""
+def expired_limits(client: Client, now: datetime, collection: str = schema.CHECKOUT_LIMITS) -> Query:
+    """Rate-limit windows (checkout's, or `rate_limits`) that have ended (a new window starts from
+    nothing anyway)."""
     return (
-        client.collection(schema.CHECKOUT_LIMITS)
+        client.collection(collection)
         .where(filter=db.where("expiresAt", "<", now))
         .order_by("expiresAt")
         .select(["expiresAt"])
@@ -474,7 +475,9 @@ class _Pass:
         if not self.stopped:
             self.delete_old(old_problems(self.client, self.problem_cutoff), "problems_deleted")
         if not self.stopped:
-            self.delete_old(expired_checkout_limits(self.client, self.now), "limits_deleted")
+            self.delete_old(expired_limits(self.client, self.now), "limits_deleted")
+        if not self.stopped:
+            self.delete_old(expired_limits(self.client, self.now, schema.RATE_LIMITS), "limits_deleted")
         self.report.complete = not self.stopped and not self.left_over
         self.report.elapsed_ms = self.elapsed_ms()
         return self.report

@@ -12,3 +12,5 @@ PAYMENTS = "payments"
 PROBLEMS = "stripe_event_problems"
 EVENTS = "analytics_events"
 CHECKOUT_LIMITS = "checkout_limits"
+# Per-user fixed windows of other actions (export, credits, consent): `{action}_{uid}`.
+RATE_LIMITS = "rate_limits"

@@ -15,7 +15,7 @@ twice:
 3. Delete the projects (versions in commits of at most 500 writes, the project document last, so
    an interrupted project is found again), the generations, the analytics events, the stored
    Stripe problem events that name the user (`stripe_event_problems.userId`), and the user's
-   checkout rate-limit window (`checkout_limits/{uid}`).
+   rate-limit windows (`checkout_limits/{uid}`, `rate_limits` by `userId`).
 4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
    (`ledger.close_account`); then every ledger entry and payment record of the uid is renamed to
    the pseudonym. The ledger is the financial record: amounts, types and Stripe references stay.
@@ -96,6 +96,7 @@ def _sections(client: Client, uid: str) -> list[tuple[str, Query]]:
         ("generations", _owned(client, schema.GENERATIONS, uid)),
         ("analyticsEvents", _owned(client, schema.EVENTS, uid)),
         ("stripeEventProblems", _owned(client, schema.PROBLEMS, uid)),
+        ("rateLimits", _owned(client, schema.RATE_LIMITS, uid)),
     ]
 
 
@@ -273,11 +274,12 @@ class _Erasure:
         self.commit(batch)
         return len(refs)
 
-    def delete_owned(self, collection: str, counter: str) -> None:
+    def delete_owned(self, collection: str, counter: str | None) -> None:
         """Step 3b: every document of `collection` whose `userId` is the uid."""
         query = self.client.collection(collection).where(filter=db.where("userId", "==", self.uid)).select([])
         n = db.drain(self.client, query, lambda batch, ref: batch.delete(ref), commit=self.commit)
-        setattr(self.report, counter, getattr(self.report, counter) + n)
+        if counter is not None:
+            setattr(self.report, counter, getattr(self.report, counter) + n)
         if n:
             self.emit("deleted", collection=collection, documents=n)
 
@@ -352,6 +354,7 @@ class _Erasure:
                     schema.PROBLEMS,
                     schema.LEDGER,
                     schema.PAYMENTS,
+                    schema.RATE_LIMITS,
                 )
             },
         }
@@ -369,6 +372,7 @@ class _Erasure:
             self.delete_owned(schema.EVENTS, "events_deleted")
             self.delete_owned(schema.PROBLEMS, "problems_deleted")
             self.delete_checkout_limit()
+            self.delete_owned(schema.RATE_LIMITS, None)
             self.close_ledger(pseudonym)
             if self.finish():
                 break

@@ -17,6 +17,14 @@ export const API_ERRORS = {
     next: (b) => (b.reason === "stale_sign_in" ? "Enter your password and click again." : "Sign in again."),
     action: "signin",
   },
+  app_check_required: {
+    text: () => "This app could not prove it is the genuine app (no App Check token).",
+    next: "Reload the page; if it keeps happening, update your browser or contact support.",
+  },
+  app_check_invalid: {
+    text: () => "This app's App Check token was refused.",
+    next: "Reload the page and try again.",
+  },
   insufficient_credits: {
     text: (b) => `You need ${b.required} credits but have ${b.balance}.`,
     next: "Buy credits to continue.",
@@ -72,6 +80,10 @@ export const API_ERRORS = {
   unavailable: {
     text: () => "The service is temporarily unavailable; nothing was charged.",
     next: "Try again in a moment.",
+  },
+  model_unavailable: {
+    text: () => "The image model is overloaded or failing right now; nothing was charged.",
+    next: "Try again in a minute.",
   },
   busy: {
     text: () => "The service is busy right now; nothing was charged.",
