@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ class Stack:
         self._stops: list[Callable[[], None]] = []
         self.functions: dict[str, ServedFunction] = {}
         self.env: dict[str, str] = {}
+        self.grants: dict[str, dict[str, Any]] = {}  # the journey's last look at its live grants
 
     def start(self) -> None:
         step("starting the Firestore emulator (google-cloud-cli)")
@@ -157,6 +159,46 @@ def buy_credits(stack: Stack, uid: str, token: str) -> None:
     expect(status == 400, "a forged delivery should be refused")
 
 
+# The journey's flash promotion expires this many seconds after it is granted.
+FLASH_S = 4
+
+
+def operator(stack: Stack, *argv: str) -> None:
+    """An operator command against the local stack (`python -m functions.admin ...`), as one would type it."""
+    import subprocess
+
+    print(f"  $ python -m functions.admin {shlex.join(argv)}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "functions.admin", *argv],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        print(f"      {line}", flush=True)
+    expect(done.returncode == 0, f"operator command {argv[0]} should succeed")
+
+
+def show_grants(stack: Stack, token: str, label: str) -> dict[str, int]:
+    """The caller's live grants, printed in spend order; {id: remaining}."""
+    status, body = stack.call("credits", "GET", token)
+    show(label, status, body)
+    stack.grants = {g["id"]: g for g in body["grants"]}
+    for g in body["grants"]:
+        print(
+            f"      {g['id']:<28} {g['remaining']:>4} of {g['amount']:<4} {g['category']:<11} "
+            f"expires {g['expiresAt'] or 'never'}",
+            flush=True,
+        )
+    return {g["id"]: g["remaining"] for g in body["grants"]}
+
+
+def _draws(entry: dict[str, Any]) -> str:
+    draws = entry.get("metadata", {}).get("draws")
+    return "drew " + ", ".join(f"{n} from {gid}" for gid, n in draws.items()) if draws else ""
+
+
 def journey(stack: Stack) -> None:
     step("\njourney: a new user signs up, accepts the terms, buys credits, generates, iterates, fails once")
     uid, token = stack.auth.sign_up(f"user{int(time.time())}@example.com", "correct-horse-battery")
@@ -174,7 +216,26 @@ def journey(stack: Stack) -> None:
     show("generate with no credits", status, body)
     expect(status == 402 and body["shortfall"] == 50, "generate with 0 credits should be 402")
 
+    # Grants: a promotion that expires in seconds, and one that lasts: each comes as its own grant.
+    operator(
+        stack,
+        "grant",
+        uid,
+        "20",
+        "--id",
+        "flash",
+        "--reason",
+        "flash sale",
+        "--expires-in-days",
+        f"{FLASH_S / 86400}",
+    )
+    operator(stack, "grant", uid, "30", "--id", "welcome", "--reason", "welcome", "--expires-in-days", "30")
     buy_credits(stack, uid, token)
+    show_grants(stack, token, "credits: three live grants (two promotional, the pack)")
+    flash_expires = datetime.fromisoformat(stack.grants["grant_flash"]["expiresAt"])
+    wait = (flash_expires - datetime.now(UTC)).total_seconds() + 0.5
+    print(f"  ... waiting {wait:.1f} s for the flash grant to expire", flush=True)
+    time.sleep(max(0.0, wait))
 
     status, body = stack.call(
         "generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"}
@@ -182,6 +243,11 @@ def journey(stack: Stack) -> None:
     show("generate: initial (50 credits)", status, body)
     expect(status == 200 and body["creditsCharged"] == 50, "initial generation should charge 50")
     project_id = body["projectId"]
+    grants = show_grants(stack, token, "credits: the expired flash grant written off, welcome spent first")
+    [(pack_grant, left)] = grants.items()
+    expect(
+        pack_grant.startswith("purchase_") and left == 480, "welcome (30) then 20 of the pack; flash expired"
+    )
 
     status, again = stack.call(
         "generate", "POST", token, {"prompt": "a lighthouse at dusk"}, {"Idempotency-Key": "first"}
@@ -200,15 +266,17 @@ def journey(stack: Stack) -> None:
     )
     show("generate: the model fails (refunded)", status, body)
     expect(status == 502 and body["refunded"] == 25, "a failed generation should be refunded")
-    expect(body["balance"] == 425, "500 bought - 50 - 25 - 25 + 25 refunded = 425")
+    expect(body["balance"] == 455, "500 bought + 50 granted - 20 expired - 50 - 25 - 25 + 25 refunded = 455")
 
     status, body = stack.call("credits", "GET", token)
     show("credits: balance and ledger", status, body)
     for entry in body["transactions"]:
         print(
-            f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}",
+            f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}"
+            f"  {entry.get('grantId') or _draws(entry)}",
             flush=True,
         )
+    expect(any(e["type"] == "expiry" and e["amount"] == -20 for e in body["transactions"]), "an expiry entry")
     expect(
         status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]),
         "balance should equal the ledger sum",

@@ -49,10 +49,18 @@ def test_local_run_journey_passes_and_stops_everything(tmp_path: Path) -> None:
     assert calls["webhook: a forged signature"][0] == 400
     assert calls["generate: the model fails (refunded)"][1]["refunded"] == 25
     status, statement = calls["credits: balance and ledger"]
-    assert status == 200 and statement["balance"] == 425 == sum(
+    assert status == 200 and statement["balance"] == 455 == sum(
         t["amount"] for t in statement["transactions"]
     )
-    assert len(statement["transactions"]) == 5
+    assert len(statement["transactions"]) == 8
+    # Grants: the flash promotion expired before the first generation, which spent the welcome
+    # grant before the pack.
+    kinds = [(t["type"], t["amount"], t["grantId"]) for t in statement["transactions"]]
+    assert ("expiry", -20, "grant_flash") in kinds
+    [first_charge] = [t for t in statement["transactions"] if t["amount"] == -50]
+    assert first_charge["metadata"]["draws"]["grant_welcome"] == 30
+    _, after_first = calls["credits: the expired flash grant written off, welcome spent first"]
+    assert [(g["category"], g["remaining"]) for g in after_first["grants"]] == [("paid", 480)]
     assert calls["retention_sweep: one nightly pass"][1]["complete"] is True
     assert report["stopped"] is True
     assert not list(temp.glob("credits-local-*")), "a passed run removes its logs"
