@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from functions.lib import db
 from functions.lib.schema import EVENTS
 
 if TYPE_CHECKING:
@@ -36,7 +37,13 @@ def stage_event(
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     ref = client.collection(EVENTS).document(event_id) if event_id else client.collection(EVENTS).document()
-    doc = {"type": type, "userId": uid, "properties": properties, "createdAt": SERVER_TIMESTAMP}
+    doc = {
+        "type": type,
+        "userId": uid,
+        "properties": properties,
+        "createdAt": SERVER_TIMESTAMP,
+        "shard": db.shard_of(ref.id),
+    }
     if event_id:
         batch.set(ref, doc)
     else:

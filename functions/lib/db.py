@@ -10,6 +10,7 @@ beyond Firestore, so re-running it is always safe.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -92,14 +93,19 @@ def get_all(client: Client, refs: list[DocumentReference]) -> list[DocumentSnaps
 
 
 def pages(
-    query: Query, page_size: int = 100, *, read_time: datetime | None = None
+    query: Query | list[Query], page_size: int = 100, *, read_time: datetime | None = None
 ) -> Iterator[DocumentSnapshot]:
-    """Every result of `query` (which must have a total order), `page_size` at a time.
+    """Every result of `query` (which must have a total order), `page_size` at a time; of each in
+    turn for a list (the shards of one query, `sharded`).
 
     Each page is its own short RPC continuing after the last snapshot of the one before, so no
     stream stays open across work done in between and memory holds one page. With `read_time`,
     every page reads the database as it was at that moment (within the last hour).
     """
+    if isinstance(query, list):
+        for one in query:
+            yield from pages(one, page_size, read_time=read_time)
+        return
     cursor: DocumentSnapshot | None = None
     while True:
         page_query = query.limit(page_size) if cursor is None else query.start_after(cursor).limit(page_size)
@@ -108,6 +114,24 @@ def pages(
         if len(page) < page_size:
             return
         cursor = page[-1]
+
+
+# Firestore sustains about 500 writes/s into an index whose values only grow (a server timestamp):
+# every write lands at the end of one key range. Collections written by `generate` (generations,
+# projects, analytics events) carry `shard` (0..INDEX_SHARDS-1, from the document id) and the
+# queries on their timestamps lead with it, so those writes spread over 16 ranges (docs/ARCHITECTURE.md,
+# "Indexes and hot spots").
+INDEX_SHARDS = 16
+
+
+def shard_of(doc_id: str) -> int:
+    """The index shard of a document: stable for its id, uniform over INDEX_SHARDS."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) % INDEX_SHARDS
+
+
+def sharded(build: Callable[[int], Query]) -> list[Query]:
+    """One query per index shard (`build(shard)`); together they find what the unsharded one would."""
+    return [build(shard) for shard in range(INDEX_SHARDS)]
 
 
 def read_time(client: Client) -> datetime:

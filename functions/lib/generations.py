@@ -335,6 +335,7 @@ def _stage_charge(
         "chargeToken": token,
         "balanceAfterCharge": balance,
         "draws": draws,  # {grantId: credits}: what a refund gives back, to the same grants
+        "shard": db.shard_of(generation_id),
         "createdAt": SERVER_TIMESTAMP,
         "updatedAt": SERVER_TIMESTAMP,
         "error": None,
@@ -428,7 +429,13 @@ def _stage_completion(
     if ch.kind == INITIAL:
         batch.create(
             project_ref,
-            {"ownerId": ch.uid, "createdAt": SERVER_TIMESTAMP, "deletingAt": None, **project_fields},
+            {
+                "ownerId": ch.uid,
+                "createdAt": SERVER_TIMESTAMP,
+                "deletingAt": None,
+                "shard": db.shard_of(ch.project_id),
+                **project_fields,
+            },
         )
     else:
         batch.update(project_ref, project_fields, option=client.write_option(last_update_time=project_time))

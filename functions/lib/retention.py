@@ -124,18 +124,23 @@ def _commit_with_deadline(batch: WriteBatch) -> object:
 
 
 def _count(query: Any) -> int:
-    """A count aggregation: one RPC, no documents read into memory."""
+    """A count aggregation: one RPC per query (per shard for a list), no documents read into memory."""
+    if isinstance(query, list):
+        return sum(_count(one) for one in query)
     results: Any = query.count().get(**db.rpc())
     return int(results[0][0].value)
 
 
-def expired_projects(client: Client, cutoff: datetime) -> Query:
-    """Projects whose last activity is older than `cutoff`, oldest first."""
-    return (
-        client.collection(schema.PROJECTS)
-        .where(filter=db.where("updatedAt", "<", cutoff))
-        .order_by("updatedAt")
-        .select(["updatedAt"])
+def expired_projects(client: Client, cutoff: datetime) -> list[Query]:
+    """Projects whose last activity is older than `cutoff`, oldest first in each index shard."""
+    return db.sharded(
+        lambda shard: (
+            client.collection(schema.PROJECTS)
+            .where(filter=db.where("shard", "==", shard))
+            .where(filter=db.where("updatedAt", "<", cutoff))
+            .order_by("updatedAt")
+            .select(["updatedAt"])
+        )
     )
 
 
@@ -149,12 +154,15 @@ def marked_projects(client: Client) -> Query:
     )
 
 
-def old_events(client: Client, cutoff: datetime) -> Query:
-    return (
-        client.collection(schema.EVENTS)
-        .where(filter=db.where("createdAt", "<", cutoff))
-        .order_by("createdAt")
-        .select(["createdAt"])
+def old_events(client: Client, cutoff: datetime) -> list[Query]:
+    return db.sharded(
+        lambda shard: (
+            client.collection(schema.EVENTS)
+            .where(filter=db.where("shard", "==", shard))
+            .where(filter=db.where("createdAt", "<", cutoff))
+            .order_by("createdAt")
+            .select(["createdAt"])
+        )
     )
 
 
@@ -318,7 +326,7 @@ class _Pass:
 
     # Projects ---------------------------------------------------------------------------------
 
-    def sweep_projects(self, query: Query, *, announce: bool, fan_out: bool = False) -> None:
+    def sweep_projects(self, query: Query | list[Query], *, announce: bool, fan_out: bool = False) -> None:
         """Delete (or with `fan_out`, enqueue) every project `query` finds, `workers` projects at a time."""
         step = self.enqueue_project if fan_out else self.delete_project
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
@@ -431,7 +439,7 @@ class _Pass:
 
     # Analytics events and stored Stripe events ----------------------------------------------
 
-    def delete_old(self, query: Query, counter: str) -> None:
+    def delete_old(self, query: Query | list[Query], counter: str) -> None:
         """Delete what `query` finds, 500 per commit; `counter` is the report field that counts them."""
         if self.dry_run:
             if self.has_time():

@@ -43,17 +43,23 @@ PAGE = 100
 Progress = Callable[[str, dict[str, Any]], None]
 
 
-def stale_charges(client: Client, before: datetime, uid: str | None = None) -> Query:
-    """Generations still `charged` that were created before `before`, oldest first; one user's
-    when `uid` is given (indexes: status + createdAt; userId + status + createdAt)."""
-    query = client.collection(schema.GENERATIONS).where(filter=db.where("status", "==", generations.CHARGED))
+def stale_charges(client: Client, before: datetime, uid: str | None = None) -> list[Query]:
+    """Generations still `charged` that were created before `before`, oldest first (in each index
+    shard); one user's when `uid` is given (indexes: shard + status + createdAt; userId + status +
+    createdAt: neither leads with the few-valued status, so charges spread over the index)."""
+
+    def charged(query: Query) -> Query:
+        return (
+            query.where(filter=db.where("status", "==", generations.CHARGED))
+            .where(filter=db.where("createdAt", "<", before))
+            .order_by("createdAt")
+            .select(["userId", "createdAt"])
+        )
+
+    collection = client.collection(schema.GENERATIONS)
     if uid is not None:
-        query = query.where(filter=db.where("userId", "==", uid))
-    return (
-        query.where(filter=db.where("createdAt", "<", before))
-        .order_by("createdAt")
-        .select(["userId", "createdAt"])
-    )
+        return [charged(collection.where(filter=db.where("userId", "==", uid)))]
+    return db.sharded(lambda shard: charged(collection.where(filter=db.where("shard", "==", shard))))
 
 
 @dataclass
