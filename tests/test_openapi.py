@@ -105,3 +105,36 @@ def test_generation_failure_matches_the_spec(app: Any, db: Any, gemini: Any) -> 
     body = check("generate", "post", app("generate").post("/", json={"prompt": "x"}, headers=bearer("pia")))
 
     assert body["refunded"] == 50
+
+
+def test_credits_with_grants_debt_and_the_grant_entry_types_matches_the_spec(
+    app: Any, db: Any, settings: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from devstack import stripe_events as se
+    from functions.lib import clock, ledger, payments
+
+    start = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
+    with clock.frozen(start):
+        make_user(db, "rae")
+        payments.handle_event(db, settings, se.checkout_completed("cs_r1", "rae", "starter", "pi_r1"))
+        ledger.grant(db, "rae", "rae-soon", 30, "promo", expires_in_days=1)
+        ledger.grant(db, "rae", "rae-late", 40, "promo", priority=90, expires_in_days=30)
+        ledger.grant(db, "rae", "rae-brief", 5, "promo", priority=95, expires_in_days=1)
+        ledger.grant(db, "rae", "rae-gift", 20, "gift", priority=99)
+        ledger.void(db, "rae", "grant_rae-gift", "granted by mistake")
+        ledger.charge(db, "rae", "rae-c1", 130)  # the soon-expiring 30, then the whole pack
+        refund = se.refund_event("refund.created", "re_r1", "ch_r1", "pi_r1", se.DEFAULT_AMOUNT)
+        payments.handle_event(db, settings, refund)  # the pack's 100 were spent: debt
+        clock.set_to(start + timedelta(days=2))  # the brief grant expires
+
+        body = check("credits", "get", app("credits").get("/", headers=bearer("rae")))
+
+    assert body["debt"] == -100 and body["balance"] == -60 and body["subscription"] is None
+    assert [(g["id"], g["remaining"], g["expiresAt"] is not None) for g in body["grants"]] == [
+        ("grant_rae-late", 40, True)
+    ]
+    types = [t["type"] for t in body["transactions"]]
+    assert types == ["expiry", "reversal", "charge", "void", "grant", "grant", "grant", "grant", "purchase"]
+    assert body["transactions"][0]["balanceAfter"] == -60

@@ -4,6 +4,9 @@ in a real headless Chromium (Debian's, driven by Playwright) against the local s
 page, generate (a 409 retried with the same Idempotency-Key), iterate, a failed generation refunded,
 the ledger table equal to `credits`, sign out (the cached prompts and outputs go) and in again,
 export, erase (the cache goes again); the page's Content-Security-Policy blocks nothing on the way.
+A second user's page lists their grants in spend order with each one's remaining and expiry in
+words, spends an operator's expiring promotional grant before a pack, and labels granted, voided and
+expired entries in the ledger.
 
 On failure a screenshot is saved under .local/browser/. `UPDATE_WEB_SCREENSHOT=1 scripts/test
 tests/test_web_client.py` also writes the README's docs/web-client.png from the journey's end.
@@ -16,16 +19,20 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
-from devstack.local_run import Stack
+from devstack.local_run import TERMS, Stack, buy_credits
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "web" / "src"
@@ -177,11 +184,53 @@ def wait_for_balance(page: Any, balance: int) -> None:
 
 
 def ledger_rows(page: Any) -> list[tuple[str, int, int, str]]:
+    """The ledger table as (entry type, amount, balance after, entry id), newest first."""
     rows = page.eval_on_selector_all(
         "#ledger-body tr",
-        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.textContent))",
+        "rows => rows.map(r => [r.dataset.type, ...[...r.querySelectorAll('td')].map(td => td.textContent)])",
     )
-    return [(type_, int(amount), int(after), ref) for _, type_, amount, after, ref in rows]
+    return [(type_, int(amount), int(after), ref) for type_, _, _, amount, after, ref in rows]
+
+
+def ledger_labels(page: Any) -> list[str]:
+    """The ledger's Type column as the user reads it, newest first."""
+    return [
+        str(t)
+        for t in page.eval_on_selector_all("#ledger-body td.type", "els => els.map(e => e.textContent)")
+    ]
+
+
+def grants_shown(page: Any) -> list[dict[str, Any]]:
+    """The page's list of live grants, top first: id, category, remaining, its sentence, the expiry's
+    `<time datetime>` (None for a grant that never expires) and the details line."""
+    return list(
+        page.eval_on_selector_all(
+            "#grants li",
+            """items => items.map(li => ({
+                id: li.dataset.grant,
+                category: li.dataset.category,
+                remaining: Number(li.dataset.remaining),
+                text: li.querySelector('.what').textContent,
+                expiresAt: li.querySelector('time')?.getAttribute('datetime') ?? null,
+                details: li.querySelector('.details').textContent,
+            }))""",
+        )
+    )
+
+
+def operator(stack: Stack, *args: str) -> str:
+    """`python -m functions.admin ARGS` against the stack's emulators: the operator's own path."""
+    done = subprocess.run(
+        [sys.executable, "-m", "functions.admin", *args],
+        cwd=ROOT,
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def answer_409_once(page: Any, url: str, origin: str, keys: list[str]) -> None:
@@ -289,6 +338,11 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
         assert status == 200 and credits["balance"] == 425
         assert rows == [(t["type"], t["amount"], t["balanceAfter"], t["id"]) for t in credits["transactions"]]
         assert [r[0] for r in rows] == ["refund", "charge", "charge", "charge", "purchase"]
+        assert ledger_labels(page) == ["refunded", "spent", "spent", "spent", "purchased"]
+        [pack] = grants_shown(page)
+        assert (pack["text"], pack["expiresAt"]) == ("425 credits, never expire", None)
+        assert pack["details"] == "75 of 500 spent · bought: the creator pack"
+        assert not page.is_visible("#debt")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-client.png"))
         if os.environ.get("UPDATE_WEB_SCREENSHOT") == "1":
@@ -346,3 +400,96 @@ def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None
     assert not undocumented and not traffic.elsewhere
     assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
     print(f"browser journey: {time.monotonic() - started:.1f} s")
+
+
+def test_grants_in_spend_order_with_their_expiry_promotional_spent_first(stack: Stack, browser: Any) -> None:
+    # A browser in German on New Zealand time: the page writes dates in British English regardless,
+    # in the browser's time zone.
+    zone = "Pacific/Auckland"
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="de-DE", timezone_id=zone)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    csp_violations = watch_csp(page)
+    email = "grace@example.com"
+    uid, token = stack.auth.sign_up(email, PASSWORD)
+    assert stack.call("consent", "POST", token, {"version": TERMS})[0] == 200
+    buy_credits(stack, uid, token)  # the creator pack: 500 paid credits that never expire
+    operator(stack, "grant", uid, "120", "--id", "launch-week", "--reason", "launch week promotion",
+             "--category", "promotional", "--expires-in-days", "7")  # fmt: skip
+    operator(
+        stack, "grant", uid, "40", "--id", "welcome", "--reason", "welcome gift", "--category", "promotional"
+    )
+
+    with screenshot_on_failure(page, "grants"):
+        page.goto(stack.web.url)
+        page.wait_for_selector("body[data-ready='signed-out']")
+        sign_in(page, email, "#sign-in")
+        wait_for_balance(page, 660)
+        status, credits = stack.call("credits", "GET", token)
+        assert status == 200 and credits["debt"] == 0 and credits["subscription"] is None
+        shown = grants_shown(page)
+        pack_id = credits["grants"][2]["id"]
+        assert (
+            [(g["id"], g["category"], g["remaining"]) for g in shown]
+            == [
+                ("grant_launch-week", "promotional", 120),
+                ("grant_welcome", "promotional", 40),
+                (pack_id, "paid", 500),
+            ]
+            == [(g["id"], g["category"], g["remaining"]) for g in credits["grants"]]
+        )
+        week = credits["grants"][0]["expiresAt"]
+        assert week and shown[0]["expiresAt"] == week
+        ends = datetime.fromisoformat(week).astimezone(ZoneInfo(zone))
+        # "120 promotional credits expire on 11 Dec" (a year only when it is not this one's)
+        assert re.fullmatch(
+            rf"120 promotional credits expire on {ends.day} {ends:%b}[a-z]?( {ends.year})?", shown[0]["text"]
+        ), shown[0]["text"]
+        assert shown[0]["details"] == "given by us"
+        assert [g["text"] for g in shown[1:]] == [
+            "40 promotional credits, never expire",
+            "500 credits, never expire",
+        ]
+        assert ledger_labels(page) == ["granted", "granted", "purchased"]
+
+        # A new project (50) and an iteration (25) are paid from the expiring promotional grant; the
+        # never-expiring promotional one and the pack are untouched.
+        page.fill("#prompt", "a windmill in the rain")
+        page.click("#generate")
+        wait_for_balance(page, 610)
+        page.wait_for_selector("#grants li[data-remaining='70']")
+        assert [g["remaining"] for g in grants_shown(page)] == [70, 40, 500]
+        page.fill(".iterate-prompt", "at night")
+        page.click(".iterate")
+        wait_for_balance(page, 585)
+        page.wait_for_selector("#grants li[data-remaining='45']")
+        shown = grants_shown(page)
+        assert [g["remaining"] for g in shown] == [45, 40, 500]
+        assert shown[0]["text"].startswith("45 promotional credits expire on ")
+        assert shown[0]["details"] == "75 of 120 spent · given by us"
+
+        # The operator voids the welcome grant, and a 3-second grant runs out before the page reloads.
+        operator(stack, "void", uid, "grant_welcome", "--reason", "granted by mistake")
+        operator(stack, "grant", uid, "10", "--id", "flash", "--reason", "flash sale",
+                 "--category", "promotional", "--expires-in-days", str(3 / 86400))  # fmt: skip
+        time.sleep(3.5)
+        page.reload()
+        page.wait_for_selector("body[data-ready='signed-in']")
+        wait_for_balance(page, 545)
+        assert [(g["id"], g["remaining"]) for g in grants_shown(page)] == [
+            ("grant_launch-week", 45),
+            (pack_id, 500),
+        ]
+        rows = ledger_rows(page)
+        assert [(t, amount) for t, amount, _, _ in rows[:3]] == [
+            ("expiry", -10),
+            ("grant", 10),
+            ("void", -40),
+        ]
+        assert ledger_labels(page)[:3] == ["expired", "granted", "voided"]
+        status, credits = stack.call("credits", "GET", token)
+        assert rows == [(t["type"], t["amount"], t["balanceAfter"], t["id"]) for t in credits["transactions"]]
+        assert not page.is_visible("#debt")
+
+    context.close()
+    assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"

@@ -107,20 +107,90 @@ function showBalance(balance) {
   $("balance").textContent = String(balance);
 }
 
+// Dates are written day-month in British English whatever the browser's language ("3 Jan"), in the
+// browser's time zone; the year only when it is not this one. <time datetime> keeps the exact instant.
+const DATE_LOCALE = "en-GB";
+const DAY_MONTH = new Intl.DateTimeFormat(DATE_LOCALE, { day: "numeric", month: "short" });
+const DAY_MONTH_YEAR = new Intl.DateTimeFormat(DATE_LOCALE, { day: "numeric", month: "short", year: "numeric" });
+const HOUR_MINUTE = new Intl.DateTimeFormat(DATE_LOCALE, { hour: "2-digit", minute: "2-digit" });
+
+function dateNode(iso) {
+  const when = new Date(iso);
+  const now = new Date();
+  let text = (when.getFullYear() === now.getFullYear() ? DAY_MONTH : DAY_MONTH_YEAR).format(when);
+  if (when - now < 2 * 24 * 3600 * 1000) text += ` at ${HOUR_MINUTE.format(when)}`; // soon: the hour matters
+  return el("time", { dateTime: iso, title: when.toString() }, text);
+}
+
+const plural = (n, one, many) => (n === 1 ? one : many);
+
+// Where a grant came from, in words; its `source` is pack:<id>, operator, signup or legacy.
+function sourceText(source) {
+  if (source?.startsWith("pack:")) return `bought: the ${source.slice(5)} pack`;
+  return { operator: "given by us", signup: "sign-up bonus", legacy: "your earlier balance" }[source] || "";
+}
+
+/** One live grant in plain words: "120 credits expire on 3 Jan", "40 promotional credits, never expire". */
+function grantItem(g) {
+  const kind = g.category === "promotional" ? "promotional " : "";
+  const what = `${g.remaining} ${kind}${plural(g.remaining, "credit", "credits")}`;
+  const when = g.expiresAt
+    ? [` ${plural(g.remaining, "expires", "expire")} on `, dateNode(g.expiresAt)]
+    : [`, never ${plural(g.remaining, "expires", "expire")}`];
+  const details = [g.remaining < g.amount ? `${g.amount - g.remaining} of ${g.amount} spent` : "", sourceText(g.source)];
+  const item = el(
+    "li",
+    { className: `grant ${g.category}` },
+    el("span", { className: "what" }, what, ...when),
+    el("span", { className: "muted details" }, details.filter(Boolean).join(" · ")),
+  );
+  Object.assign(item.dataset, { grant: g.id, category: g.category, remaining: String(g.remaining) });
+  return item;
+}
+
+function showGrants(grants, debt) {
+  // The backend lists live grants in the order they are spent: the next charge draws from the first.
+  $("grants").replaceChildren(...grants.map(grantItem));
+  $("grants-empty").hidden = grants.length > 0 || debt < 0;
+  $("debt").hidden = !(debt < 0);
+  $("debt").textContent =
+    debt < 0
+      ? `You owe ${-debt} ${plural(-debt, "credit", "credits")}: a payment was refunded after its credits were spent. Your next credits repay this first.`
+      : "";
+}
+
+// The ledger's entry types in words; a type this page does not know yet shows as it is.
+const ENTRY_LABELS = {
+  purchase: "purchased",
+  charge: "spent",
+  refund: "refunded",
+  reversal: "reversed",
+  reinstatement: "reinstated",
+  grant: "granted",
+  forfeit: "forfeited",
+  expiry: "expired",
+  void: "voided",
+  period: "plan period",
+  rollover: "rolled over",
+};
+
 async function refreshCredits() {
-  const { balance, transactions } = await api.credits();
+  const { balance, transactions, grants = [], debt = 0 } = await api.credits();
   showBalance(balance);
-  const rows = transactions.map((t) =>
-    el(
+  showGrants(grants, debt);
+  const rows = transactions.map((t) => {
+    const row = el(
       "tr",
       { className: t.amount < 0 ? "debit" : "credit" },
       el("td", {}, t.createdAt ? new Date(t.createdAt).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "…"),
-      el("td", { className: "type" }, t.type),
+      el("td", { className: "type", title: t.type }, ENTRY_LABELS[t.type] || t.type),
       el("td", { className: "amount" }, (t.amount > 0 ? "+" : "") + t.amount),
       el("td", { className: "after" }, String(t.balanceAfter)),
       el("td", { className: "ref" }, t.id),
-    ),
-  );
+    );
+    row.dataset.type = t.type;
+    return row;
+  });
   $("ledger-body").replaceChildren(...rows);
   $("ledger-empty").hidden = rows.length > 0;
 }
