@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.harness import Stack, cpu_seconds, progress, ratio, section, table, verdict
+from functions.lib.db import shard_of
 
 EXPIRED = datetime.now(UTC) - timedelta(days=365)
 SEED_THREADS = 4
@@ -85,6 +86,7 @@ def seed(client: Any, projects: int, versions: int) -> list[str]:
             project,
             {
                 "ownerId": "bench",
+                "shard": shard_of(project.id),
                 "createdAt": EXPIRED,
                 "updatedAt": EXPIRED,
                 "versionCount": versions,

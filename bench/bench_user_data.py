@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.harness import Stack, progress, ratio, section, table
+from functions.lib.db import shard_of
 
 UID = "bench-erasure-user"
 EXPIRED = datetime.now(UTC) - timedelta(days=365)
@@ -89,6 +90,7 @@ def seed(client: Any, projects: int, versions: int) -> None:
                     "userId": UID,
                     "properties": {"generationId": gen_id},
                     "createdAt": datetime.now(UTC),
+                    "shard": shard_of(f"{gen_id}-succeeded"),
                 },
             )
             pending += 3
@@ -99,6 +101,7 @@ def seed(client: Any, projects: int, versions: int) -> None:
             project,
             {
                 "ownerId": UID,
+                "shard": shard_of(project.id),
                 "createdAt": EXPIRED,
                 "updatedAt": EXPIRED,
                 "versionCount": versions,

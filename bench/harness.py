@@ -28,6 +28,7 @@ from devstack.auth import AuthEmulator
 from devstack.firestore import FirestoreEmulator
 from devstack.serve import ServedFunction
 from devstack.tokens import emulator_id_token
+from functions.lib.db import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_SOURCE = ROOT / "main.py"
@@ -189,6 +190,7 @@ def seed_project(project_id: str, versions: int, *, age_days: int = 120, marked:
         project,
         {
             "ownerId": "bench",
+            "shard": shard_of(project.id),
             "createdAt": updated,
             "updatedAt": updated,
             "versionCount": versions,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from functions.lib import retention
+from functions.lib.db import shard_of
 from functions.lib.generations import GenerationRequest, charge
 from tests.helpers import assert_ledger_consistent, balance, bearer, entries, make_user
 
@@ -55,6 +56,7 @@ def seed_project(
         project,
         {
             "ownerId": "owner",
+            "shard": shard_of(project_id),
             "createdAt": updated,
             "updatedAt": updated,
             "versionCount": versions,
@@ -190,7 +192,8 @@ def test_mark_rechecks_expiry_and_iteration_on_a_marked_project_is_404(
 def test_run_stopped_by_its_budget_resumes_and_finishes(
     db: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seed_project(db, "big", 1200)
+    # The sweep goes shard by shard: "giant" (shard 2) comes before "small" (shard 11).
+    seed_project(db, "giant", 1200)
     seed_project(db, "small", 3)
     now = [0.0]
     counting = CountingCommit()
@@ -212,13 +215,17 @@ def test_run_stopped_by_its_budget_resumes_and_finishes(
     # Each commit "takes" 1 s: after two, a third would end past 2.5 s, so the pass stops cleanly.
     assert first.complete is False and first.commits == 2 and first.elapsed_ms == 2000
     assert first.projects_deleted == 0 and first.versions_deleted == 998
-    assert db.collection("projects").document("big").get().get("deletingAt") is not None
-    assert versions_left(db, "big") == 202 and versions_left(db, "small") == 3
+    assert db.collection("projects").document("giant").get().get("deletingAt") is not None
+    assert versions_left(db, "giant") == 202 and versions_left(db, "small") == 3
 
     second = retention.sweep(db, settings, commit=counting)
 
     assert second.complete is True and second.projects_deleted == 2 and second.versions_deleted == 205
-    assert not project_exists(db, "big") and not project_exists(db, "small") and versions_left(db, "big") == 0
+    assert (
+        not project_exists(db, "giant")
+        and not project_exists(db, "small")
+        and versions_left(db, "giant") == 0
+    )
     assert max(counting.sizes) <= 500
 
 
@@ -301,14 +308,14 @@ def test_old_analytics_events_are_deleted(db: Any, settings: Any) -> None:
     for i in range(503):
         batch.set(
             db.collection("analytics_events").document(f"old{i}"),
-            {"type": "x", "userId": None, "properties": {}, "createdAt": old},
+            {"type": "x", "userId": None, "properties": {}, "createdAt": old, "shard": shard_of(f"old{i}")},
         )
         if i == 498:
             batch.commit()
             batch = db.batch()
     batch.set(
         db.collection("analytics_events").document("recent"),
-        {"type": "x", "userId": None, "properties": {}, "createdAt": RECENT},
+        {"type": "x", "userId": None, "properties": {}, "createdAt": RECENT, "shard": shard_of("recent")},
     )
     batch.commit()
     counting = CountingCommit()

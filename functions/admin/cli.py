@@ -7,6 +7,7 @@ in COMMANDS; add one by writing an `add_<name>(subparsers)` that sets `run=` and
     python -m functions.admin grant USER AMOUNT --reason TEXT --id GRANT_ID [--category promotional|paid]
         [--expires-in-days N] [--priority P] [--allow-unknown-user]
     python -m functions.admin void USER GRANT_ID --reason TEXT
+    python -m functions.admin backfill-shards [--dry-run]
     python -m functions.admin ledger USER [--limit N]
     python -m functions.admin audit
     python -m functions.admin replay STRIPE_EVENT_ID
@@ -382,6 +383,29 @@ def run_void(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_backfill_shards(args: argparse.Namespace) -> int:
+    from functions.lib import db
+
+    client = db.get_client()
+    for collection in db.SHARDED_COLLECTIONS:
+
+        def progress(seen: int, done: int, collection: str = collection) -> None:
+            verb = "would set" if args.dry_run else "set"
+            print(f"... {collection}: {seen} documents read, shard {verb} on {done}", flush=True)
+
+        done = db.backfill_shards(client, collection, dry_run=args.dry_run, progress=progress)
+        print(f"{collection}: {'would set' if args.dry_run else 'set'} shard on {done} documents")
+    return EXIT_OK
+
+
+def add_backfill_shards(subparsers: Any) -> None:
+    cmd = subparsers.add_parser(
+        "backfill-shards", help="give documents written before index shards existed their shard (once)"
+    )
+    cmd.add_argument("--dry-run", action="store_true", help="count what would be set; write nothing")
+    cmd.set_defaults(run=run_backfill_shards)
+
+
 def add_void(subparsers: Any) -> None:
     cmd = subparsers.add_parser("void", help="write off what a grant still holds, idempotent")
     cmd.add_argument("user", help="the user's uid")
@@ -574,6 +598,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_schedule,
     add_grant,
     add_void,
+    add_backfill_shards,
     add_ledger,
     add_audit,
     add_replay,

@@ -134,6 +134,44 @@ def sharded(build: Callable[[int], Query]) -> list[Query]:
     return [build(shard) for shard in range(INDEX_SHARDS)]
 
 
+SHARDED_COLLECTIONS = ("generations", "projects", "analytics_events")
+
+
+def backfill_shards(
+    client: Client,
+    collection: str,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Give every document of `collection` written before index shards existed its `shard`, in commits
+    of at most 500 (without it the sharded queries of the sweep and settlement never find it).
+    Pages by document name, which needs no index; idempotent. Returns how many it set (or would)."""
+    done = seen = 0
+    batch, pending = client.batch(), 0
+    for snap in pages(
+        client.collection(collection).order_by("__name__").select(["shard"]), MAX_COMMIT_WRITES
+    ):
+        seen += 1
+        if isinstance((snap.to_dict() or {}).get("shard"), int):
+            continue
+        done += 1
+        if dry_run:
+            continue
+        batch.update(snap.reference, {"shard": shard_of(snap.id)})
+        pending += 1
+        if pending == MAX_COMMIT_WRITES:
+            commit_batch(batch)
+            batch, pending = client.batch(), 0
+            if progress is not None:
+                progress(seen, done)
+    if pending:
+        commit_batch(batch)
+    if progress is not None:
+        progress(seen, done)
+    return done
+
+
 def read_time(client: Client) -> datetime:
     """The database's current time: the read time of a one-document read (it need not exist)."""
     snap = client.collection(USERS).document("read-time-probe").get(field_paths=["credits"], **rpc())
