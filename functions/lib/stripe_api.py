@@ -165,9 +165,10 @@ def _refused(exc: stripe.StripeError, about: dict[str, str], what: str = "checko
     if isinstance(exc, stripe.IdempotencyError):
         log.warning("stripe refused a reused idempotency key", extra={"json_fields": about})
         return IdempotencyKeyReused()
-    field = RETURN_URL_FIELDS.get(exc.param or "") if isinstance(exc, stripe.InvalidRequestError) else None
+    param = (exc.param or "") if isinstance(exc, stripe.InvalidRequestError) else ""
+    field = RETURN_URL_FIELDS.get(param)
     if field is not None:
-        log.warning("stripe refused a return url", extra={"json_fields": {"param": exc.param}})
+        log.warning("stripe refused a return url", extra={"json_fields": {"param": param}})
         return InvalidRequest(
             f"'{field}' was refused by the payment provider as not a valid URL.", field=field
         )
