@@ -181,5 +181,7 @@ WEBHOOK_URL="$(capture "https://stripe-webhook-HASH-${REGION}.a.run.app" gcloud 
 echo
 echo "Stripe webhook URL (Dashboard > Developers > Webhooks; events: checkout.session.completed,"
 echo "checkout.session.async_payment_succeeded, charge.refunded, refund.created, refund.updated, refund.failed,"
-echo "charge.refund.updated, charge.dispute.created, charge.dispute.closed; API version 2024-10-28 or later):"
+echo "charge.refund.updated, charge.dispute.created, charge.dispute.closed, customer.subscription.created,"
+echo "customer.subscription.updated, customer.subscription.deleted, invoice.paid, invoice.payment_failed,"
+echo "invoice_payment.paid; API version 2025-03-31.basil or later):"
 echo "  $WEBHOOK_URL"

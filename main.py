@@ -96,8 +96,23 @@ def credits(request: flask.Request) -> flask.Response:
     **runs_as("checkout", PROJECT),
 )
 def checkout(request: flask.Request) -> flask.Response:
-    """HTTPS POST: create a Stripe Checkout Session for a credit pack."""
+    """HTTPS POST: create a Stripe Checkout Session for a credit pack or a subscription plan."""
     from functions.handlers.checkout import handle
+
+    return handle(request)
+
+
+@https_fn.on_request(
+    memory=MB.MB_256,
+    timeout_sec=60,
+    max_instances=20,
+    concurrency=40,
+    invoker=PUBLIC,
+    **runs_as("billing_portal", PROJECT),
+)
+def billing_portal(request: flask.Request) -> flask.Response:
+    """HTTPS POST: a Stripe Customer Portal session for the caller (manage or cancel the subscription)."""
+    from functions.handlers.billing_portal import handle
 
     return handle(request)
 

@@ -1,4 +1,5 @@
-"""A local HTTP double of the Stripe API for Checkout: `POST /v1/checkout/sessions`.
+"""A local HTTP double of the Stripe API for Checkout: `POST /v1/checkout/sessions` (payment and
+subscription mode) and `POST /v1/billing_portal/sessions`.
 
 Point the real client at it with `STRIPE_API_BASE=<double.url>`. It records each request (form
 body and headers, Idempotency-Key included), honours idempotency keys as Stripe does (the same
@@ -21,6 +22,7 @@ from __future__ import annotations
 import html
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -31,7 +33,9 @@ from devstack.doubles import Received, _Double
 from devstack.stripe_events import DEFAULT_AMOUNT, checkout_session
 
 SESSIONS_PATH = "/v1/checkout/sessions"
+PORTAL_PATH = "/v1/billing_portal/sessions"
 PAY_PATH = "/c/pay/"
+PORTAL_PAGE_PATH = "/p/session/"
 
 
 @dataclass
@@ -41,6 +45,7 @@ class StripeDouble(_Double):
     webhook_url: str | None = None
     webhook_secret: str = ""
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  # created sessions by id
+    portal_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)  # portal sessions by id
     _replays: dict[str, tuple[bytes, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,8 +58,15 @@ class StripeDouble(_Double):
         with self._lock:
             self._replays.clear()
 
+    @property
+    def portal_sessions_created(self) -> list[Received]:
+        """The billing portal session create requests received, in order."""
+        return [r for r in self.received if r.method == "POST" and r.path == PORTAL_PATH]
+
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
-        if req.method != "POST" or req.path != SESSIONS_PATH:
+        if req.method == "POST" and req.path == PORTAL_PATH and self.mode == "ok":
+            return 200, self._portal_session(req.form())
+        if req.method != "POST" or req.path not in (SESSIONS_PATH, PORTAL_PATH):
             return 404, _error(
                 "invalid_request_error", f"Unrecognized request URL ({req.method}: {req.path})."
             )
@@ -128,6 +140,27 @@ class StripeDouble(_Double):
         self.sessions[session["id"]] = paid
         return None
 
+    def _portal_session(self, form: dict[str, str]) -> dict[str, Any]:
+        """A Customer Portal session as Stripe answers it (`url` is where the customer goes)."""
+        session_id = "bps_" + secrets.token_hex(12)
+        session = {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "configuration": "bpc_" + secrets.token_hex(8),
+            "created": int(time.time()),
+            "customer": form.get("customer"),
+            "flow": None,
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": form.get("return_url"),
+            "url": (self.url if self.hosted else "https://billing.stripe.com")
+            + PORTAL_PAGE_PATH
+            + session_id,
+        }
+        self.portal_sessions[session_id] = session
+        return session
+
     def _session(self, form: dict[str, str]) -> dict[str, Any]:
         session_id = "cs_test_" + secrets.token_hex(24)
         quantity = int(form.get("line_items[0][quantity]", "1"))
@@ -147,6 +180,17 @@ class StripeDouble(_Double):
             k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata[")
         }
         session["mode"] = form.get("mode")
+        if session["mode"] == "subscription":
+            # A subscription-mode session: no PaymentIntent of its own (the first invoice has one),
+            # a customer (reused when given), and `subscription_data.metadata` for the subscription.
+            session["customer"] = form.get("customer") or stripe_events.new_id("cus")
+            session["subscription_data"] = {
+                "metadata": {
+                    k[len("subscription_data[metadata][") : -1]: v
+                    for k, v in form.items()
+                    if k.startswith("subscription_data[metadata][")
+                }
+            }
         self.sessions[session_id] = session
         return session
 

@@ -442,3 +442,166 @@ def delivery(evt: dict[str, Any], secret: str, timestamp: int | None = None) -> 
         "Stripe-Signature": sign(body, secret, timestamp),
     }
     return body, headers
+
+
+# Stripe Billing: subscriptions, invoices and invoice payments ----------------------------------
+
+BASIL = "2025-03-31.basil"
+PRE_BASIL = "2025-02-24.acacia"
+DAY = 86400
+
+
+def subscription(
+    sub_id: str,
+    uid: str | None,
+    plan_id: str | None,
+    price: str,
+    *,
+    customer: str = "cus_test_1",
+    status: str = "active",
+    period_start: int | None = None,
+    period_end: int | None = None,
+    cancel_at_period_end: bool = False,
+    latest_invoice: str | None = None,
+    basil: bool = True,
+) -> dict[str, Any]:
+    """A Subscription object with the metadata `checkout` sets through `subscription_data.metadata`
+    (None leaves a key out). From basil on the current period sits on its items, before on it."""
+    start = period_start or int(time.time())
+    end = period_end or start + 30 * DAY
+    metadata = {k: v for k, v in (("userId", uid), ("planId", plan_id)) if v is not None}
+    item: dict[str, Any] = {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "created": start,
+        "metadata": {},
+        "price": {"id": price, "object": "price", "recurring": {"interval": "month", "interval_count": 1}},
+        "quantity": 1,
+        "subscription": sub_id,
+    }
+    sub: dict[str, Any] = {
+        "id": sub_id,
+        "object": "subscription",
+        "billing_cycle_anchor": start,
+        "cancel_at": end if cancel_at_period_end else None,
+        "cancel_at_period_end": cancel_at_period_end,
+        "canceled_at": None,
+        "collection_method": "charge_automatically",
+        "created": start,
+        "currency": "usd",
+        "customer": customer,
+        "ended_at": None,
+        "items": {"object": "list", "data": [item], "has_more": False},
+        "latest_invoice": latest_invoice,
+        "livemode": False,
+        "metadata": metadata,
+        "start_date": start,
+        "status": status,
+        "trial_end": None,
+        "trial_start": None,
+    }
+    if basil:
+        item |= {"current_period_start": start, "current_period_end": end}
+    else:
+        sub |= {"current_period_start": start, "current_period_end": end}
+    return sub
+
+
+def invoice_line(
+    price: str, amount: int, start: int, end: int, *, proration: bool = False, basil: bool = True
+) -> dict[str, Any]:
+    """A subscription line of an invoice: its service `period`, its price (under `pricing` from basil on)."""
+    line: dict[str, Any] = {
+        "id": new_id("il"),
+        "object": "line_item",
+        "amount": amount,
+        "currency": "usd",
+        "description": "1 × Plan" if not proration else "Remaining time on Plan",
+        "period": {"start": start, "end": end},
+        "quantity": 1,
+    }
+    if basil:
+        line["parent"] = {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"proration": proration, "subscription_item": new_id("si")},
+        }
+        line["pricing"] = {"type": "price_details", "price_details": {"price": price, "product": "prod_1"}}
+    else:
+        line |= {"type": "subscription", "proration": proration, "price": {"id": price, "object": "price"}}
+    return line
+
+
+def invoice(
+    invoice_id: str,
+    sub_id: str,
+    uid: str | None,
+    plan_id: str | None,
+    lines: list[dict[str, Any]],
+    *,
+    billing_reason: str = "subscription_cycle",
+    amount_paid: int | None = None,
+    status: str = "paid",
+    customer: str = "cus_test_1",
+    payment_intent: str | None = None,
+    basil: bool = True,
+) -> dict[str, Any]:
+    """An Invoice of a subscription. From basil on the subscription and its metadata snapshot sit
+    under `parent.subscription_details` and there is no `payment_intent`; before, they are
+    top-level `subscription` / `subscription_details` and `payment_intent`."""
+    metadata = {k: v for k, v in (("userId", uid), ("planId", plan_id)) if v is not None}
+    total = sum(line["amount"] for line in lines)
+    paid = total if amount_paid is None else amount_paid
+    inv: dict[str, Any] = {
+        "id": invoice_id,
+        "object": "invoice",
+        "amount_due": total,
+        "amount_paid": paid if status == "paid" else 0,
+        "amount_remaining": 0 if status == "paid" else total,
+        "attempt_count": 1,
+        "billing_reason": billing_reason,
+        "collection_method": "charge_automatically",
+        "created": int(time.time()),
+        "currency": "usd",
+        "customer": customer,
+        "customer_email": "buyer@example.com",
+        "customer_name": "Test Buyer",
+        "customer_address": buyer_address(),
+        "lines": {"object": "list", "data": lines, "has_more": False},
+        "livemode": False,
+        "period_start": lines[0]["period"]["start"] if lines else None,
+        "period_end": lines[0]["period"]["start"] if lines else None,
+        "status": status,
+        "total": total,
+    }
+    if basil:
+        inv["parent"] = {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": metadata, "subscription": sub_id},
+        }
+    else:
+        inv |= {
+            "subscription": sub_id,
+            "subscription_details": {"metadata": metadata},
+            "payment_intent": payment_intent,
+            "paid": status == "paid",
+        }
+    return inv
+
+
+def invoice_payment(invoice_id: str, payment_intent: str, amount: int) -> dict[str, Any]:
+    """An InvoicePayment (basil on): which PaymentIntent paid which invoice."""
+    return {
+        "id": new_id("inpay"),
+        "object": "invoice_payment",
+        "amount_paid": amount,
+        "amount_requested": amount,
+        "created": int(time.time()),
+        "currency": "usd",
+        "invoice": invoice_id,
+        "is_default": True,
+        "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": int(time.time())},
+    }

@@ -56,6 +56,17 @@ def test_defaults() -> None:
         ({**BASE, "EXPORT_CONCURRENCY": "11"}, "EXPORT_CONCURRENCY"),  # more than half of account's 20
         ({**BASE, "CREDITS_LIMIT": "0"}, "CREDITS_LIMIT"),
         ({**BASE, "APP_CHECK": "yes"}, "APP_CHECK"),
+        ({**BASE, "PLANS": "[1]"}, "PLANS"),
+        ({**BASE, "PLANS": '{"pro": {"price": "price_pro"}}'}, "PLANS"),  # no credits
+        ({**BASE, "PLANS": '{"pro": {"price": "price_pro", "credits": 10, "rollover": -1}}'}, "PLANS"),
+        (
+            {**BASE, "PLANS": '{"a": {"price": "p", "credits": 1}, "b": {"price": "p", "credits": 2}}'},
+            "PLANS",
+        ),
+        ({**BASE, "PLANS": '{"pro": {"price": "p", "credits": 1, "amount": 900}}'}, "PLANS"),  # no currency
+        ({**BASE, "CREDIT_PACKS": '{"x": {"credits": 1, "price": "p", "currency": "usd"}}'}, "CREDIT_PACKS"),
+        ({**BASE, "PERIOD_GRACE_H": "-1"}, "PERIOD_GRACE_H"),
+        ({**BASE, "PERIOD_GRACE_H": "a day"}, "PERIOD_GRACE_H"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -137,6 +148,30 @@ def test_credit_packs_override() -> None:
     s = settings_from({**BASE, "CREDIT_PACKS": '{"mega": {"credits": 9000, "price": "price_mega"}}'})
 
     assert list(s.credit_packs) == ["mega"] and s.credit_packs["mega"].price == "price_mega"
+
+
+def test_plans_and_the_period_grace() -> None:
+    assert (settings_from(BASE).plans, settings_from(BASE).period_grace_h) == ({}, 72)
+    s = settings_from(
+        {
+            **BASE,
+            "PLANS": '{"pro": {"price": "price_pro", "credits": 1000, "rollover": 200, "trialCredits": 50,'
+            ' "amount": 1900, "currency": "USD"}, "basic": {"price": "price_basic", "credits": 100}}',
+            "PERIOD_GRACE_H": "24",
+        }
+    )
+
+    pro = s.plans["pro"]
+    assert (pro.credits, pro.rollover, pro.trial_credits, pro.amount, pro.currency) == (
+        1000,
+        200,
+        50,
+        1900,
+        "usd",
+    )
+    assert (s.plans["basic"].rollover, s.plans["basic"].amount) == (0, None)
+    assert s.plan_of_price("price_basic") == s.plans["basic"] and s.plan_of_price("price_x") is None
+    assert s.period_grace_h == 24
 
 
 def test_missing_secret_names_itself() -> None:

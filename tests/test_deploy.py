@@ -22,6 +22,7 @@ FUNCTIONS = (
     "consent",
     "credits",
     "checkout",
+    "billing_portal",
     "stripe_webhook",
     "retention_sweep",
     "purgeProject",
@@ -85,11 +86,20 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
         "invoker sweep-scheduler@acme-credits-prod.iam.gserviceaccount.com;" in plan["retention_sweep"]
         and "timeout 540 s" in plan["retention_sweep"]
     )
-    for public in ("generate", "consent", "credits", "checkout", "stripe_webhook", "account"):
+    for public in (
+        "generate",
+        "consent",
+        "credits",
+        "checkout",
+        "billing_portal",
+        "stripe_webhook",
+        "account",
+    ):
         assert "HTTPS, invoker public" in plan[public]
     assert plan["generate"].endswith("secrets: GEMINI_API_KEY") and plan["checkout"].endswith(
         "secrets: STRIPE_SECRET_KEY"
     )
+    assert plan["billing_portal"].endswith("secrets: STRIPE_SECRET_KEY")
     assert plan["stripe_webhook"].endswith("secrets: STRIPE_WEBHOOK_SECRET") and plan["credits"].endswith(
         "secrets: none"
     )
@@ -124,6 +134,10 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     secret_grants = [line for line in lines if line.startswith("+ gcloud secrets add-iam-policy-binding")]
     assert sorted((g.split()[4], g.split()[5]) for g in secret_grants) == [
         ("GEMINI_API_KEY", "--member=serviceAccount:fn-generate@acme-credits-prod.iam.gserviceaccount.com"),
+        (
+            "STRIPE_SECRET_KEY",
+            "--member=serviceAccount:fn-billing-portal@acme-credits-prod.iam.gserviceaccount.com",
+        ),
         (
             "STRIPE_SECRET_KEY",
             "--member=serviceAccount:fn-checkout@acme-credits-prod.iam.gserviceaccount.com",

@@ -1,4 +1,5 @@
-"""`checkout` handler: validate the pack and the return URLs, then create a Stripe Checkout Session."""
+"""`checkout` handler: validate the pack or plan and the return URLs, then create a Stripe Checkout
+Session (payment mode for a pack, subscription mode for a plan)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from functions.edge import Call, endpoint
-from functions.lib import auth, db, limits, logs, stripe_api
-from functions.lib.config import CreditPack, Settings, get_settings
-from functions.lib.errors import ConfigError, InvalidRequest
+from functions.lib import auth, db, limits, logs, stripe_api, subscriptions
+from functions.lib.config import CreditPack, Plan, Settings, get_settings
+from functions.lib.errors import AlreadySubscribed, ConfigError, InvalidRequest
 
 MAX_URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
 class CheckoutRequest:
-    pack: CreditPack
+    pack: CreditPack | None
+    plan: Plan | None
     success_url: str
     cancel_url: str
     idempotency_key: str | None
@@ -51,19 +53,30 @@ def return_url(settings: Settings, body: dict[str, Any], field: str) -> str:
     return url
 
 
-FIELDS = frozenset({"packId", "successUrl", "cancelUrl"})
+FIELDS = frozenset({"packId", "planId", "successUrl", "cancelUrl"})
 
 
 def parse(settings: Settings, call: Call) -> CheckoutRequest:
     body = call.json(allowed=FIELDS)
-    pack_id = body.get("packId")
-    pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
-    if pack is None:
-        raise InvalidRequest(
-            f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId"
-        )
+    if ("packId" in body) == ("planId" in body):
+        raise InvalidRequest("Send exactly one of 'packId' (a credit pack) or 'planId' (a subscription).")
+    pack = plan = None
+    if "packId" in body:
+        pack_id = body.get("packId")
+        pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
+        if pack is None:
+            raise InvalidRequest(
+                f"'packId' must be one of: {', '.join(sorted(settings.credit_packs))}.", field="packId"
+            )
+    else:
+        plan_id = body.get("planId")
+        plan = settings.plans.get(plan_id) if isinstance(plan_id, str) else None
+        if plan is None:
+            choices = ", ".join(sorted(settings.plans)) or "(no plans are on sale)"
+            raise InvalidRequest(f"'planId' must be one of: {choices}.", field="planId")
     return CheckoutRequest(
         pack,
+        plan,
         return_url(settings, body, "successUrl"),
         return_url(settings, body, "cancelUrl"),
         call.idempotency_key(),
@@ -72,24 +85,46 @@ def parse(settings: Settings, call: Call) -> CheckoutRequest:
 
 @endpoint("checkout", methods=("POST",))
 def handle(call: Call) -> dict[str, Any]:
-    """POST {packId, successUrl, cancelUrl} -> 200 {url, sessionId}."""
+    """POST {packId | planId, successUrl, cancelUrl} -> 200 {url, sessionId}; 409 already_subscribed
+    for a plan while the caller has a live subscription (plans change in the billing portal)."""
     uid = auth.authenticate(call.headers.get("Authorization"), check_revoked=True)
     logs.bind(uid=uid)
     settings = get_settings()
     req = parse(settings, call)
+    client = db.get_client()
+    customer = None
+    if req.plan is not None:
+        # Two checkouts racing past this check could both subscribe; the second is then a plain
+        # second subscription the user can cancel in the portal (each paid invoice grants once).
+        if subscriptions.live_subscription(client, uid) is not None:
+            raise AlreadySubscribed()
+        customer = subscriptions.customer_of(client, uid)
     limits.take_checkout_slot(
-        db.get_client(),
+        client,
         uid,
         limit=settings.checkout_limit,
         window_s=settings.checkout_window_s,
         now=datetime.now(UTC),
     )
-    session = stripe_api.create_checkout_session(
-        settings,
-        uid=uid,
-        pack=req.pack,
-        success_url=req.success_url,
-        cancel_url=req.cancel_url,
-        idempotency_key=stripe_api.checkout_idempotency_key(uid, req.idempotency_key),
-    )
+    key = stripe_api.checkout_idempotency_key(uid, req.idempotency_key)
+    if req.plan is not None:
+        session = stripe_api.create_subscription_session(
+            settings,
+            uid=uid,
+            plan=req.plan,
+            customer=customer,
+            success_url=req.success_url,
+            cancel_url=req.cancel_url,
+            idempotency_key=key,
+        )
+    else:
+        assert req.pack is not None
+        session = stripe_api.create_checkout_session(
+            settings,
+            uid=uid,
+            pack=req.pack,
+            success_url=req.success_url,
+            cancel_url=req.cancel_url,
+            idempotency_key=key,
+        )
     return {"url": session.url, "sessionId": session.id}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from functions.edge import Call, endpoint
-from functions.lib import auth, db, ledger, limits, logs, settlement
+from functions.lib import auth, db, ledger, limits, logs, settlement, subscriptions
 from functions.lib.config import get_settings
 
 
@@ -29,5 +29,5 @@ def handle(call: Call) -> dict[str, Any]:
         "transactions": statement.transactions,
         "grants": statement.grants,
         "debt": statement.debt,
-        "subscription": None,  # subscriptions arrive with Stripe Billing plans
+        "subscription": subscriptions.public(subscriptions.live_subscription(client, uid)),
     }

@@ -22,6 +22,7 @@ CREDITS_REFUNDED = "credits_refunded"
 CREDITS_PURCHASED = "credits_purchased"
 CREDITS_REVERSED = "credits_reversed"
 CREDITS_REINSTATED = "credits_reinstated"
+PERIOD_GRANTED = "period_granted"
 
 
 def stage_event(

@@ -7,7 +7,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from functions.lib.deployment import required_secrets
 from functions.lib.errors import ConfigError
@@ -45,6 +45,24 @@ class CreditPack:
     credits: int
     price: str
     expires_in_days: int | None = None  # a pack's grant expires this long after the purchase
+    # The price as Stripe charges it (minor units, lowercase ISO currency). When set, a Checkout
+    # Session credits the pack only when it charged exactly this; None skips that check.
+    amount: int | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A subscription plan: `credits` per period, up to `rollover` unspent period credits carried into
+    the next period, `trial_credits` for a trial's $0 first invoice."""
+
+    id: str
+    price: str
+    credits: int
+    rollover: int = 0
+    trial_credits: int = 0
+    amount: int | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,12 @@ class Settings:
     consent_limit: int = 60
     consent_window_s: int = 60
     app_check: bool = False
+    plans: Mapping[str, Plan] = field(default_factory=dict)
+    period_grace_h: int = 72
+
+    def plan_of_price(self, price: str) -> Plan | None:
+        """The plan sold at Stripe price `price` (an invoice line names its price, not our plan id)."""
+        return next((p for p in self.plans.values() if p.price == price), None)
 
     @property
     def generate_function_timeout_s(self) -> int:
@@ -202,8 +226,73 @@ def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
                 "CREDIT_PACKS",
                 f"CREDIT_PACKS entry {pack_id!r}: 'expiresInDays' must be a positive whole number or null",
             )
-        packs[pack_id] = CreditPack(pack_id, credits, price, expires)
+        amount, currency = _price_terms("CREDIT_PACKS", pack_id, spec)
+        packs[pack_id] = CreditPack(pack_id, credits, price, expires, amount, currency)
     return packs
+
+
+def _count(spec: dict[str, object], key: str) -> int:
+    """`spec[key]` when it is a whole number >= 0 (0 when absent); -1 marks a bad value."""
+    value = spec.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return -1
+    return value
+
+
+def _price_terms(name: str, entry: str, spec: dict[str, object]) -> tuple[int | None, str | None]:
+    """The optional `amount` (minor units) and `currency` of a catalog entry: both or neither."""
+    amount, currency = spec.get("amount"), spec.get("currency")
+    if amount is None and currency is None:
+        return None, None
+    if (
+        not isinstance(amount, int)
+        or isinstance(amount, bool)
+        or amount < 0
+        or not isinstance(currency, str)
+        or len(currency) != 3
+        or not currency.isalpha()
+    ):
+        raise ConfigError(
+            name,
+            f"{name} entry {entry!r}: 'amount' (a whole number of minor units) and 'currency' "
+            "(a 3-letter code) go together",
+        )
+    return amount, currency.lower()
+
+
+def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
+    raw = env.get("PLANS", "").strip()
+    if not raw:
+        return {}
+    try:
+        catalog = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("PLANS", f"PLANS is not valid JSON: {exc.msg}") from None
+    if not isinstance(catalog, dict):
+        raise ConfigError(
+            "PLANS", 'PLANS must be a JSON object like {"pro": {"price": "price_...", "credits": 1000}}'
+        )
+    plans: dict[str, Plan] = {}
+    for plan_id, spec in catalog.items():
+        if not isinstance(spec, dict) or not plan_id or "/" in plan_id:
+            raise ConfigError("PLANS", f"PLANS entry {plan_id!r} must be an object under a plain id")
+        price, credits = spec.get("price"), _count(spec, "credits")
+        if not isinstance(price, str) or not price or credits <= 0:
+            raise ConfigError(
+                "PLANS", f"PLANS entry {plan_id!r} needs a 'price' id and a positive integer 'credits'"
+            )
+        rollover, trial = _count(spec, "rollover"), _count(spec, "trialCredits")
+        if rollover == -1 or trial == -1:
+            raise ConfigError(
+                "PLANS",
+                f"PLANS entry {plan_id!r}: 'rollover' and 'trialCredits' must be whole numbers >= 0",
+            )
+        if any(p.price == price for p in plans.values()):
+            # An invoice line names its price: one price must mean one plan.
+            raise ConfigError("PLANS", f"PLANS entry {plan_id!r} reuses price {price!r} of another plan")
+        amount, currency = _price_terms("PLANS", plan_id, spec)
+        plans[plan_id] = Plan(plan_id, price, credits, rollover, trial, amount, currency)
+    return plans
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:
@@ -278,6 +367,8 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         consent_limit=_int(env, "CONSENT_LIMIT", 60, minimum=1),
         consent_window_s=_int(env, "CONSENT_WINDOW_S", 60, minimum=1),
         app_check=_switch(env, "APP_CHECK", ("off", "enforce")) == "enforce",
+        plans=_plans(env),
+        period_grace_h=_int(env, "PERIOD_GRACE_H", 72, maximum=24 * 31),
     )
 
 

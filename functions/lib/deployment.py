@@ -51,6 +51,7 @@ FUNCTIONS: dict[str, Deployed] = {
     "consent": Deployed("fn-consent", (), (DATASTORE_USER,)),
     "credits": Deployed("fn-credits", (), (DATASTORE_USER,)),
     "checkout": Deployed("fn-checkout", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_VIEWER)),
+    "billing_portal": Deployed("fn-billing-portal", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_VIEWER)),
     "stripe_webhook": Deployed("fn-stripe-webhook", ("STRIPE_WEBHOOK_SECRET",), (DATASTORE_USER,)),
     # Enqueues purge tasks with an OIDC token of its own account, which the task function accepts.
     SWEEP_FUNCTION: Deployed(

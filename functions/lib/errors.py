@@ -80,6 +80,18 @@ class ProjectNotFound(NotFound):
     code, message = "project_not_found", "No such project for this user."
 
 
+class NoCustomer(NotFound):
+    code, message = "no_customer", "There is no billing account for this user yet; subscribe or buy first."
+
+
+class AlreadySubscribed(AppError):
+    status, code, message = (
+        409,
+        "already_subscribed",
+        "You already have a subscription; change or cancel it in the billing portal.",
+    )
+
+
 class MethodNotAllowed(AppError):
     status, code, message = 405, "method_not_allowed", "This method is not allowed here."
 

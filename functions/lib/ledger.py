@@ -190,6 +190,13 @@ class Book:
         self._entry(VOID, grant_id, -credits, grant_id=grant_id, metadata={"reason": reason})
         return credits
 
+    def end_grant(self, grant_id: str, reason: str) -> int:
+        """Write a live grant off now (`expiry_{grantId}`: its one expiry, come early), e.g. a period
+        grant its next period replaces; the grant stays ended for later refunds (`ended_grants`)."""
+        credits = self.wallet.void(grant_id)
+        self._entry(EXPIRY, grant_id, -credits, grant_id=grant_id, metadata={"reason": reason})
+        return credits
+
     def forfeit(self, ref: str, reason: str) -> int:
         """Erasure: every grant and the debt written off; the (signed) credits moved."""
         moved = self.wallet.close()
@@ -222,7 +229,9 @@ def ended_grants(
     """Each grant by id as a refund or reinstatement must treat it: the live one, or its terms from
     the entry that created it (with remaining 0), and whether it was voided or written off.
 
-    One read of the creating and `void_` entries, only for grants that are not live.
+    One read of the creating, `void_` and `expiry_` entries, only for grants that are not live: a
+    grant written off early (a subscription's period grant when the next period or the cancellation
+    ends it) stays ended although its own expiry has not come.
     """
     found: dict[str, tuple[Grant, bool]] = {}
     missing = []
@@ -235,16 +244,22 @@ def ended_grants(
     if missing:
         ledger = client.collection(LEDGER)
         refs = [
-            ref for gid in missing for ref in (ledger.document(gid), ledger.document(entry_id(VOID, gid)))
+            ref
+            for gid in missing
+            for ref in (
+                ledger.document(gid),
+                ledger.document(entry_id(VOID, gid)),
+                ledger.document(entry_id(EXPIRY, gid)),
+            )
         ]
         snaps = db.get_all(client, refs)
         for i, gid in enumerate(missing):
-            created, voided = snaps[2 * i], snaps[2 * i + 1]
+            created, voided, expired = snaps[3 * i], snaps[3 * i + 1], snaps[3 * i + 2]
             data = (created.to_dict() or {}) if created.exists and created.get("userId") == uid else {}
             terms = data.get("grant")
             found[gid] = (
                 Grant.of(terms if isinstance(terms, dict) else {}, id=gid, remaining=0),
-                voided.exists,
+                voided.exists or expired.exists,
             )
     return found
 

@@ -247,6 +247,17 @@ def _money(value: Any, what: str) -> int:
 # Purchases -----------------------------------------------------------------------------------
 
 
+def check_price(expected: int | None, currency: str | None, charged: Any, charged_in: Any, what: str) -> None:
+    """A price_mismatch problem unless Stripe charged the catalog's price (no check without one): a
+    session or invoice for another amount (a changed Stripe price, a hand-made session) credits nothing."""
+    if expected is not None and (charged != expected or charged_in != currency):
+        raise EventProblem(
+            "price_mismatch",
+            f"Stripe charged {charged} {charged_in} for {what}, not the catalog's {expected} {currency}: "
+            "nothing was credited",
+        )
+
+
 @dataclass(frozen=True)
 class _Credited:
     outcome: Outcome
@@ -278,6 +289,7 @@ def credit_checkout_session(
         _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
     )
     amount = session.get("amount_total")
+    check_price(pack.amount, pack.currency, amount, session.get("currency"), f"pack {pack.id}")
     entry_id = ledger.entry_id(ledger.PURCHASE, session_id)
     entry_ref = client.collection(schema.LEDGER).document(entry_id)
     user_ref = client.collection(schema.USERS).document(uid)
@@ -323,7 +335,7 @@ def credit_checkout_session(
                 credits=pack.credits,
                 amount=amount if isinstance(amount, int) else None,
             )
-            _stage_record(client, batch, record_ref, maybe_record[0], opened)
+            stage_record(client, batch, record_ref, maybe_record[0], opened)
         analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id)
         return db.Plan(_Credited(Outcome(CREDITED, uid, pack.credits, balance), record), batch)
 
@@ -331,11 +343,11 @@ def credit_checkout_session(
     if credited.outcome.action == CREDITED:
         analytics.emitted(analytics.CREDITS_PURCHASED, uid, props)
     for parked_id in credited.record.parked:
-        _apply_parked(client, settings, parked_id, credited.record.parked_events.get(parked_id))
+        apply_parked(client, settings, parked_id, credited.record.parked_events.get(parked_id))
     return credited.outcome
 
 
-def _stage_record(
+def stage_record(
     client: Client, batch: WriteBatch, ref: Any, snap: DocumentSnapshot, record: PaymentRecord
 ) -> None:
     """Write the record in `batch`, under a precondition on the version read (or `create`)."""
@@ -349,7 +361,7 @@ def _stage_record(
         batch.create(ref, {**record.fields(), "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP})
 
 
-def _apply_parked(client: Client, settings: Settings, event_id: str, payload: str | None) -> None:
+def apply_parked(client: Client, settings: Settings, event_id: str, payload: str | None) -> None:
     """Apply a parked event: the stored problem when it is still there (marked resolved with it),
     else the record's own copy (the sweep deleted the problem after its retention)."""
     event = problems.load(client, event_id)
@@ -406,7 +418,7 @@ def settle_payment(
         changed.reversed_credits += delta
         batch = client.batch()
         if changed != record:
-            _stage_record(client, batch, record_ref, snap, changed)
+            stage_record(client, batch, record_ref, snap, changed)
         outcome = _move_credits(
             client,
             batch,
@@ -501,7 +513,7 @@ def _park(
     record.parked.append(event_id)
     record.parked_events[event_id] = problems.payload_of(event)
     batch = client.batch()
-    _stage_record(client, batch, snap.reference, snap, record)
+    stage_record(client, batch, snap.reference, snap, record)
     message = "no purchase is recorded for this payment (yet); it applies when the purchase is credited"
     problems.stage_problem(
         client, batch, event, PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id
@@ -601,6 +613,9 @@ def _combined(outcomes: list[Outcome]) -> Outcome:
 def _on_session_completed(
     client: Client, settings: Settings, session: dict[str, Any], event: dict[str, Any], stored: bool
 ) -> Outcome:
+    if session.get("mode") == "subscription":
+        # Credits come from the subscription's paid invoices (`invoice.paid`), never from its session.
+        return Outcome(IGNORED)
     status = session.get("payment_status")
     if status == "paid":
         return credit_checkout_session(client, settings, session, str(event.get("id")))
@@ -636,6 +651,21 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 
+def _subscription_handler(type: str) -> Handler | None:
+    """Subscription events live in `lib.subscriptions`, which builds on this module (imported here
+    on first use, so the two do not import each other at load time)."""
+    from functions.lib import subscriptions as subs
+
+    return {
+        subs.SUB_CREATED: subs.on_subscription,
+        subs.SUB_UPDATED: subs.on_subscription,
+        subs.SUB_DELETED: subs.on_subscription,
+        subs.INVOICE_PAID: subs.grant_period,
+        subs.INVOICE_FAILED: subs.on_invoice_failed,
+        subs.INVOICE_PAYMENT_PAID: subs.link_payment,
+    }.get(type)
+
+
 def handle_event(
     client: Client, settings: Settings, event: dict[str, Any], *, stored: bool = False
 ) -> Outcome:
@@ -645,7 +675,7 @@ def handle_event(
     outcome; transient failures raise (`Unavailable`), so the delivery is retried. `stored`: the
     event comes from `stripe_event_problems`, and is marked resolved when it applies.
     """
-    handler = _HANDLERS.get(str(event.get("type")))
+    handler = _HANDLERS.get(str(event.get("type"))) or _subscription_handler(str(event.get("type")))
     if handler is None:
         return Outcome(IGNORED)
     data = event.get("data")

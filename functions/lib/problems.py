@@ -37,8 +37,35 @@ _OBJECT_FIELDS = (
     "amount_total",
     "amount_refunded",
     "currency",
+    # Subscriptions and their invoices (ids, amounts, periods: no personal data).
+    "mode",
+    "customer",
+    "subscription",
+    "invoice",
+    "latest_invoice",
+    "billing_reason",
+    "amount_paid",
+    "cancel_at_period_end",
+    "current_period_start",
+    "current_period_end",
+    "ended_at",
+    "period",
+    "proration",
+    "price",
+    "plan",
+    "type",
 )
-_METADATA_FIELDS = ("userId", "packageId")
+_METADATA_FIELDS = ("userId", "packageId", "planId")
+# Nested objects a subscription event's handling reads, kept with only the fields above.
+_NESTED = (
+    "parent",
+    "subscription_details",
+    "subscription_item_details",
+    "pricing",
+    "price_details",
+    "payment",
+)
+_LISTS = ("lines", "items")
 
 
 def id_of(value: Any) -> Any:
@@ -51,9 +78,16 @@ def _minimal_object(obj: dict[str, Any]) -> dict[str, Any]:
     metadata = obj.get("metadata")
     if isinstance(metadata, dict):
         kept["metadata"] = {key: metadata[key] for key in _METADATA_FIELDS if key in metadata}
-    refunds = obj.get("refunds")
-    if isinstance(refunds, dict) and isinstance(refunds.get("data"), list):
-        kept["refunds"] = {"data": [_minimal_object(r) for r in refunds["data"] if isinstance(r, dict)]}
+    for name in ("refunds", *_LISTS):
+        listed = obj.get(name)
+        if isinstance(listed, dict) and isinstance(listed.get("data"), list):
+            kept[name] = {"data": [_minimal_object(r) for r in listed["data"] if isinstance(r, dict)]}
+    for name in _NESTED:
+        if isinstance(obj.get(name), dict):
+            kept[name] = _minimal_object(obj[name])
+    period = obj.get("period")
+    if isinstance(period, dict):
+        kept["period"] = {k: period.get(k) for k in ("start", "end")}
     return kept
 
 

@@ -14,3 +14,6 @@ EVENTS = "analytics_events"
 CHECKOUT_LIMITS = "checkout_limits"
 # Per-user fixed windows of other actions (export, credits, consent): `{action}_{uid}`.
 RATE_LIMITS = "rate_limits"
+SUBSCRIPTIONS = "subscriptions"
+CATALOG = "catalog"
+INVOICES = "invoices"

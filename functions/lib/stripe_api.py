@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from functions.lib import ids
-from functions.lib.config import CreditPack, Settings
+from functions.lib.config import CreditPack, Plan, Settings
 from functions.lib.errors import IdempotencyKeyReused, InvalidRequest, InvalidSignature, UpstreamFailed
 from functions.lib.once import once
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0
 NETWORK_RETRIES = 2
 # Stripe's parameter -> the request field it came from, for a URL Stripe refuses (400, not 502).
-RETURN_URL_FIELDS = {"success_url": "successUrl", "cancel_url": "cancelUrl"}
+RETURN_URL_FIELDS = {"success_url": "successUrl", "cancel_url": "cancelUrl", "return_url": "returnUrl"}
 
 
 @once
@@ -75,9 +75,6 @@ def create_checkout_session(
     The webhook credits the pack named in the session's metadata, for the uid in it; the amount
     and the credits never come from the client.
     """
-    import stripe
-
-    client = get_client(settings)
     metadata = {"userId": uid, "packageId": pack.id}
     params = {
         "mode": "payment",
@@ -89,21 +86,50 @@ def create_checkout_session(
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
+    return _create_session(settings, params, idempotency_key, {"packId": pack.id})
+
+
+def create_subscription_session(
+    settings: Settings,
+    *,
+    uid: str,
+    plan: Plan,
+    customer: str | None,
+    success_url: str,
+    cancel_url: str,
+    idempotency_key: str,
+) -> CheckoutSession:
+    """A Checkout Session in subscription mode for one plan.
+
+    `subscription_data.metadata` is what matters: Stripe snapshots the subscription's metadata onto
+    every invoice it bills, and the webhook grants each paid invoice to the uid found there. The
+    user's Stripe customer is reused when known, so the portal shows one customer per user.
+    """
+    metadata = {"userId": uid, "planId": plan.id}
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "line_items": [{"price": plan.price, "quantity": 1}],
+        "client_reference_id": uid,
+        "metadata": metadata,
+        "subscription_data": {"metadata": metadata},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    if customer:
+        params["customer"] = customer
+    return _create_session(settings, params, idempotency_key, {"planId": plan.id})
+
+
+def _create_session(
+    settings: Settings, params: dict[str, Any], idempotency_key: str, about: dict[str, str]
+) -> CheckoutSession:
+    import stripe
+
+    client = get_client(settings)
     try:
         session = client.v1.checkout.sessions.create(cast(Any, params), {"idempotency_key": idempotency_key})
-    except stripe.IdempotencyError:
-        log.warning("stripe refused a reused idempotency key", extra={"json_fields": {"packId": pack.id}})
-        raise IdempotencyKeyReused() from None
-    except stripe.InvalidRequestError as exc:
-        field = RETURN_URL_FIELDS.get(exc.param or "")
-        if field is None:
-            raise _upstream_failed(exc) from None
-        log.warning("stripe refused a return url", extra={"json_fields": {"param": exc.param}})
-        raise InvalidRequest(
-            f"'{field}' was refused by the payment provider as not a valid URL.", field=field
-        ) from None
     except stripe.StripeError as exc:
-        raise _upstream_failed(exc) from None
+        raise _refused(exc, about) from None
     session_id, url = getattr(session, "id", None), getattr(session, "url", None)
     if not isinstance(session_id, str) or not isinstance(url, str) or not url:
         log.error("stripe answered a checkout session without id or url")
@@ -113,10 +139,46 @@ def create_checkout_session(
     return CheckoutSession(session_id, url)
 
 
-def _upstream_failed(exc: stripe.StripeError) -> UpstreamFailed:
+def create_portal_session(settings: Settings, *, customer: str, return_url: str) -> str:
+    """The URL of a Customer Portal session for `customer` (the portal's own configuration decides
+    what it offers: plan changes, cancellation, payment methods)."""
+    import stripe
+
+    client = get_client(settings)
+    params = {"customer": customer, "return_url": return_url}
+    try:
+        session = client.v1.billing_portal.sessions.create(cast(Any, params))
+    except stripe.StripeError as exc:
+        raise _refused(exc, {}, what="billing portal") from None
+    url = getattr(session, "url", None)
+    if not isinstance(url, str) or not url:
+        log.error("stripe answered a billing portal session without url")
+        raise UpstreamFailed("The payment provider could not open the billing portal. Retry shortly.")
+    return url
+
+
+def _refused(exc: stripe.StripeError, about: dict[str, str], what: str = "checkout session") -> Exception:
+    """A Stripe error as the caller's (a reused idempotency key, a return URL Stripe refuses: 4xx)
+    or as Stripe's (logged, 502)."""
+    import stripe
+
+    if isinstance(exc, stripe.IdempotencyError):
+        log.warning("stripe refused a reused idempotency key", extra={"json_fields": about})
+        return IdempotencyKeyReused()
+    param = (exc.param or "") if isinstance(exc, stripe.InvalidRequestError) else ""
+    field = RETURN_URL_FIELDS.get(param)
+    if field is not None:
+        log.warning("stripe refused a return url", extra={"json_fields": {"param": param}})
+        return InvalidRequest(
+            f"'{field}' was refused by the payment provider as not a valid URL.", field=field
+        )
+    return _upstream_failed(exc, what)
+
+
+def _upstream_failed(exc: stripe.StripeError, what: str = "checkout session") -> UpstreamFailed:
     """Stripe could not create the session for a reason that is not the caller's: logged, then 502."""
     log.error(
-        "stripe checkout session failed",
+        f"stripe {what} failed",
         extra={
             "json_fields": {
                 "stripeError": type(exc).__name__,

@@ -63,6 +63,14 @@ export const API_ERRORS = {
     next: "Reload the page and try again.",
     action: "reload",
   },
+  already_subscribed: {
+    text: () => "You already have a subscription.",
+    next: "Change or cancel it with \"Manage subscription\".",
+  },
+  no_customer: {
+    text: () => "There is no billing account for you yet.",
+    next: "Subscribe to a plan or buy a pack first.",
+  },
   idempotency_key_reused: {
     text: () => "This click was already sent with different content.",
     next: "Click the button again to send it as a new request.",

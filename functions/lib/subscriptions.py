@@ -1,0 +1,609 @@
+"""Subscriptions on Stripe Billing: what Stripe last told us about each one (`subscriptions/{id}`),
+and the period credits of its paid invoices (docs/ARCHITECTURE.md, "Subscriptions").
+
+Credits come only from paid invoices. `invoice.paid` of a subscription invoice grants
+`period_{invoiceId}` once (`create` on the entry id, in the commit that raises the balance), whatever
+the order or repetition of the events around it:
+
+- `subscription_create` / `subscription_cycle`: the plan's credits (its `trialCredits` for a $0
+  trial invoice), paid, expiring at the line's period end plus PERIOD_GRACE_H, so the hour between a
+  renewal and its invoice's payment never leaves the subscriber without credits. The grant ends the
+  subscription's earlier period grants in the same commit: up to the plan's `rollover` of what they
+  still hold carries into `rollover_{invoiceId}` (expiring with the new grant), the rest is written
+  off (`expiry_{grantId}_period_{invoiceId}`).
+- `subscription_update` (an upgrade invoiced at once, `always_invoice`): the difference in plan
+  credits for the unused part of the period, rounded down, never below 0. Downgrades wait for the
+  next cycle; `customer.subscription.updated` grants nothing.
+
+`customer.subscription.created/updated/deleted` and `invoice.payment_failed` keep the subscription's
+document current (the newest event by `created` wins; an older one changes nothing). `deleted` also
+writes the subscription's live period and rollover grants off at once (`void_{grantId}`, which
+keeps them ended for a later refund). A refund or dispute of an invoice's payment reverses that
+period's grant through the payment's record (`payments.PaymentRecord`, with the period grant as its
+purchase); the link from payment to invoice comes from the events themselves, `invoice.payment_intent`
+before API 2025-03-31.basil and `invoice_payment.paid` from basil on. No Stripe API call here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from functions.lib import analytics, clock, db, ids, ledger, problems
+from functions.lib.config import Plan, Settings
+from functions.lib.payments import (
+    DUPLICATE,
+    IGNORED,
+    EventProblem,
+    Outcome,
+    PaymentRecord,
+    apply_parked,
+    check_price,
+    stage_record,
+)
+from functions.lib.schema import INVOICES, LEDGER, PAYMENTS, SUBSCRIPTIONS, USERS
+from functions.lib.wallet import DEFAULT_PRIORITY, PAID, Grant
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import Client, DocumentSnapshot, WriteBatch
+
+log = logging.getLogger(__name__)
+
+# Stripe's statuses of a subscription that still bills (or is about to): one of these blocks a second
+# checkout for a plan. `incomplete` is left out: its first payment never went through, and Stripe
+# expires it after 23 hours.
+LIVE_STATUSES = ("active", "trialing", "past_due")
+
+
+def live_subscription(client: Client, uid: str) -> dict[str, Any] | None:
+    """The user's live subscription as stored (with its `id`), or None.
+
+    One single-field query on `userId`: a user has a handful of subscriptions at most, so the status
+    is filtered here rather than by a composite index.
+    """
+    query = client.collection(SUBSCRIPTIONS).where(filter=db.where("userId", "==", uid))
+    live = [
+        (snap.to_dict() or {}) | {"id": snap.id}
+        for snap in query.stream(**db.rpc())
+        if (snap.to_dict() or {}).get("status") in LIVE_STATUSES
+    ]
+    live.sort(key=lambda s: s.get("eventCreated") or 0, reverse=True)
+    return live[0] if live else None
+
+
+def customer_of(client: Client, uid: str) -> str | None:
+    """The user's Stripe customer id: the one recorded on the user, else their subscriptions'."""
+    user = client.collection(USERS).document(uid).get(**db.rpc())
+    known = (user.to_dict() or {}).get("stripeCustomerId") if user.exists else None
+    if isinstance(known, str) and known:
+        return known
+    query = client.collection(SUBSCRIPTIONS).where(filter=db.where("userId", "==", uid))
+    for snap in query.stream(**db.rpc()):
+        customer = (snap.to_dict() or {}).get("customerId")
+        if isinstance(customer, str) and customer:
+            return customer
+    return None
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
+
+
+def public(sub: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored subscription as its user sees it (`credits` GET)."""
+    if sub is None:
+        return None
+    return {
+        "id": sub.get("id"),
+        "planId": sub.get("planId"),
+        "status": sub.get("status"),
+        "currentPeriodStart": _iso(sub.get("currentPeriodStart")),
+        "currentPeriodEnd": _iso(sub.get("currentPeriodEnd")),
+        "cancelAtPeriodEnd": bool(sub.get("cancelAtPeriodEnd")),
+    }
+
+
+def at(seconds: Any) -> datetime | None:
+    """A Stripe timestamp (Unix seconds) as an aware datetime; None when there is none."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime
+    end: datetime
+
+    def grant_expiry(self, grace_h: int) -> datetime:
+        return self.end + timedelta(hours=grace_h)
+
+
+# Reading Stripe's objects (both payload shapes) -------------------------------------------------
+
+SUBSCRIPTION_SOURCE = "subscription:"
+CREATE, CYCLE, UPDATE = "subscription_create", "subscription_cycle", "subscription_update"
+SUB_CREATED = "customer.subscription.created"
+SUB_UPDATED = "customer.subscription.updated"
+SUB_DELETED = "customer.subscription.deleted"
+INVOICE_PAID, INVOICE_FAILED = "invoice.paid", "invoice.payment_failed"
+INVOICE_PAYMENT_PAID = "invoice_payment.paid"
+NOT_OURS = "not_our_subscription"
+
+
+def source_of(sub_id: str) -> str:
+    """The `source` of every grant a subscription gives (period, upgrade, rollover)."""
+    return SUBSCRIPTION_SOURCE + sub_id
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def invoice_subscription(invoice: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The invoice's subscription id and its metadata snapshot: `parent.subscription_details` from API
+    2025-03-31.basil on, `subscription` / `subscription_details` before. (None, {}) for an invoice
+    that bills no subscription."""
+    details = _dict(_dict(invoice.get("parent")).get("subscription_details"))
+    if details:
+        sub = details.get("subscription")
+    else:
+        sub, details = invoice.get("subscription"), _dict(invoice.get("subscription_details"))
+    sub_id = _dict(sub).get("id") if isinstance(sub, dict) else sub
+    return (sub_id if isinstance(sub_id, str) else None), _dict(details.get("metadata"))
+
+
+def line_price(line: dict[str, Any]) -> str | None:
+    """A line's price id: `pricing.price_details.price` (basil on), `price` or `plan` (before)."""
+    price = _dict(_dict(line.get("pricing")).get("price_details")).get("price")
+    if price is None:
+        price = line.get("price") or line.get("plan")
+    price = _dict(price).get("id") if isinstance(price, dict) else price
+    return price if isinstance(price, str) else None
+
+
+def line_proration(line: dict[str, Any]) -> bool:
+    """Whether a line is a proration: `parent.subscription_item_details.proration` (basil on),
+    `proration` (before)."""
+    item = _dict(_dict(line.get("parent")).get("subscription_item_details"))
+    return bool(item.get("proration") if item else line.get("proration"))
+
+
+def line_period(line: dict[str, Any]) -> Period | None:
+    """The service period a line bills: `lines[].period` (not the invoice's `period_start/end`, which
+    only bound its invoice items)."""
+    period = _dict(line.get("period"))
+    start, end = at(period.get("start")), at(period.get("end"))
+    return Period(start, end) if start is not None and end is not None and end > start else None
+
+
+def lines_of(invoice: dict[str, Any]) -> list[dict[str, Any]]:
+    data = _dict(invoice.get("lines")).get("data")
+    return [line for line in data if isinstance(line, dict)] if isinstance(data, list) else []
+
+
+def subscription_period(sub: dict[str, Any]) -> Period | None:
+    """A subscription's current period: on its items from basil on, on the subscription before."""
+    items = _dict(sub.get("items")).get("data")
+    first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    start = at(first.get("current_period_start") or sub.get("current_period_start"))
+    end = at(first.get("current_period_end") or sub.get("current_period_end"))
+    return Period(start, end) if start is not None and end is not None else None
+
+
+def subscription_price(sub: dict[str, Any]) -> str | None:
+    items = _dict(sub.get("items")).get("data")
+    first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+    return line_price(first)
+
+
+# customer.subscription.* and invoice.payment_failed: the subscription's document --------------
+
+
+def _uid_of(metadata: dict[str, Any]) -> str:
+    """Our uid in a subscription's metadata; a subscription this app never sold has none."""
+    uid = metadata.get("userId")
+    if not ids.is_doc_id(uid):
+        raise EventProblem(NOT_OURS, "the subscription carries no userId of ours: nothing was credited")
+    return str(uid)
+
+
+def _event_created(event: dict[str, Any]) -> int:
+    created = event.get("created")
+    return created if isinstance(created, int) and not isinstance(created, bool) else 0
+
+
+def _subscription_fields(
+    settings: Settings, sub: dict[str, Any], event: dict[str, Any], uid: str
+) -> dict[str, Any]:
+    """`subscriptions/{id}` as a subscription event tells it."""
+    deleted = event.get("type") == SUB_DELETED
+    created = _event_created(event)
+    period = subscription_period(sub)
+    price = subscription_price(sub)
+    plan = settings.plan_of_price(price) if price else None
+    plan_id = plan.id if plan else _dict(sub.get("metadata")).get("planId")
+    customer = problems_id(sub.get("customer"))
+    fields: dict[str, Any] = {
+        "userId": uid,
+        "planId": plan_id if isinstance(plan_id, str) else None,
+        "status": "canceled" if deleted else sub.get("status"),
+        "currentPeriodStart": period.start if period else None,
+        "currentPeriodEnd": period.end if period else None,
+        "cancelAtPeriodEnd": bool(sub.get("cancel_at_period_end")),
+        "latestInvoiceId": problems_id(sub.get("latest_invoice")),
+        "customerId": customer if isinstance(customer, str) else None,
+        "eventCreated": created,
+        "eventId": event.get("id"),
+    }
+    if deleted:
+        fields["endedAt"] = at(sub.get("ended_at")) or at(created)
+    return fields
+
+
+def on_subscription(
+    client: Client, settings: Settings, sub: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
+    """`customer.subscription.created/updated/deleted`: store what Stripe says, newest event winning;
+    `deleted` also writes off the subscription's live grants at once (`void_{grantId}`)."""
+    sub_id = sub.get("id")
+    if not ids_ok(sub_id):
+        raise EventProblem("malformed_event", "the event has no usable subscription id")
+    uid = _uid_of(_dict(sub.get("metadata")))
+    deleted = event.get("type") == SUB_DELETED
+    created = _event_created(event)
+    fields = _subscription_fields(settings, sub, event, uid)
+    sub_ref = client.collection(SUBSCRIPTIONS).document(str(sub_id))
+    user_ref = client.collection(USERS).document(uid)
+    source = source_of(str(sub_id))
+
+    def plan_() -> db.Plan[Outcome]:
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
+        snap, user = db.get_all(client, [sub_ref, user_ref])
+        known = (snap.to_dict() or {}) if snap.exists else {}
+        if known.get("userId") not in (None, uid):
+            raise EventProblem("subscription_reused", f"subscription {sub_id} belongs to another user")
+        if created < int(known.get("eventCreated") or 0) or known.get("endedAt"):
+            # An older event, or anything after the end (`deleted` is final): what we have is newer.
+            return db.Plan(Outcome(DUPLICATE, uid))
+        batch = client.batch()
+        write = {**fields, "updatedAt": SERVER_TIMESTAMP}
+        if snap.exists:
+            batch.update(sub_ref, write, option=db.precondition(client, snap))
+        else:
+            batch.create(sub_ref, {**write, "createdAt": SERVER_TIMESTAMP})
+        credits, balance = 0, ledger.balance_of(user)
+        if deleted and user.exists:
+            book = ledger.Book(client, batch, user, clock.now())
+            for grant in [g for g in book.wallet.grants if g.source == source and g.remaining > 0]:
+                credits -= book.void(grant.id, "subscription ended")
+            if book.touched:
+                balance = book.close()
+        return db.Plan(Outcome(ENDED if deleted else RECORDED, uid, credits, balance), batch)
+
+    return db.commit_optimistically(plan_)
+
+
+def on_invoice_failed(
+    client: Client, settings: Settings, invoice: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
+    """`invoice.payment_failed`: nothing is granted; the subscription's document notes the failure."""
+    sub_id, metadata = invoice_subscription(invoice)
+    if sub_id is None or not ids_ok(sub_id):
+        return Outcome(IGNORED)
+    uid = _uid_of(metadata)
+    _note_invoice(client, sub_id, uid, invoice, event, "payment_failed")
+    return Outcome(RECORDED, uid)
+
+
+def _note_invoice(
+    client: Client, sub_id: str, uid: str, invoice: dict[str, Any], event: dict[str, Any], status: str
+) -> None:
+    """Record the subscription's latest invoice and its outcome (the newest invoice event wins)."""
+    ref = client.collection(SUBSCRIPTIONS).document(sub_id)
+
+    def plan_() -> db.Plan[None]:
+        snap = ref.get(**db.rpc())
+        batch = client.batch()
+        _stage_invoice_note(client, batch, snap, uid, invoice, event, status)
+        return db.Plan(None, batch)
+
+    db.commit_optimistically(plan_)
+
+
+def _stage_invoice_note(
+    client: Client,
+    batch: WriteBatch,
+    snap: DocumentSnapshot,
+    uid: str,
+    invoice: dict[str, Any],
+    event: dict[str, Any],
+    status: str,
+) -> None:
+    """Stage the subscription document's latest invoice (when this event is the newest), always
+    under a precondition on the version read: a grant's commit then fails, and decides again, when
+    a `deleted` committed in between."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    known = (snap.to_dict() or {}) if snap.exists else {}
+    created = _event_created(event)
+    fields: dict[str, Any] = {"updatedAt": SERVER_TIMESTAMP}
+    if known.get("userId") in (None, uid) and created >= int(known.get("invoiceEventCreated") or 0):
+        fields |= {
+            "latestInvoiceId": invoice.get("id"),
+            "latestInvoiceStatus": status,
+            "invoiceEventCreated": created,
+        }
+    if snap.exists:
+        batch.update(snap.reference, fields, option=db.precondition(client, snap))
+    else:
+        batch.create(snap.reference, {**fields, "userId": uid, "createdAt": SERVER_TIMESTAMP})
+
+
+def ids_ok(value: Any) -> bool:
+    return ids.is_doc_id(value)
+
+
+def problems_id(value: Any) -> Any:
+    return problems.id_of(value)
+
+
+# invoice.paid: the period's credits, once per invoice -------------------------------------------
+
+RECORDED, ENDED, GRANTED, LINKED = "recorded", "ended", "granted", "linked"
+
+
+@dataclass(frozen=True)
+class Award:
+    """What a paid subscription invoice grants: `credits` of `plan`, until `expires_at`."""
+
+    kind: str  # CREATE, CYCLE or UPDATE
+    plan: Plan
+    credits: int
+    period: Period
+    expires_at: datetime
+    trial: bool = False
+
+
+def _plan_of(settings: Settings, price: str | None, metadata: dict[str, Any]) -> Plan:
+    """The plan a line bills: by its price first (the portal changes a subscription's price, never
+    its metadata), else the metadata's planId."""
+    plan = settings.plan_of_price(price) if price else None
+    if plan is None:
+        plan_id = metadata.get("planId")
+        plan = settings.plans.get(plan_id) if isinstance(plan_id, str) else None
+    if plan is None:
+        raise EventProblem("unknown_plan", f"price {price!r} is not a plan of PLANS: nothing was credited")
+    return plan
+
+
+def award_of(
+    settings: Settings, invoice: dict[str, Any], metadata: dict[str, Any], known_period: Period | None
+) -> Award | None:
+    """What the paid invoice grants; None for a billing reason that grants nothing (manual invoices,
+    thresholds). `known_period` is the subscription's current period as stored (for upgrades)."""
+    reason = invoice.get("billing_reason")
+    lines = lines_of(invoice)
+    if reason in (CREATE, CYCLE):
+        line = next((li for li in lines if not line_proration(li) and line_period(li)), None)
+        period = line_period(line) if line else None
+        if line is None or period is None:
+            raise EventProblem("malformed_event", "the invoice has no subscription line with a period")
+        plan = _plan_of(settings, line_price(line), metadata)
+        paid = invoice.get("amount_paid")
+        trial = reason == CREATE and paid == 0
+        if not trial:
+            check_price(
+                plan.amount, plan.currency, line.get("amount"), invoice.get("currency"), f"plan {plan.id}"
+            )
+        credits = plan.trial_credits if trial else plan.credits
+        return Award(str(reason), plan, credits, period, period.grant_expiry(settings.period_grace_h), trial)
+    if reason == UPDATE:
+        up = [li for li in lines if line_proration(li) and (li.get("amount") or 0) > 0 and line_period(li)]
+        down = [li for li in lines if line_proration(li) and (li.get("amount") or 0) < 0]
+        if not up:
+            raise EventProblem(
+                "malformed_event", "the upgrade invoice has no proration line for the new price"
+            )
+        new = _plan_of(settings, line_price(up[0]), {})
+        old = _plan_of(settings, line_price(down[0]), {}) if down else None
+        unused = line_period(up[0])
+        assert unused is not None
+        if known_period is None or known_period.end != unused.end:
+            raise EventProblem(
+                "period_unknown",
+                "the subscription's current period is not known yet; replay after its update arrives",
+            )
+        whole = (known_period.end - known_period.start).total_seconds()
+        left = (unused.end - unused.start).total_seconds()
+        diff = new.credits - (old.credits if old else 0)
+        credits = max(0, int(diff * left // whole)) if whole > 0 else 0
+        return Award(UPDATE, new, credits, unused, unused.grant_expiry(settings.period_grace_h))
+    return None
+
+
+def grant_period(
+    client: Client, settings: Settings, invoice: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
+    """`invoice.paid` of a subscription invoice: grant `period_{invoiceId}` once, end the earlier
+    periods' grants (rollover), and open the payment's record when the payment is known."""
+    sub_id, metadata = invoice_subscription(invoice)
+    if sub_id is None:
+        return Outcome(IGNORED)  # a one-off invoice: nothing of ours
+    invoice_id = invoice.get("id")
+    if not ids_ok(invoice_id) or not ids_ok(sub_id):
+        raise EventProblem("malformed_event", "the event has no usable invoice or subscription id")
+    uid = _uid_of(metadata)
+    ident = ledger.entry_id(ledger.PERIOD, str(invoice_id))
+    source = source_of(sub_id)
+    paid = invoice.get("amount_paid")
+    paid = paid if isinstance(paid, int) and not isinstance(paid, bool) and paid > 0 else 0
+    direct_pi = problems_id(invoice.get("payment_intent"))  # before basil only
+    customer = problems_id(invoice.get("customer"))
+    user_ref = client.collection(USERS).document(uid)
+    entry_ref = client.collection(LEDGER).document(ident)
+    sub_ref = client.collection(SUBSCRIPTIONS).document(sub_id)
+    link_ref = client.collection(INVOICES).document(str(invoice_id))
+
+    @dataclass(frozen=True)
+    class Granted:
+        outcome: Outcome
+        parked: dict[str, str | None]
+
+    def plan_() -> db.Plan[Granted]:
+
+        user, existing, sub_snap, link = db.get_all(client, [user_ref, entry_ref, sub_ref, link_ref])
+        if existing.exists:
+            if existing.get("userId") != uid:
+                raise EventProblem("invoice_reused", f"{ident} was granted to another user")
+            return db.Plan(Granted(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), {}))
+        known = (sub_snap.to_dict() or {}) if sub_snap.exists else {}
+        start, end = known.get("currentPeriodStart"), known.get("currentPeriodEnd")
+        award = award_of(settings, invoice, metadata, Period(start, end) if start and end else None)
+        if award is None:
+            return db.Plan(Granted(Outcome(IGNORED, uid), {}))
+        linked = (link.to_dict() or {}) if link.exists else {}
+        pi = direct_pi if ids_ok(direct_pi) else linked.get("paymentIntentId")
+        record_snap = client.collection(PAYMENTS).document(pi).get(**db.rpc()) if pi and paid else None
+        batch = client.batch()
+        book = ledger.Book(client, batch, user, clock.now())
+        grant = Grant(
+            ident, award.credits, award.credits, PAID, DEFAULT_PRIORITY, source, book.now, award.expires_at
+        )
+        ours = [g for g in book.wallet.grants if g.source == source and g.remaining > 0]
+        meta = {
+            "stripeInvoiceId": invoice_id,
+            "stripeSubscriptionId": sub_id,
+            "stripeEventId": event.get("id"),
+            "planId": award.plan.id,
+            "billingReason": award.kind,
+            "trial": award.trial or None,
+            "periodStart": award.period.start.isoformat(),
+            "periodEnd": award.period.end.isoformat(),
+        }
+        book.add_grant(ledger.PERIOD, str(invoice_id), grant, meta)
+        _end_periods(book, ours, award, str(invoice_id), ended=bool(known.get("endedAt")))
+        balance = book.close({"stripeCustomerId": customer} if ids_ok(customer) else None)
+        link_fields = {"userId": uid, "grantId": ident, "credits": award.credits, "amountPaid": paid}
+        if pi:
+            link_fields["paymentIntentId"] = pi
+        _stage_link(client, batch, link, link_fields)
+        _stage_invoice_note(client, batch, sub_snap, uid, invoice, event, "paid")
+        parked = (
+            _open_record(client, batch, record_snap, uid, ident, award.credits, paid) if record_snap else {}
+        )
+        props = {"invoiceId": invoice_id, "planId": award.plan.id, "credits": award.credits}
+        analytics.stage_event(client, batch, analytics.PERIOD_GRANTED, uid, props, event_id=ident)
+        return db.Plan(
+            Granted(Outcome(GRANTED, uid, balance - ledger.balance_of(user), balance), parked), batch
+        )
+
+    granted = db.commit_optimistically(plan_)
+    for parked_id, payload in granted.parked.items():
+        apply_parked(client, settings, parked_id, payload)
+    return granted.outcome
+
+
+def _end_periods(book: ledger.Book, ours: list[Grant], award: Award, invoice_id: str, *, ended: bool) -> None:
+    """After a period grant lands: the subscription's earlier grants end (up to the plan's rollover
+    of what they hold carried into `rollover_{invoiceId}`), unless this grant is itself over: the
+    subscription has ended, or a later period was granted first (events out of order)."""
+    ident = ledger.entry_id(ledger.PERIOD, invoice_id)
+    later = [g for g in ours if g.expires_at is not None and g.expires_at > award.expires_at]
+    if ended or (later and award.kind != UPDATE):
+        book.void(ident, "subscription ended" if ended else "a later period was granted")
+        return
+    if award.kind == UPDATE:
+        return  # an upgrade adds to the current period, whose grant stays
+    earlier = [g for g in ours if g.expires_at is None or g.expires_at < award.expires_at]
+    held = sum(g.remaining for g in earlier)
+    for old in earlier:
+        book.end_grant(old.id, f"period ended: {ident}")
+    carried = min(held, award.plan.rollover)
+    if carried:
+        rid = ledger.entry_id(ledger.ROLLOVER, invoice_id)
+        roll = Grant(
+            rid, carried, carried, PAID, DEFAULT_PRIORITY, ours[0].source, book.now, award.expires_at
+        )
+        meta = {"stripeInvoiceId": invoice_id, "fromGrants": [g.id for g in earlier], "planId": award.plan.id}
+        book.add_grant(ledger.ROLLOVER, invoice_id, roll, meta)
+
+
+def _open_record(
+    client: Client,
+    batch: WriteBatch,
+    snap: DocumentSnapshot,
+    uid: str,
+    grant_id: str,
+    credits: int,
+    paid: int,
+) -> dict[str, str | None]:
+    """Open the payment's record for an invoice's grant (its "purchase"), keeping what refunds and
+    disputes parked on it; the parked events to apply after the commit."""
+    record = PaymentRecord.of(snap)
+    if record.purchased:
+        raise EventProblem(
+            "payment_reused", f"payment intent {snap.reference.id} already paid for {record.purchase_id}"
+        )
+    opened = replace(record, uid=uid, purchase_id=grant_id, credits=credits, amount=paid)
+    stage_record(client, batch, snap.reference, snap, opened)
+    return {pid: record.parked_events.get(pid) for pid in record.parked}
+
+
+def _stage_link(client: Client, batch: WriteBatch, snap: DocumentSnapshot, fields: dict[str, Any]) -> None:
+    """`invoices/{invoiceId}`: the invoice's grant and payment, written by whichever of `invoice.paid`
+    and `invoice_payment.paid` comes first and completed by the other, under a precondition on the
+    version read, so one of two racing deliveries always sees the other's half."""
+    from google.cloud.firestore import SERVER_TIMESTAMP
+
+    if snap.exists:
+        batch.update(
+            snap.reference, {**fields, "updatedAt": SERVER_TIMESTAMP}, option=db.precondition(client, snap)
+        )
+    else:
+        batch.create(snap.reference, {**fields, "createdAt": SERVER_TIMESTAMP, "updatedAt": SERVER_TIMESTAMP})
+
+
+def link_payment(
+    client: Client, settings: Settings, payment: dict[str, Any], event: dict[str, Any], stored: bool
+) -> Outcome:
+    """`invoice_payment.paid` (API 2025-03-31.basil on): which PaymentIntent paid which invoice. With
+    the invoice's grant known, the payment's record opens (and applies any refund parked on it)."""
+    invoice_id = problems_id(payment.get("invoice"))
+    detail = _dict(payment.get("payment"))
+    pi = problems_id(detail.get("payment_intent"))
+    if detail.get("type") not in (None, "payment_intent") or not ids_ok(pi):
+        return Outcome(IGNORED)  # paid out of band or by another method: no refund can reach us
+    if not ids_ok(invoice_id):
+        raise EventProblem("malformed_event", "the invoice payment names no usable invoice")
+    link_ref = client.collection(INVOICES).document(str(invoice_id))
+    record_ref = client.collection(PAYMENTS).document(str(pi))
+
+    @dataclass(frozen=True)
+    class Linked:
+        outcome: Outcome
+        parked: dict[str, str | None]
+
+    def plan_() -> db.Plan[Linked]:
+        link, record_snap = db.get_all(client, [link_ref, record_ref])
+        linked = (link.to_dict() or {}) if link.exists else {}
+        record = PaymentRecord.of(record_snap)
+        uid = linked.get("userId")
+        if linked.get("paymentIntentId") == pi and (record.purchased or not linked.get("grantId")):
+            return db.Plan(Linked(Outcome(DUPLICATE, uid), {}))
+        batch = client.batch()
+        _stage_link(client, batch, link, {"paymentIntentId": pi})
+        parked: dict[str, str | None] = {}
+        grant_id, paid = linked.get("grantId"), int(linked.get("amountPaid") or 0)
+        if grant_id and paid and not record.purchased:
+            credits = int(linked.get("credits") or 0)
+            parked = _open_record(client, batch, record_snap, str(uid), grant_id, credits, paid)
+        return db.Plan(Linked(Outcome(LINKED, uid), parked), batch)
+
+    linked = db.commit_optimistically(plan_)
+    for parked_id, payload in linked.parked.items():
+        apply_parked(client, settings, parked_id, payload)
+    return linked.outcome
