@@ -289,6 +289,7 @@ def journey(stack: Stack) -> None:
         status == 200 and body["complete"] and body["refundsSettled"] == 0,
         "the sweep should finish with nothing to settle",
     )
+    operator(stack, "status")  # what an operator sees now: the sweep's run, nothing open
     step(
         f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries"
     )

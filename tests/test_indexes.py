@@ -152,7 +152,7 @@ def hot_spots(composites: list[Any], exempt: set[tuple[str, str]]) -> list[str]:
 
 def run_the_flows(db: Any, settings: Any, app: Any) -> None:
     """The domain's flows, each once, so each kind of query is sent."""
-    from functions.lib import audit, generations, ledger, limits, payments, settlement, user_data
+    from functions.lib import audit, generations, ledger, limits, operations, payments, settlement, user_data
     from functions.lib.breaker import CircuitBreaker
     from functions.lib.models import OfflineProvider
     from functions.lib.retention import sweep
@@ -178,6 +178,7 @@ def run_the_flows(db: Any, settings: Any, app: Any) -> None:
     settlement.settle_user(db, settings, "ix", now=later)
     list(db.collection("users").stream())  # keeps the emulator's view fresh for the next reads
     audit.audit(db)
+    operations.status(db, settings)
     "".join(user_data.export(db, "ix"))
     sweep(db, settings, now=later)
     user_data.erase(db, "ix", delete_login=lambda uid: True)

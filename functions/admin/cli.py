@@ -8,6 +8,7 @@ in COMMANDS; add one by writing an `add_<name>(subparsers)` that sets `run=` and
         [--expires-in-days N] [--priority P] [--allow-unknown-user]
     python -m functions.admin void USER GRANT_ID --reason TEXT
     python -m functions.admin backfill-shards [--dry-run]
+    python -m functions.admin status
     python -m functions.admin ledger USER [--limit N]
     python -m functions.admin audit
     python -m functions.admin replay STRIPE_EVENT_ID
@@ -162,6 +163,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         file=out,
     )
     print(json.dumps(report.body()), file=out, flush=True)
+    if not args.dry_run:
+        from functions.lib import operations
+
+        operations.record_run(db.get_client(), operations.SWEEP, report.body())
     return EXIT_OK if report.complete else EXIT_INCOMPLETE
 
 
@@ -202,6 +207,10 @@ def run_settle(args: argparse.Namespace) -> int:
         flush=True,
     )
     print(json.dumps(report.body()), flush=True)
+    if not args.dry_run:
+        from functions.lib import operations
+
+        operations.record_run(db.get_client(), operations.SETTLEMENT, report.body())
     return EXIT_OK if report.complete else EXIT_INCOMPLETE
 
 
@@ -381,6 +390,63 @@ def run_void(args: argparse.Namespace) -> int:
     else:
         print(f"{args.grant_id} was already voided; nothing changed; balance {posted.balance}")
     return EXIT_OK
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from functions.lib import db, operations
+    from functions.lib.config import get_settings
+
+    found = operations.status(db.get_client(), get_settings())
+    for line in status_lines(found):
+        print(line)
+    return EXIT_OK
+
+
+def status_lines(found: Any) -> list[str]:
+    """One screen: each line what is the case, then the command that acts on it."""
+    from functions.lib.operations import SETTLEMENT, SWEEP
+
+    ids = (
+        f" ({', '.join(found.problem_ids)}{', ...' if found.open_problems > len(found.problem_ids) else ''})"
+    )
+    lines = [
+        f"open Stripe problem events: {found.open_problems}{ids if found.open_problems else ''}"
+        + (
+            "  -> fix the cause, then: python -m functions.admin replay EVENT_ID"
+            if found.open_problems
+            else ""
+        ),
+        f"stale charges (charged, older than STALE_CHARGE_AFTER_S): {found.stale_charges}"
+        + ("  -> python -m functions.admin settle" if found.stale_charges else ""),
+        f"users with grants expiring within a day: {found.expiring_users}"
+        + (
+            "  -> the settlement job writes them off when due (or: python -m functions.admin settle)"
+            if found.expiring_users
+            else ""
+        ),
+        f"subscriptions past due: {found.past_due}"
+        + (
+            "  -> Stripe retries the payment (dunning); see the customer in the Stripe dashboard"
+            if found.past_due
+            else ""
+        ),
+    ]
+    for kind, command in ((SWEEP, "sweep"), (SETTLEMENT, "settle")):
+        run = found.runs.get(kind)
+        if run is None:
+            lines.append(f"last {kind}: never recorded  -> python -m functions.admin {command}")
+            continue
+        done = {k: v for k, v in run.items() if k not in ("kind", "finishedAt") and v}
+        when = run.get("finishedAt")
+        when_text = when.isoformat() if hasattr(when, "isoformat") else "?"
+        left = "" if run.get("complete", True) else f"  -> it left work: python -m functions.admin {command}"
+        lines.append(f"last {kind}: {when_text} {json.dumps(done, sort_keys=True, default=str)}{left}")
+    return lines
+
+
+def add_status(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("status", help="one screen: what needs an operator, and the command for each")
+    cmd.set_defaults(run=run_status)
 
 
 def run_backfill_shards(args: argparse.Namespace) -> int:
@@ -599,6 +665,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_grant,
     add_void,
     add_backfill_shards,
+    add_status,
     add_ledger,
     add_audit,
     add_replay,

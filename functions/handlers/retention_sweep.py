@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from functions.edge import Call, endpoint
-from functions.lib import db
+from functions.lib import db, operations
 from functions.lib.config import get_settings
 from functions.lib.retention import sweep
 from functions.lib.tasks import purge_queue
@@ -20,6 +20,8 @@ from functions.lib.tasks import purge_queue
 def handle(call: Call) -> dict[str, Any]:
     """POST -> {complete, projectsDeleted, versionsDeleted, commits, maxCommitWrites, refundsSettled,
     elapsedMs, projectsEnqueued?}."""
-    settings = get_settings()
+    settings, client = get_settings(), db.get_client()
     queue = purge_queue(settings)
-    return sweep(db.get_client(), settings, enqueue=queue.enqueue if queue else None).body()
+    body = sweep(client, settings, enqueue=queue.enqueue if queue else None).body()
+    operations.record_run(client, operations.SWEEP, body)
+    return body

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from functions.lib import db, logs
+from functions.lib import db, logs, operations
 from functions.lib.config import get_settings
 from functions.lib.settlement import settle_stale_charges
 
@@ -22,9 +22,9 @@ BUDGET_S = 240
 def run() -> dict[str, Any]:
     logs.configure()
     deadline = time.monotonic() + BUDGET_S
-    report = settle_stale_charges(
-        db.get_client(), get_settings(), has_time=lambda: time.monotonic() < deadline
-    )
+    client = db.get_client()
+    report = settle_stale_charges(client, get_settings(), has_time=lambda: time.monotonic() < deadline)
+    operations.record_run(client, operations.SETTLEMENT, report.body())
     log.info(
         "settlement pass %s",
         "complete" if report.complete else "left work",

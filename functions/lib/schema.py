@@ -17,3 +17,4 @@ RATE_LIMITS = "rate_limits"
 SUBSCRIPTIONS = "subscriptions"
 CATALOG = "catalog"
 INVOICES = "invoices"
+OPERATIONS = "operations"  # the last sweep and settlement runs: `sweep`, `settlement`
