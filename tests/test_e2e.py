@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Minutes of the suite's time (browsers, served stacks, emulator start-ups): `scripts/test --fast` skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,6 +24,9 @@ from functions.lib.tasks import purge_queue
 from tests.helpers import PROJECT, TERMS, balance, entries, generations, reset_caches
 from tests.test_retention import project_exists, seed_project
 
+# Minutes of the suite's time (browsers, served stacks, emulator start-ups): `scripts/test --fast` skips them.
+pytestmark = pytest.mark.slow
+
 WEBHOOK_SECRET = "whsec_emulator_suite"
 
 

@@ -26,6 +26,9 @@ from devstack.procs import wait_until
 from devstack.serve import ServedFunction
 from tests.helpers import BASE_ENV, assert_ledger_consistent, balance, entries, generations, make_user, token
 
+# Minutes of the suite's time (browsers, served stacks, emulator start-ups): `scripts/test --fast` skips them.
+pytestmark = pytest.mark.slow
+
 
 @contextmanager
 def frozen(emulator: FirestoreEmulator) -> Iterator[None]:

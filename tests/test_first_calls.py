@@ -129,6 +129,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_a_fresh_served_process_answers_its_concurrent_first_requests(db: Any) -> None:
     """Each round starts a new functions-framework process and, once its port accepts connections
     (Cloud Run's default startup probe is the same TCP check), sends it 8 requests with valid tokens

@@ -38,6 +38,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from devstack import stripe_events as se
 from tests.helpers import TERMS, assert_ledger_consistent
 
+# Minutes of the suite's time (browsers, served stacks, emulator start-ups): `scripts/test --fast` skips them.
+pytestmark = pytest.mark.slow
+
 USERS = ("ann", "bo", "cy")
 PAYMENTS = 4  # a small pool, so duplicates and several events per payment happen often
 PACKS = {"starter": 100, "creator": 500}

@@ -19,7 +19,8 @@ import pytest
 from devstack.firestore import FirestoreEmulator
 from devstack.tokens import emulator_id_token
 
-pytestmark = pytest.mark.no_emulator
+# slow: an emulator of its own to start, or a deploy to pack (`scripts/test --fast` skips them).
+pytestmark = [pytest.mark.no_emulator, pytest.mark.slow]
 PROJECT = "demo-credits-rules"
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -355,6 +355,7 @@ def test_a_paid_session_with_no_payment_required_is_not_credited(app: Any, db: A
     assert_ledger_consistent(db)
 
 
+@pytest.mark.slow
 def test_a_firestore_outage_answers_5xx_and_the_retry_credits_once(
     app: Any, db: Any, emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.no_emulator
+# slow: an emulator of its own to start, or a deploy to pack (`scripts/test --fast` skips them).
+pytestmark = [pytest.mark.no_emulator, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 FIREBASE_TOOLS = ROOT / "tools" / "firebase" / "node_modules" / "firebase-tools"
 DEPLOY_UNTIL_UPLOAD = """

@@ -34,6 +34,9 @@ import yaml
 
 from devstack.local_run import TERMS, Stack, buy_credits
 
+# Minutes of the suite's time (browsers, served stacks, emulator start-ups): `scripts/test --fast` skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "web" / "src"
 SPEC: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())
