@@ -42,16 +42,9 @@ from functions.lib.config import DEFAULT_CREDIT_PACKS
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
-TARGETS = (
-    "generate",
-    "consent",
-    "credits",
-    "checkout",
-    "billing_portal",
-    "stripe_webhook",
-    "retention_sweep",
-    "account",
-)
+# The functions the stack serves: the web client's, then Stripe's and the scheduler's.
+CLIENT_TARGETS = ("generate", "consent", "credits", "checkout", "billing_portal", "account")
+TARGETS = (*CLIENT_TARGETS, "stripe_webhook", "retention_sweep")
 # `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
 WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
 # The plans on sale locally (PLANS): credits per monthly period, up to `rollover` unspent ones carried
