@@ -280,14 +280,19 @@ def watch_csp(page: Any) -> list[str]:
     return violations
 
 
-def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
-    started = time.monotonic()
+def watched_page(stack: Stack, browser: Any) -> tuple[Any, Any, Traffic, list[str]]:
+    """A new browser context and page whose calls to the functions and CSP violations are recorded."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(15_000)
     traffic = Traffic(stack)
     page.on("response", traffic.on_response)
-    csp_violations = watch_csp(page)
+    return context, page, traffic, watch_csp(page)
+
+
+def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
+    started = time.monotonic()
+    context, page, traffic, csp_violations = watched_page(stack, browser)
     email = "ada@example.com"  # the stack, its Auth emulator included, is this module's own
     generate_url = stack.functions["generate"].url + "/"
 
@@ -498,12 +503,7 @@ def test_grants_in_spend_order_with_their_expiry_promotional_spent_first(stack: 
 
 
 def test_subscribe_to_a_plan_then_cancel_it_at_period_end_in_the_portal(stack: Stack, browser: Any) -> None:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    traffic = Traffic(stack)
-    page.on("response", traffic.on_response)
-    csp_violations = watch_csp(page)
+    context, page, traffic, csp_violations = watched_page(stack, browser)
     email = "kim@example.com"
     _, token = stack.auth.sign_up(email, PASSWORD)
     assert stack.call("consent", "POST", token, {"version": TERMS})[0] == 200
