@@ -7,13 +7,15 @@
 Starts the Firestore emulator (gcloud), the Auth emulator (firebase-tools), and every function
 under the real `functions-framework` CLI on 127.0.0.1, with the offline model provider, and serves
 the web client (web/public) on its own port, whose origin is in ALLOWED_ORIGINS. The Stripe double
-hosts a local checkout page whose "Pay" delivers the signed event to stripe_webhook. No cloud
-account and no keys. Everything started here is stopped on exit.
+hosts a local checkout page whose "Pay" delivers the signed events to stripe_webhook, a portal page
+(billing_portal's URL) and a test clock for subscriptions; PLANS offers the `pro` and `max` plans. No
+cloud account and no keys. Everything started here is stopped on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shlex
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from devstack import stripe_events
 from devstack.auth import AuthEmulator
@@ -39,9 +42,17 @@ from functions.lib.config import DEFAULT_CREDIT_PACKS
 
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
-TARGETS = ("generate", "consent", "credits", "checkout", "stripe_webhook", "retention_sweep", "account")
+# The functions the stack serves: the web client's, then Stripe's and the scheduler's.
+CLIENT_TARGETS = ("generate", "consent", "credits", "checkout", "billing_portal", "account")
+TARGETS = (*CLIENT_TARGETS, "stripe_webhook", "retention_sweep")
 # `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
 WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
+# The plans on sale locally (PLANS): credits per monthly period, up to `rollover` unspent ones carried
+# into the next; `amount` (cents) is what the Stripe double charges for the price.
+PLANS: dict[str, dict[str, Any]] = {
+    "pro": {"price": "price_pro_1000", "credits": 1000, "rollover": 200, "amount": 1900, "currency": "usd"},
+    "max": {"price": "price_max_3000", "credits": 3000, "amount": 4900, "currency": "usd"},
+}
 
 
 class Stack:
@@ -61,7 +72,12 @@ class Stack:
         self.auth = AuthEmulator(PROJECT, log_dir=self.log_dir)
         self._stops.append(self.auth.stop)
         step(f"  Auth on {self.auth.host}")
-        self.stripe = StripeDouble(hosted=True, webhook_secret=WEBHOOK_SECRET).start()
+        self.stripe = StripeDouble(
+            hosted=True,
+            webhook_secret=WEBHOOK_SECRET,
+            prices={plan["price"]: plan["amount"] for plan in PLANS.values()},
+            plan_names={plan["price"]: plan_id for plan_id, plan in PLANS.items()},
+        ).start()
         self._stops.append(self.stripe.stop)
         step(f"  Stripe API double on {self.stripe.url} (checkout talks to it instead of api.stripe.com)")
         self.web = WebClient()
@@ -76,6 +92,7 @@ class Stack:
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "STRIPE_API_BASE": self.stripe.url,
             "ALLOWED_ORIGINS": self.web.origin,
+            "PLANS": json.dumps(PLANS),
         }
         os.environ.update(self.env)
         step("serving the functions with functions-framework")
@@ -88,7 +105,7 @@ class Stack:
         self.stripe.webhook_url = self.functions["stripe_webhook"].url + "/"
         packs = {pack: int(str(spec["credits"])) for pack, spec in DEFAULT_CREDIT_PACKS.items()}
         urls = {target: fn.url + "/" for target, fn in self.functions.items() if target != "retention_sweep"}
-        self.web.config = client_config(PROJECT, self.auth.host, urls, packs)
+        self.web.config = client_config(PROJECT, self.auth.host, urls, packs, PLANS)
         step(f"  web client       {self.web.url}")
 
     def stop(self) -> None:
@@ -194,13 +211,119 @@ def show_grants(stack: Stack, token: str, label: str) -> dict[str, int]:
     return {g["id"]: g["remaining"] for g in body["grants"]}
 
 
+def show_ledger(body: dict[str, Any]) -> None:
+    for entry in body["transactions"]:
+        print(
+            f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}"
+            f"  {entry.get('grantId') or _draws(entry)}",
+            flush=True,
+        )
+
+
+def pay_on_hosted_page(url: str) -> int:
+    """The buyer's click on the double's hosted "Pay": the status (303 to the success URL when paid)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=60)
+    conn.request("POST", parts.path, body=b"", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def show_deliveries(stage: str, deliveries: list[dict[str, Any]]) -> None:
+    for d in deliveries:
+        answer = d["answer"] if isinstance(d["answer"], dict) else {"answer": d["answer"]}
+        show(f"{stage} webhook: {d['type']}", d["status"], answer)
+
+
+def subscribe_and_renew(stack: Stack, token: str, balance: int) -> dict[str, Any]:
+    """Subscribe to `pro` through its hosted checkout, spend from the period's grant, then renew once
+    on the double's test clock: the next period's grant, up to 200 carried, the rest written off."""
+    plan = PLANS["pro"]
+    step(
+        f"\nsubscription: the 'pro' plan ({plan['credits']} credits a month, up to {plan['rollover']} carried over)"
+    )
+    origin = stack.web.origin
+    request = {"planId": "pro", "successUrl": f"{origin}/?checkout=success", "cancelUrl": f"{origin}/"}
+    status, session = stack.call("checkout", "POST", token, request)
+    show("checkout: the 'pro' plan", status, session)
+    expect(status == 200 and session["sessionId"].startswith("cs_"), "checkout should create a session")
+    seen = len(stack.stripe.deliveries)
+    status = pay_on_hosted_page(session["url"])
+    print(
+        f"  paid on the double's checkout page -> {status}; Stripe's events, signed, in its order:",
+        flush=True,
+    )
+    expect(status == 303, "paying a subscription session should return to the success URL")
+    show_deliveries("subscribe", stack.stripe.deliveries[seen:])
+    expect(
+        all(d["status"] == 200 for d in stack.stripe.deliveries[seen:]), "the webhook should take every event"
+    )
+    status, body = stack.call("checkout", "POST", token, request)
+    show("checkout: the plan again (already subscribed)", status, body)
+    expect(status == 409 and body["error"] == "already_subscribed", "a second subscription is refused")
+
+    status, body = stack.call("credits", "GET", token)
+    show("credits: the subscription", status, body)
+    sub = body["subscription"]
+    expect(status == 200 and sub is not None and sub["status"] == "active", "the subscription should be live")
+    print(f"      {sub['id']} {sub['planId']} {sub['status']}, renews {sub['currentPeriodEnd']}", flush=True)
+    grants = show_grants(stack, token, "credits: the first period's grant, spent first")
+    [first] = [g for g in grants if g.startswith("period_")]
+    expect(
+        grants[first] == plan["credits"] and sum(grants.values()) == balance + plan["credits"], "1000 granted"
+    )
+
+    status, body = stack.call("generate", "POST", token, {"prompt": "a comet over the bay"})
+    show("generate: on the plan's credits (50)", status, body)
+    project_id = body["projectId"]
+    status, body = stack.call(
+        "generate", "POST", token, {"prompt": "with a meteor shower", "projectId": project_id}
+    )
+    show("generate: iteration (25)", status, body)
+    expect(status == 200, "the iteration should be charged")
+    grants = show_grants(stack, token, "credits: the period's grant paid for both")
+    expect(grants[first] == plan["credits"] - 75, "the expiring period grant is spent before the pack")
+
+    seen = len(stack.stripe.deliveries)
+    clock = f"{stack.stripe.url}/_clock/subscriptions/{sub['id']}/renew"
+    print(f"  $ curl -X POST {clock}   # the test clock reaches the period's end", flush=True)
+    with urllib.request.urlopen(urllib.request.Request(clock, data=b"", method="POST"), timeout=60) as res:
+        renewed = json.loads(res.read())
+    show_deliveries("renewal", renewed["deliveries"])
+    expect([d["status"] for d in renewed["deliveries"]] == [200] * 5, "the renewal's five events are taken")
+    grants = show_grants(stack, token, "credits: the new period and the rollover")
+    [second] = [g for g in grants if g.startswith("period_")]
+    [rollover] = [g for g in grants if g.startswith("rollover_")]
+    expect(second != first and grants[second] == plan["credits"], "the new period grants 1000")
+    expect(grants[rollover] == plan["rollover"], "200 of the 925 left carried over")
+
+    status, body = stack.call("credits", "GET", token)
+    show("credits: balance and ledger after the renewal", status, body)
+    show_ledger(body)
+    # The first period's 925 left end with it (an expiry entry); 200 of them come back as the
+    # rollover grant, so 725 are written off.
+    ended = [e["amount"] for e in body["transactions"] if e["type"] == "expiry" and e["grantId"] == first]
+    carried = [e["amount"] for e in body["transactions"] if e["type"] == "rollover"]
+    expect(ended == [-(plan["credits"] - 75)] and carried == [plan["rollover"]], "925 ended, 200 carried")
+    print(
+        f"      carried {carried[0]} of the {-ended[0]} left; {-ended[0] - carried[0]} written off",
+        flush=True,
+    )
+    expect(body["balance"] == sum(e["amount"] for e in body["transactions"]), "balance = ledger sum")
+    return body
+
+
 def _draws(entry: dict[str, Any]) -> str:
     draws = entry.get("metadata", {}).get("draws")
     return "drew " + ", ".join(f"{n} from {gid}" for gid, n in draws.items()) if draws else ""
 
 
 def journey(stack: Stack) -> None:
-    step("\njourney: a new user signs up, accepts the terms, buys credits, generates, iterates, fails once")
+    step(
+        "\njourney: a new user signs up, accepts the terms, buys credits, generates, iterates, fails once,"
+        " subscribes to a plan and renews it once"
+    )
     uid, token = stack.auth.sign_up(f"user{int(time.time())}@example.com", "correct-horse-battery")
     print(f"  signed up with the Auth emulator: uid {uid}", flush=True)
 
@@ -270,12 +393,7 @@ def journey(stack: Stack) -> None:
 
     status, body = stack.call("credits", "GET", token)
     show("credits: balance and ledger", status, body)
-    for entry in body["transactions"]:
-        print(
-            f"      {entry['type']:<9} {entry['amount']:>+5}  balance after {entry['balanceAfter']:>4}"
-            f"  {entry.get('grantId') or _draws(entry)}",
-            flush=True,
-        )
+    show_ledger(body)
     expect(any(e["type"] == "expiry" and e["amount"] == -20 for e in body["transactions"]), "an expiry entry")
     expect(
         status == 200 and body["balance"] == sum(e["amount"] for e in body["transactions"]),
@@ -289,6 +407,7 @@ def journey(stack: Stack) -> None:
         status == 200 and body["complete"] and body["refundsSettled"] == 0,
         "the sweep should finish with nothing to settle",
     )
+    final = subscribe_and_renew(stack, token, final["balance"])
     operator(stack, "status")  # what an operator sees now: the sweep's run, nothing open
     step(
         f"\njourney complete: balance {final['balance']} = sum of {len(final['transactions'])} ledger entries"

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,61 @@ def test_local_run_journey_passes_and_stops_everything(tmp_path: Path) -> None:
     _, after_first = calls["credits: the expired flash grant written off, welcome spent first"]
     assert [(g["category"], g["remaining"]) for g in after_first["grants"]] == [("paid", 480)]
     assert calls["retention_sweep: one nightly pass"][1]["complete"] is True
+
+    # The subscription: paid on the double's checkout page, its events through the webhook in
+    # Stripe's order; the first period granted once, spent first; one renewal on the test clock.
+    assert calls["checkout: the 'pro' plan"][0] == 200
+    subscribed = [
+        (c["step"], c["body"].get("outcome"))
+        for c in report["steps"]
+        if c["step"].startswith("subscribe webhook:")
+    ]
+    assert subscribed == [
+        ("subscribe webhook: checkout.session.completed", "ignored"),
+        ("subscribe webhook: customer.subscription.created", "recorded"),
+        ("subscribe webhook: invoice.paid", "granted"),
+        ("subscribe webhook: invoice_payment.paid", "linked"),
+    ]
+    assert calls["checkout: the plan again (already subscribed)"] == (
+        409,
+        {
+            "error": "already_subscribed",
+            "message": calls["checkout: the plan again (already subscribed)"][1]["message"],
+        },
+    )
+    sub = calls["credits: the subscription"][1]["subscription"]
+    assert (sub["planId"], sub["status"], sub["cancelAtPeriodEnd"]) == ("pro", "active", False)
+    _, spent = calls["credits: the period's grant paid for both"]
+    assert [(g["id"][:7], g["remaining"]) for g in spent["grants"]] == [("period_", 925), ("purchas", 455)]
+    renewal = [
+        (c["step"], c["status"], c["body"].get("outcome"))
+        for c in report["steps"]
+        if c["step"].startswith("renewal webhook:")
+    ]
+    assert [(s.split(": ")[1], st, o) for s, st, o in renewal] == [
+        ("customer.subscription.updated", 200, "recorded"),
+        ("invoice.created", 200, "ignored"),
+        ("invoice.finalized", 200, "ignored"),
+        ("invoice.paid", 200, "granted"),
+        ("invoice_payment.paid", 200, "linked"),
+    ]
+    _, renewed = calls["credits: the new period and the rollover"]
+    assert [(g["id"].split("_")[0], g["remaining"]) for g in renewed["grants"]] == [
+        ("period", 1000),
+        ("rollover", 200),
+        ("purchase", 455),
+    ]
+    # The new period's grant and the rollover expire together, a period after the first one.
+    [ends] = {g["expiresAt"] for g in renewed["grants"][:2]}
+    gap = datetime.fromisoformat(ends) - datetime.fromisoformat(spent["grants"][0]["expiresAt"])
+    assert gap == timedelta(days=30)
+    status, after = calls["credits: balance and ledger after the renewal"]
+    assert status == 200 and after["balance"] == 455 + 1000 - 75 - 925 + 200 + 1000 == 1655
+    assert after["balance"] == sum(t["amount"] for t in after["transactions"])
+    first = spent["grants"][0]["id"]
+    moved = [(t["type"], t["amount"]) for t in after["transactions"][:3]]
+    assert moved == [("rollover", 200), ("expiry", -925), ("period", 1000)]
+    assert after["transactions"][1]["grantId"] == first
     assert report["stopped"] is True
     assert not list(temp.glob("credits-local-*")), "a passed run removes its logs"
 

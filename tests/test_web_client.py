@@ -4,7 +4,9 @@ in a real headless Chromium (Debian's, driven by Playwright) against the local s
 page, generate (a 409 retried with the same Idempotency-Key), iterate, a failed generation refunded,
 the ledger table equal to `credits`, sign out (the cached prompts and outputs go) and in again,
 export, erase (the cache goes again); the page's Content-Security-Policy blocks nothing on the way.
-A second user's page lists their grants in spend order with each one's remaining and expiry in
+A subscriber picks a plan (credits per period, price), pays on the double's checkout page, sees the
+plan's status, renewal date and period grant, then cancels at period end in the double's portal and
+sees that after Stripe's event. A second user's page lists their grants in spend order with each one's remaining and expiry in
 words, spends an operator's expiring promotional grant before a pack, and labels granted, voided and
 expired entries in the ledger.
 
@@ -281,14 +283,19 @@ def watch_csp(page: Any) -> list[str]:
     return violations
 
 
-def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
-    started = time.monotonic()
+def watched_page(stack: Stack, browser: Any) -> tuple[Any, Any, Traffic, list[str]]:
+    """A new browser context and page whose calls to the functions and CSP violations are recorded."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(15_000)
     traffic = Traffic(stack)
     page.on("response", traffic.on_response)
-    csp_violations = watch_csp(page)
+    return context, page, traffic, watch_csp(page)
+
+
+def test_the_whole_journey_in_a_real_browser(stack: Stack, browser: Any) -> None:
+    started = time.monotonic()
+    context, page, traffic, csp_violations = watched_page(stack, browser)
     email = "ada@example.com"  # the stack, its Auth emulator included, is this module's own
     generate_url = stack.functions["generate"].url + "/"
 
@@ -495,4 +502,80 @@ def test_grants_in_spend_order_with_their_expiry_promotional_spent_first(stack: 
         assert not page.is_visible("#debt")
 
     context.close()
+    assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
+
+
+def test_subscribe_to_a_plan_then_cancel_it_at_period_end_in_the_portal(stack: Stack, browser: Any) -> None:
+    context, page, traffic, csp_violations = watched_page(stack, browser)
+    email = "kim@example.com"
+    _, token = stack.auth.sign_up(email, PASSWORD)
+    assert stack.call("consent", "POST", token, {"version": TERMS})[0] == 200
+
+    with screenshot_on_failure(page, "subscription"):
+        page.goto(stack.web.url)
+        page.wait_for_selector("body[data-ready='signed-out']")
+        sign_in(page, email, "#sign-in")
+        wait_for_balance(page, 0)
+        assert not page.is_visible("#subscription")
+        pro = page.inner_text("button[data-plan='pro']")
+        assert "1000 credits a month, up to 200 unused carried over" in pro and "US$19.00 / month" in pro, pro
+        assert "3000 credits a month" in page.inner_text("button[data-plan='max']")
+
+        page.fill("#prompt", "a tram in the snow")
+        page.click("button[data-plan='pro']")
+        page.wait_for_selector("#pay")  # the Stripe double's hosted checkout page, subscription mode
+        assert "pro" in page.inner_text("#plan")
+        page.click("#pay")
+        assert "You subscribed to the pro plan: 1000 credits for this period were added." in notice(
+            page, "ok"
+        )
+        wait_for_balance(page, 1000)
+        assert page.input_value("#prompt") == "a tram in the snow"
+        status, credits = stack.call("credits", "GET", token)
+        sub = credits["subscription"]
+        assert status == 200 and (sub["planId"], sub["status"]) == ("pro", "active")
+        page.wait_for_selector("#subscription[data-status='active']")
+        text = page.inner_text("#subscription-text")
+        assert text.startswith("Your plan: pro (active). Renews on "), text
+        assert page.get_attribute("#subscription-text time", "datetime") == sub["currentPeriodEnd"]
+        assert not page.is_visible("#plans")
+        [grant] = grants_shown(page)
+        assert grant["expiresAt"] == credits["grants"][0]["expiresAt"] and grant["text"].startswith(
+            "1000 credits expire on "
+        )
+        assert grant["details"] == "your plan's credits for this period"
+        assert ledger_labels(page) == ["plan period"]
+
+        page.click("#manage")
+        page.wait_for_selector("#cancel-at-period-end")  # the double's portal page
+        assert page.url.startswith(stack.stripe.url + "/p/session/")
+        assert "Renews on" in page.inner_text(".sub .state")
+        page.click("#cancel-at-period-end")
+        page.wait_for_selector("#resume")
+        assert "Cancels on" in page.inner_text(".sub .state")
+        page.click("#return")
+        page.wait_for_selector("body[data-ready='signed-in']")
+        page.wait_for_selector("#subscription[data-cancel-at-period-end='true']")
+        assert "Cancels on " in page.inner_text("#subscription-text")
+        wait_for_balance(page, 1000)
+        status, credits = stack.call("credits", "GET", token)
+        assert credits["subscription"]["cancelAtPeriodEnd"] is True
+        # The prompt survived the trip to the portal, and its draft left the browser's storage.
+        assert page.input_value("#prompt") == "a tram in the snow"
+        assert "credits-client.draft" not in stored(page)
+
+        # A second subscription is refused while this one lives; the notice offers the portal.
+        status, body = stack.call(
+            "checkout",
+            "POST",
+            token,
+            {"planId": "max", "successUrl": stack.web.url, "cancelUrl": stack.web.url},
+        )
+        assert (status, body["error"]) == (409, "already_subscribed")
+
+    context.close()
+    assert [(m, s) for fn, m, s, _ in traffic.calls if fn == "checkout"] == [("POST", 200)]
+    assert [(m, s) for fn, m, s, _ in traffic.calls if fn == "billing_portal"] == [("POST", 200)]
+    undocumented = {(fn, m) for fn, m, _, _ in traffic.calls if m.lower() not in SPEC["paths"][f"/{fn}"]}
+    assert not undocumented and not traffic.elsewhere
     assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"

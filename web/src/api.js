@@ -58,6 +58,8 @@ export function createApi({ urls, getToken, onWait }) {
     acceptTerms: (version) => request("consent", "POST", { version }),
     credits: () => request("credits", "GET"),
     checkout: (packId, successUrl, cancelUrl, key) => request("checkout", "POST", { packId, successUrl, cancelUrl }, key),
+    subscribe: (planId, successUrl, cancelUrl, key) => request("checkout", "POST", { planId, successUrl, cancelUrl }, key),
+    billingPortal: (returnUrl) => request("billing_portal", "POST", { returnUrl }),
     generate: (prompt, projectId, key) => request("generate", "POST", projectId ? { prompt, projectId } : { prompt }, key),
     exportAccount: () => request("account", "GET"),
     eraseAccount: () => request("account", "DELETE"),

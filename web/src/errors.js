@@ -66,6 +66,7 @@ export const API_ERRORS = {
   already_subscribed: {
     text: () => "You already have a subscription.",
     next: "Change or cancel it with \"Manage subscription\".",
+    action: "manage",
   },
   no_customer: {
     text: () => "There is no billing account for you yet.",

@@ -49,6 +49,7 @@ function clearCache() {
 
 const ACTIONS = {
   buy: ["Buy credits", () => focusPanel("buy-panel")],
+  manage: ["Manage subscription", () => manageSubscription()],
   terms: ["Accept the terms", () => acceptTerms()],
   signin: ["Sign in again", () => signOut(auth)],
   "new-project": ["Start a new project", () => focusPanel("generate-panel")],
@@ -124,9 +125,13 @@ function dateNode(iso) {
 
 const plural = (n, one, many) => (n === 1 ? one : many);
 
-// Where a grant came from, in words; its `source` is pack:<id>, operator, signup or legacy.
-function sourceText(source) {
+// Where a grant came from, in words; its `source` is pack:<id>, subscription:<id>, operator, signup or
+// legacy (a subscription's rollover grant has an id starting rollover_).
+function sourceText(source, id = "") {
   if (source?.startsWith("pack:")) return `bought: the ${source.slice(5)} pack`;
+  if (source?.startsWith("subscription:")) {
+    return id.startsWith("rollover_") ? "carried over from your plan's last period" : "your plan's credits for this period";
+  }
   return { operator: "given by us", signup: "sign-up bonus", legacy: "your earlier balance" }[source] || "";
 }
 
@@ -137,7 +142,7 @@ function grantItem(g) {
   const when = g.expiresAt
     ? [` ${plural(g.remaining, "expires", "expire")} on `, dateNode(g.expiresAt)]
     : [`, never ${plural(g.remaining, "expires", "expire")}`];
-  const details = [g.remaining < g.amount ? `${g.amount - g.remaining} of ${g.amount} spent` : "", sourceText(g.source)];
+  const details = [g.remaining < g.amount ? `${g.amount - g.remaining} of ${g.amount} spent` : "", sourceText(g.source, g.id)];
   const item = el(
     "li",
     { className: `grant ${g.category}` },
@@ -175,9 +180,10 @@ const ENTRY_LABELS = {
 };
 
 async function refreshCredits() {
-  const { balance, transactions, grants = [], debt = 0 } = await api.credits();
+  const { balance, transactions, grants = [], debt = 0, subscription = null } = await api.credits();
   showBalance(balance);
   showGrants(grants, debt);
+  showSubscription(subscription);
   const rows = transactions.map((t) => {
     const row = el(
       "tr",
@@ -212,6 +218,69 @@ async function acceptTerms() {
   });
 }
 
+// ---- plans: a subscription by Stripe Checkout, managed in Stripe's billing portal
+
+const STATUS_TEXT = {
+  active: "active",
+  trialing: "on trial",
+  past_due: "payment overdue: update your card in \"Manage subscription\"",
+  incomplete: "waiting for the first payment",
+  unpaid: "unpaid",
+  canceled: "canceled",
+};
+
+function price(amount, currency) {
+  return new Intl.NumberFormat(DATE_LOCALE, { style: "currency", currency: currency.toUpperCase() }).format(amount / 100);
+}
+
+function renderPlans(plans = {}) {
+  const buttons = Object.entries(plans).map(([planId, plan]) => {
+    const details = [`${plan.credits} credits a month`];
+    if (plan.rollover) details.push(`up to ${plan.rollover} unused carried over`);
+    const button = el("button", { className: "plan", type: "button" }, el("strong", {}, planId), el("span", {}, details.join(", ")));
+    if (plan.amount !== undefined && plan.currency) button.append(el("span", { className: "price" }, `${price(plan.amount, plan.currency)} / month`));
+    button.dataset.plan = planId;
+    button.onclick = () => subscribe(planId, button);
+    return button;
+  });
+  $("plans").replaceChildren(...buttons);
+  $("plans-empty").hidden = buttons.length > 0;
+}
+
+/** The live subscription (or none): its plan, status and renewal (or end) date; the plans otherwise. */
+function showSubscription(sub) {
+  const box = $("subscription");
+  box.hidden = !sub;
+  $("plans").hidden = Boolean(sub);
+  if (!sub) return;
+  const ends = sub.currentPeriodEnd;
+  const when = ends ? [sub.cancelAtPeriodEnd ? ". Cancels on " : ". Renews on ", dateNode(ends), "."] : ["."];
+  $("subscription-text").replaceChildren(
+    "Your plan: ",
+    el("strong", {}, sub.planId || "?"),
+    ` (${STATUS_TEXT[sub.status] || sub.status})`,
+    ...when,
+  );
+  Object.assign(box.dataset, { status: sub.status, cancelAtPeriodEnd: String(sub.cancelAtPeriodEnd) });
+}
+
+async function subscribe(planId, button) {
+  await busy([button], async () => {
+    const here = location.origin + location.pathname;
+    const { url } = await api.subscribe(planId, `${here}?checkout=subscribed`, `${here}?checkout=cancelled`, newIdempotencyKey());
+    sessionStorage.setItem(DRAFT_KEY, $("prompt").value);
+    location.assign(url);
+  });
+}
+
+async function manageSubscription() {
+  await busy([$("manage"), $("notice-action")], async () => {
+    const { url } = await api.billingPortal(location.origin + location.pathname);
+    sessionStorage.setItem(DRAFT_KEY, $("prompt").value);
+    location.assign(url);
+  });
+}
+
 // ---- buying credits: Stripe Checkout, then back here
 
 function renderPacks(packs) {
@@ -239,6 +308,21 @@ async function afterCheckout() {
   history.replaceState(null, "", location.pathname);
   if (outcome === "cancelled") {
     notify("info", "Checkout was cancelled; nothing was charged.");
+    return;
+  }
+  if (outcome === "subscribed") {
+    // The period's credits come with the first invoice's payment, which Stripe reports on its own schedule.
+    for (let i = 0; i < 10; i++) {
+      const { transactions, subscription } = await api.credits();
+      const period = transactions.find((t) => t.type === "period");
+      if (subscription && period) {
+        await refreshCredits();
+        notify("ok", `You subscribed to the ${subscription.planId} plan: ${period.amount} credits for this period were added.`, "You can generate now.");
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    notify("info", "Subscribed; your plan's credits will appear in a moment.", "Reload the page to check your balance.");
     return;
   }
   // Stripe calls the webhook on its own schedule: wait briefly for the purchase to show in the ledger.
@@ -402,6 +486,7 @@ async function start() {
     onWait: (body, seconds) => notify("info", `Still working on it (${body.error}); retrying in ${seconds} s…`),
   });
   renderPacks(config.packs);
+  renderPlans(config.plans);
 
   $("auth-form").onsubmit = (e) => e.preventDefault();
   $("sign-up").onclick = () => signInOrUp(true);
@@ -410,6 +495,7 @@ async function start() {
     $("notice").hidden = true;
     signOut(auth);
   };
+  $("manage").onclick = () => manageSubscription();
   $("export").onclick = () => exportData();
   $("erase").onclick = () => eraseAccount();
   $("accept-terms").onclick = () => acceptTerms();
