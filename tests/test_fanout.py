@@ -101,7 +101,8 @@ def test_each_purge_task_is_sent_to_the_configured_url_of_the_task_function() ->
     url = "https://purgeproject-abc123-uc.a.run.app"
 
     class Recording:
-        options: list[Any] = []
+        def __init__(self) -> None:
+            self.options: list[Any] = []
 
         def enqueue(self, body: object, options: Any) -> str:
             self.options.append(options)
