@@ -11,6 +11,8 @@
 # file is absent, the same variables from the environment (written to .env.PROJECT_ID for the deploy
 # and removed after). ALLOWED_ORIGINS and TERMS_VERSION are required. SWEEP_SCHEDULE (default
 # '0 3 * * *', UTC) sets the sweep's job. Secrets live in Secret Manager: the functions declare which.
+# Alerts (tools/alerts.py) go to ALERT_EMAIL (an email channel, created once) or ALERT_CHANNEL (an
+# existing channel, projects/P/notificationChannels/ID), from the environment: one is required.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,7 +21,7 @@ ARGS=()
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     -*) echo "deploy: unknown option $arg" >&2; exit 2 ;;
     *) ARGS+=("$arg") ;;
   esac
@@ -45,6 +47,9 @@ for var in FIRESTORE_EMULATOR_HOST FIREBASE_AUTH_EMULATOR_HOST CLOUD_TASKS_EMULA
   [ -z "${!var:-}" ] || fail "$var is set: unset emulator variables before deploying"
 done
 
+[ -n "${ALERT_EMAIL:-}${ALERT_CHANNEL:-}" ] || fail "ALERT_EMAIL (or ALERT_CHANNEL) is not set: the address the alert policies notify (tools/alerts.py)"
+if [ -n "${ALERT_CHANNEL:-}" ]; then ALERT_TARGET=(--channel "$ALERT_CHANNEL"); else ALERT_TARGET=(--email "$ALERT_EMAIL"); fi
+
 ENV_FILE=".env.$PROJECT_ID"
 CONFIG_VARS=(TERMS_VERSION ALLOWED_ORIGINS GENERATOR GEMINI_MODEL RETENTION_DAYS STALE_CHARGE_AFTER_S SWEEP_BUDGET_S
              SWEEP_INLINE_PROJECTS CREDIT_PACKS GENERATION_TIMEOUT_S ANALYTICS_RETENTION_DAYS STRIPE_MODE)
@@ -58,8 +63,8 @@ config_value() { "$PYTHON" -m tools.dotenv get "$1" "${LOADED[@]}"; }
 if [ "${#LOADED[@]}" -gt 0 ]; then
   KEYS="$("$PYTHON" -m tools.dotenv keys "${LOADED[@]}")" || fail "${LOADED[*]}: the Firebase CLI would refuse or misread the lines named above"
   for reserved in GOOGLE_CLOUD_PROJECT GCLOUD_PROJECT K_SERVICE FIREBASE_AUTH_EMULATOR_HOST FIRESTORE_EMULATOR_HOST \
-                  CLOUD_TASKS_EMULATOR_HOST STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
-    ! grep -qx "$reserved" <<<"$KEYS" || fail "${LOADED[*]} sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only or set by the platform)"
+                  CLOUD_TASKS_EMULATOR_HOST PURGE_TASK_URL STRIPE_API_BASE GEMINI_BASE_URL STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET GEMINI_API_KEY; do
+    ! grep -qx "$reserved" <<<"$KEYS" || fail "${LOADED[*]} sets $reserved: remove it (secrets come from Secret Manager; the rest is local-only, set by the platform or by deploy.sh)"
   done
 fi
 if [ -f "$ENV_FILE" ]; then
@@ -109,7 +114,7 @@ for file in "${LOADED[@]}" ${GENERATED:+"$GENERATED"}; do sed 's/^/   /' "$file"
 
 run gcloud services enable cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
   cloudscheduler.googleapis.com cloudtasks.googleapis.com secretmanager.googleapis.com firestore.googleapis.com eventarc.googleapis.com \
-  iam.googleapis.com identitytoolkit.googleapis.com "${G[@]}"
+  iam.googleapis.com identitytoolkit.googleapis.com logging.googleapis.com monitoring.googleapis.com "${G[@]}"
 
 # The database's location is chosen once and for good; firebase deploy would create (default) in nam5.
 echo "== Firestore database (default) must exist: its location cannot change later"
@@ -151,7 +156,25 @@ done <<<"$IAM"
 if [ -n "${GENERATED:-}" ]; then
   echo "== writing $ENV_FILE for the deploy (removed afterwards)"
   if [ "$DRY_RUN" = 0 ]; then cp "$GENERATED" "$ENV_FILE"; trap 'rm -f "$GENERATED" "$ENV_FILE"' EXIT; fi
+elif [ "$DRY_RUN" = 0 ]; then
+  # deploy.sh adds PURGE_TASK_URL to the project's own file for the deploy: it is put back after.
+  ORIGINAL="$(mktemp)"
+  cp "$ENV_FILE" "$ORIGINAL"
+  trap 'cp "$ORIGINAL" "$ENV_FILE"; rm -f "$ORIGINAL"' EXIT
 fi
+# The purge tasks name the purgeProject function's URL (PURGE_TASK_URL): Cloud Tasks signs their OIDC
+# token for it, and Cloud Run accepts only its own URLs. Known once the function exists; a first
+# deploy reads it afterwards and redeploys the sweep with it.
+describe_purge_url() {
+  local cmd=(gcloud functions describe purgeProject --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")
+  if [ "$DRY_RUN" = 1 ]; then capture "https://purgeproject-HASH-${REGION}.a.run.app" "${cmd[@]}"; else "${cmd[@]}" 2>/dev/null || true; fi
+}
+set_purge_url() {
+  echo "== PURGE_TASK_URL=$1 (in $ENV_FILE for the deploy)"
+  [ "$DRY_RUN" = 1 ] || printf '\nPURGE_TASK_URL=%s\n' "$1" >> "$ENV_FILE"
+}
+PURGE_URL="$(describe_purge_url)"
+[ -z "$PURGE_URL" ] || set_purge_url "$PURGE_URL"
 # Rules and indexes first: new composite indexes build in the background, and the queries that need
 # them fail until they are READY, so the functions go out only once they are.
 run "$FIREBASE" deploy --only firestore:rules,firestore:indexes --project "$PROJECT_ID" --non-interactive
@@ -162,6 +185,12 @@ run tools/wait_for_indexes.sh "$PROJECT_ID"
 # cleanup policy for the functions' container images (this sets the CLI's default), and it lets the
 # deploy delete a function that main.py no longer declares.
 run "$FIREBASE" deploy --only functions --project "$PROJECT_ID" --non-interactive --force
+if [ -z "$PURGE_URL" ]; then
+  PURGE_URL="$(describe_purge_url)"
+  [ -n "$PURGE_URL" ] || fail "could not read purgeProject's URL after the deploy: the sweep would not fan out"
+  set_purge_url "$PURGE_URL"
+  run "$FIREBASE" deploy --only functions:retention_sweep --project "$PROJECT_ID" --non-interactive --force
+fi
 
 # The task queue function cannot declare who may call it or add to its queue (the HTTPS functions'
 # invokers are in their declarations): only the sweep's account may, on this queue alone.
@@ -176,6 +205,9 @@ done
 SWEEP_URL="$(capture "https://retention-sweep-HASH-${REGION}.a.run.app" gcloud functions describe retention_sweep --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")"
 run "$PYTHON" -m functions.admin schedule --project "$PROJECT_ID" --region "$REGION" --url "$SWEEP_URL" \
   --service-account "$(sa_email sweep-scheduler)" --schedule "${SWEEP_SCHEDULE:-0 3 * * *}"
+
+echo "== log-based metrics and alert policies (tools/alerts.py), notifying ${ALERT_CHANNEL:-$ALERT_EMAIL}"
+"$PYTHON" -m tools.alerts "$PROJECT_ID" "${ALERT_TARGET[@]}" $([ "$DRY_RUN" = 1 ] && echo --dry-run) || fail "the alerts were not all created or updated (see above)"
 
 WEBHOOK_URL="$(capture "https://stripe-webhook-HASH-${REGION}.a.run.app" gcloud functions describe stripe_webhook --gen2 --region="$REGION" --format='value(serviceConfig.uri)' --project="$PROJECT_ID")"
 echo

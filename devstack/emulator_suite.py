@@ -19,6 +19,7 @@ from pathlib import Path
 
 from devstack.auth import FIREBASE_CLI
 from devstack.procs import Child, free_port, wait_until
+from functions.lib.deployment import PURGE_FUNCTION
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-central1"
@@ -66,6 +67,10 @@ class EmulatorSuite:
             "emulators": emulators,
         }
         (self.dir / "firebase.json").write_text(json.dumps(config, indent=2))
+        if tasks:
+            # The purge tasks carry the task function's URL, as deployed (PURGE_TASK_URL): here the
+            # Functions emulator's, where the Cloud Tasks emulator posts them.
+            env = {"PURGE_TASK_URL": self.url(PURGE_FUNCTION), **env}
         (self.dir / f".env.{project}").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         (self.dir / ".secret.local").write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
         only = "functions,auth,tasks" if tasks else "functions,auth"

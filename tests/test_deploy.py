@@ -16,7 +16,12 @@ from functions.lib import deployment
 
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = {"ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com", "TERMS_VERSION": "2026-11-01"}
+CONFIG = {
+    "ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com",
+    "TERMS_VERSION": "2026-11-01",
+    "ALERT_EMAIL": "ops@example.com",
+}
+ALERTS_ONLY = {"ALERT_EMAIL": "ops@example.com"}
 FUNCTIONS = (
     "generate",
     "consent",
@@ -184,15 +189,15 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
     env_file = ROOT / ".env.acme-env-file-test"
     env_file.write_text("TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\n")
     try:
-        no_region = deploy(tmp_path / "first", "acme-env-file-test", "--dry-run", env={})
+        no_region = deploy(tmp_path / "first", "acme-env-file-test", "--dry-run", env=ALERTS_ONLY)
         env_file.write_text(
             "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://env-file.example.com\nFUNCTIONS_REGION=us-central1\n"
         )
-        ok = deploy(tmp_path, "acme-env-file-test", "--dry-run", env={})
+        ok = deploy(tmp_path, "acme-env-file-test", "--dry-run", env=ALERTS_ONLY)
         env_file.write_text(
             "TERMS_VERSION=2027-01-01\nALLOWED_ORIGINS=https://a.example\nFUNCTIONS_REGION=us-central1\nSTRIPE_SECRET_KEY=sk_live_oops\n"
         )
-        leaked = deploy(tmp_path / "second", "acme-env-file-test", "--dry-run", env={})
+        leaked = deploy(tmp_path / "second", "acme-env-file-test", "--dry-run", env=ALERTS_ONLY)
     finally:
         env_file.unlink()
 
@@ -212,8 +217,13 @@ def test_dry_run_reads_the_projects_env_file_when_there_is_one(tmp_path: Path) -
         (("Bad_Project",), CONFIG, "not a valid Google Cloud project id"),
         (("demo-local",), CONFIG, "demo- id"),
         (("acme-credits-prod", "mars"), CONFIG, "REGION"),
-        (("acme-credits-prod",), {"TERMS_VERSION": "v1"}, "ALLOWED_ORIGINS"),
-        (("acme-credits-prod",), {"ALLOWED_ORIGINS": "https://a.example"}, "TERMS_VERSION"),
+        (("acme-credits-prod",), {"TERMS_VERSION": "v1", **ALERTS_ONLY}, "ALLOWED_ORIGINS"),
+        (("acme-credits-prod",), {"ALLOWED_ORIGINS": "https://a.example", **ALERTS_ONLY}, "TERMS_VERSION"),
+        (
+            ("acme-credits-prod",),
+            {"ALLOWED_ORIGINS": "https://a.example", "TERMS_VERSION": "v1"},
+            "ALERT_EMAIL",
+        ),
         (
             ("acme-credits-prod",),
             {**CONFIG, "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"},
@@ -407,13 +417,13 @@ def test_a_secret_in_an_env_file_is_refused_however_the_line_is_written(tmp_path
         for name, (path, text, _) in cases.items():
             project_file.write_text(base)
             path.write_text(text)
-            results[name] = deploy(tmp_path / name, "acme-dotenv-test", "--dry-run", env={})
+            results[name] = deploy(tmp_path / name, "acme-dotenv-test", "--dry-run", env=ALERTS_ONLY)
             shared_file.unlink(missing_ok=True)
         project_file.write_text(
             "export TERMS_VERSION='2027-01-01'\n  ALLOWED_ORIGINS=\"https://quoted.example\" # ours\n"
             "FUNCTIONS_REGION=us-central1 # where the sweep enqueues\n"
         )
-        quoted = deploy(tmp_path / "quoted", "acme-dotenv-test", "--dry-run", env={})
+        quoted = deploy(tmp_path / "quoted", "acme-dotenv-test", "--dry-run", env=ALERTS_ONLY)
     finally:
         project_file.unlink(missing_ok=True)
         shared_file.unlink(missing_ok=True)
@@ -429,3 +439,140 @@ def test_a_config_value_the_cli_would_read_differently_is_refused(tmp_path: Path
     res = deploy(tmp_path, "acme-credits-prod", "--dry-run", env={**CONFIG, "TERMS_VERSION": "v1 #2"})
 
     assert res.returncode != 0 and "TERMS_VERSION's value would reach the functions changed" in res.stderr
+
+
+def test_dry_run_prints_every_alert_metric_and_policy_and_sets_the_purge_task_url(tmp_path: Path) -> None:
+    from tools import alerts
+
+    res = deploy(tmp_path, "acme-credits-prod", "--dry-run")
+
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "calls").exists()
+    lines = res.stdout.splitlines()
+    for metric in alerts.METRICS:
+        assert f"+ gcloud logging metrics create {metric.name} --config-from-file=FILE" in res.stdout
+    created = [line for line in lines if line.startswith("+ gcloud monitoring policies create")]
+    sent = [json.loads(line.split("FILE: ", 1)[1]) for line in lines if line.startswith("    FILE: {")]
+    policies = [p for p in sent if "conditions" in p]
+    assert len(created) == len(alerts.POLICIES) == 7
+    assert sorted(p["displayName"] for p in policies) == sorted(p.display_name for p in alerts.POLICIES)
+    assert all(
+        p["notificationChannels"] == ["projects/acme-credits-prod/notificationChannels/NEW"] for p in policies
+    )
+    assert "--channel-labels=email_address=ops@example.com" in res.stdout
+    # The purge task URL is read from the deployed function and shipped with the functions.
+    assert "gcloud functions describe purgeProject --gen2" in res.stderr
+    assert "PURGE_TASK_URL=https://purgeproject-HASH-us-central1.a.run.app" in res.stdout
+    [enable] = [line for line in lines if line.startswith("+ gcloud services enable")]
+    assert {"monitoring.googleapis.com", "logging.googleapis.com"} <= set(enable.split())
+
+
+def test_the_alert_metrics_count_the_lines_the_code_writes() -> None:
+    """Each metric's filter names a message or field that a log line of the code carries."""
+    from tools import alerts
+
+    sources = "\n".join(p.read_text() for p in (ROOT / "functions").rglob("*.py"))
+    for text in [
+        "stripe event stored for operators",
+        "parked stripe event %s is not stored",
+        "stale charges refunded",
+        "stale charge %s has no userId",
+        "purge task without a valid projectId",
+        "the queue did not take project %s",
+        '"retention sweep %s"',
+        "expired grants overdue",
+        "function=self.name",
+        '"status": reply.status',
+    ]:
+        assert text in sources, text
+    filters = " ".join(m.body()["filter"] for m in alerts.METRICS)
+    for message in ("stripe event stored for operators", "stale charges refunded", "expired grants overdue"):
+        assert message in filters
+
+
+GCLOUD_STUB = """#!{python}
+import json, sys
+from pathlib import Path
+
+state = Path({state!r})
+calls = Path({calls!r})
+args = [a for a in sys.argv[1:] if not a.startswith(("--project=", "--quiet"))]
+with calls.open("a") as f:
+    f.write(" ".join(args) + "\\n")
+known = json.loads(state.read_text()) if state.exists() else {{}}
+
+def save():
+    state.write_text(json.dumps(known))
+
+def arg(prefix):
+    return next(a.split("=", 1)[1] for a in args if a.startswith(prefix))
+
+if args[:3] == ["logging", "metrics", "describe"]:
+    sys.exit(0 if args[3] in known else 1)
+if args[:3] == ["logging", "metrics", "create"]:
+    assert args[3] not in known, "created twice"
+    known[args[3]] = json.loads(Path(arg("--config-from-file")).read_text())["filter"]
+    save()
+elif args[:3] == ["monitoring", "policies", "list"]:
+    name = arg("--filter").split('"')[1]
+    if name in known:
+        print(known[name])
+elif args[:3] == ["monitoring", "policies", "create"]:
+    policy = json.loads(Path(arg("--policy-from-file")).read_text())
+    assert policy["displayName"] not in known, "created twice"
+    known[policy["displayName"]] = "projects/p/alertPolicies/" + str(len(known))
+    save()
+elif args[:4] == ["beta", "monitoring", "channels", "list"]:
+    if "channel" in known:
+        print(known["channel"])
+elif args[:4] == ["beta", "monitoring", "channels", "create"]:
+    known["channel"] = "projects/p/notificationChannels/7"
+    save()
+    print(known["channel"])
+"""
+
+
+def test_alerts_are_created_once_then_updated_in_place(tmp_path: Path) -> None:
+    import sys
+
+    from tools import alerts
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    stub = bin_dir / "gcloud"
+    stub.write_text(
+        GCLOUD_STUB.format(python=sys.executable, state=str(tmp_path / "state"), calls=str(calls))
+    )
+    stub.chmod(0o755)
+
+    def run() -> list[str]:
+        calls.unlink(missing_ok=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "tools.alerts", "acme-credits-prod", "--email", "ops@example.com"],
+            env={"PATH": str(bin_dir)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert res.returncode == 0, res.stderr
+        return [c for c in calls.read_text().splitlines() if " list " not in f" {c} " and "describe" not in c]
+
+    first, second = run(), run()
+
+    names = [m.name for m in alerts.METRICS]
+    assert [c.split()[:4] for c in first if c.startswith("logging")] == [
+        ["logging", "metrics", "create", n] for n in names
+    ]
+    assert sum(c.startswith("monitoring policies create") for c in first) == len(alerts.POLICIES)
+    assert sum(c.startswith("beta monitoring channels create") for c in first) == 1
+    # The second run finds everything by name and replaces it: nothing is created again.
+    assert not [c for c in second if " create" in c]
+    assert [c.split()[:4] for c in second if c.startswith("logging")] == [
+        ["logging", "metrics", "update", n] for n in names
+    ]
+    updated = [c.split()[3] for c in second if c.startswith("monitoring policies update")]
+    known = json.loads((tmp_path / "state").read_text())
+    assert sorted(updated) == sorted(known[p.display_name] for p in alerts.POLICIES)
+    assert len(set(updated)) == len(alerts.POLICIES)

@@ -132,3 +132,47 @@ def test_a_repeat_enqueue_of_the_same_project_and_night_is_refused_by_the_queue(
 
     assert queue.enqueue(project_id) is True
     assert queue.enqueue(project_id) is False
+
+
+def test_the_cloud_tasks_emulator_posts_each_purge_task_to_the_configured_task_url(
+    suite: EmulatorSuite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task names PURGE_TASK_URL (TaskOptions(uri=...)), and the queue delivers it there, not to
+    a URL of its own: a recording server stands at that URL."""
+    import http.server
+    import threading
+
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append((self.path, json.loads(body or b"{}")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"result": {}}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/recorded/purgeProject"
+        assert suite.tasks_host
+        monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", suite.tasks_host)
+        monkeypatch.setenv("PURGE_TASK_URL", url)
+        reset_caches()
+        from functions.lib.config import get_settings
+
+        queue = purge_queue(get_settings())
+        assert queue is not None
+        project_id = f"routed-{uuid.uuid4().hex[:6]}"
+
+        assert queue.enqueue(project_id) is True
+        wait_until(lambda: bool(received), what="the task at PURGE_TASK_URL", timeout=60, log=suite.child.log)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received == [("/recorded/purgeProject", {"data": {"projectId": project_id}})]

@@ -96,6 +96,46 @@ def test_the_purge_queue_reports_a_queue_it_cannot_reach_as_unavailable() -> Non
     assert PurgeQueue(Refusing()).enqueue("proj-1") is False
 
 
+def test_each_purge_task_is_sent_to_the_configured_url_of_the_task_function() -> None:
+    """Cloud Tasks signs the OIDC token for the task's URL: it must be the one Cloud Run accepts."""
+    url = "https://purgeproject-abc123-uc.a.run.app"
+
+    class Recording:
+        def __init__(self) -> None:
+            self.options: list[Any] = []
+
+        def enqueue(self, body: object, options: Any) -> str:
+            self.options.append(options)
+            return "purge-x"
+
+    queue = Recording()
+
+    assert PurgeQueue(queue, uri=url).enqueue("proj-1") is True
+
+    [options] = queue.options
+    assert options.uri == url and options.task_id.startswith("purge-")
+
+
+def test_deployed_without_the_task_url_the_sweep_does_not_fan_out(settings: Any) -> None:
+    from functions.lib.config import settings_from
+    from functions.lib.tasks import purge_queue
+
+    deployed = {"GOOGLE_CLOUD_PROJECT": "acme-credits-prod", "K_SERVICE": "retention-sweep"}
+
+    assert purge_queue(settings_from(deployed)) is None
+    queue = purge_queue(settings_from({**deployed, "PURGE_TASK_URL": "https://purge.example/x"}))
+    assert queue is not None
+
+
+@pytest.mark.parametrize("bad", ["purge.example/x", "ftp://purge.example/x", "https://"])
+def test_a_purge_task_url_that_is_not_an_http_url_is_refused_naming_it(bad: str) -> None:
+    from functions.lib.config import settings_from
+    from functions.lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="PURGE_TASK_URL"):
+        settings_from({"GOOGLE_CLOUD_PROJECT": "demo-x", "PURGE_TASK_URL": bad})
+
+
 def test_a_small_night_is_deleted_inline_with_the_contract_keys(db: Any, settings: Any) -> None:
     seed_project(db, "small-0", 2)
     queue = Queue()

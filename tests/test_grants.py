@@ -257,6 +257,33 @@ def test_the_settlement_job_finds_users_by_next_expiry_and_writes_each_grant_off
     assert_ledger_consistent(db)
 
 
+def test_a_settlement_pass_that_finds_an_expiry_past_the_grace_logs_it_for_the_alert(
+    db: Any, settings: Any, at: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The alert "expired grants overdue" counts this line: earlier passes missed these write-offs."""
+    import logging
+
+    from functions.lib import settlement
+
+    for uid in ("late", "just", "later"):
+        make_user(db, uid)
+    grant(db, "late", "a", 10, expires_in_days=1)  # 2 h past its expiry when the pass runs
+    grant(db, "later", "c", 10, expires_in_days=1)
+    grant(db, "just", "b", 10, expires_in_days=(1 + 115 / 1440))  # 5 min past
+    at(T0 + timedelta(days=1, hours=2))
+
+    with caplog.at_level(logging.WARNING, logger="settlement"):
+        first = settlement.settle_stale_charges(db, settings)
+        lines = [r for r in caplog.records if r.getMessage() == "expired grants overdue"]
+        caplog.clear()
+        again = settlement.settle_stale_charges(db, settings)
+
+    assert first.credits_expired == 30 and again.credits_expired == 0
+    [line] = lines
+    assert line.json_fields == {"usersOverdue": 2, "oldestOverdueS": 2 * 3600}  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.getMessage() == "expired grants overdue"]
+
+
 def test_the_sweep_and_the_operator_settle_write_off_expired_grants(
     db: Any, settings: Any, at: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,6 +92,10 @@ class Settings:
     sweep_inline_projects: int = 50
     task_queue: bool = False
     cloud_tasks_emulator_host: str | None = None
+    # The purgeProject function's URL, where each purge task is sent: Cloud Tasks signs its OIDC token
+    # for this audience, and Cloud Run accepts only its own URLs (deploy.sh sets it; locally the
+    # Functions emulator's). Deployed without it, the sweep does not fan out.
+    purge_task_url: str | None = None
     region: str = "us-central1"
     auth_state_cache_s: float = 30.0
     checkout_limit: int = 10
@@ -188,6 +192,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if value < 0:
         raise ConfigError(name, f"{name} must not be negative, got {value}")
     return value
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    """An absolute http(s) URL, or None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("https://", "http://")) or len(raw.split("/")) < 4 or not raw.split("/")[2]:
+        raise ConfigError(name, f"{name} must be a URL like https://host/path, got {raw!r}")
+    return raw
 
 
 def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
@@ -343,6 +357,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         task_queue=bool(env.get("CLOUD_TASKS_EMULATOR_HOST"))
         or (bool(env.get(DEPLOYED_MARKER)) and env.get("FUNCTIONS_EMULATOR") != "true"),
         cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
+        purge_task_url=_url(env, "PURGE_TASK_URL"),
         region=deploy_region(env),
         generate_concurrency=_int(env, "GENERATE_CONCURRENCY", 3, minimum=1),
         generate_limit=_int(env, "GENERATE_LIMIT", 100, minimum=1),
