@@ -164,7 +164,11 @@ class FirestoreCounts:
             for response in stream:
                 pb = getattr(response, "_pb", response)
                 # A document looked up and missing is billed as a read too.
-                hit = pb.HasField("found") or bool(pb.missing) if name == "batch_get_documents" else pb.HasField("document")
+                hit = (
+                    pb.HasField("found") or bool(pb.missing)
+                    if name == "batch_get_documents"
+                    else pb.HasField("document")
+                )
                 if hit:
                     found += 1
                     self.reads += 1
@@ -250,6 +254,95 @@ def count_in_process(calls: int) -> list[list[str]]:
 # --- main --------------------------------------------------------------------------------------
 
 
+def serve_all(stack: Stack, gemini: GeminiDouble, gen_clients: int) -> dict[str, Any]:
+    threads = {"THREADS": str(gen_clients)}
+    model_env = {"GENERATOR": "gemini", "GEMINI_API_KEY": "bench", "GEMINI_BASE_URL": gemini.url}
+    served = {
+        "generate": stack.serve("generate", env=model_env, wait=False),
+        "generate_threads": stack.serve("generate", env={**model_env, **threads}, wait=False),
+        "floor_reserve_model": stack.serve(
+            "floor_reserve_model",
+            source=FLOOR_SOURCE,
+            env={"FLOOR_MODEL_URL": gemini.url, **threads},
+            wait=False,
+        ),
+        "stripe_webhook": stack.serve("stripe_webhook", wait=False),
+        "floor_create": stack.serve("floor_create", source=FLOOR_SOURCE, wait=False),
+        "credits": stack.serve("credits", wait=False),
+        "floor_txn": stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False),
+    }
+    for fn in served.values():
+        fn.wait_ready()
+    return served
+
+
+def warm_up(
+    served: dict[str, Any], jobs: dict[str, Callable[[Client], Answer]], uids: list[str], args: Any
+) -> None:
+    """Each process's first requests pay its imports and client construction: not measured."""
+    for name, job in jobs.items():
+        clients = args.gen_clients if name in GENERATE_RUNS else args.clients
+        warm = run_load(served[name].url, [job] * clients, clients)
+        if set(warm.statuses()) != {200}:
+            raise SystemExit(f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}")
+    for name in ("stripe_webhook", "floor_create"):
+        run_load(served[name].url, [signed_job(b, []) for b in purchase_bodies(4, uids)], 2)
+
+
+GENERATE_RUNS = ("floor_reserve_model", "generate_threads", "generate")
+
+
+def measure_all(
+    stack: Stack, gemini: GeminiDouble, args: Any
+) -> tuple[dict[str, Measured], dict[str, float], list[str]]:
+    """Every function's runs, the emulator's CPU during each, and the webhook's non-2xx answers."""
+    served = serve_all(stack, gemini, args.gen_clients)
+    tag = uuid.uuid4().hex[:6]
+    gen_uids = [f"online-gen-{i}-{tag}" for i in range(args.gen_clients)]
+    credit_uids = [f"online-credits-{i}-{tag}" for i in range(args.clients)]
+    progress(f"seeding {len(gen_uids) + len(credit_uids)} users")
+    per_user = -(-(2 * args.generate + 4 * args.gen_clients) // args.gen_clients)
+    for uid in gen_uids:
+        seed_user(uid, COST * (per_user + 2))
+    for uid in credit_uids:
+        seed_user(uid, 1000)
+    floor_docs = [f"online-floor-{i}-{tag}" for i in range(max(args.gen_clients, args.clients))]
+    jobs: dict[str, Callable[[Client], Answer]] = {
+        "generate": partial(generate_job, gen_uids),
+        "generate_threads": partial(generate_job, gen_uids),
+        "floor_reserve_model": partial(floor_model_job, floor_docs),
+        "credits": partial(credits_job, credit_uids),
+        "floor_txn": partial(floor_txn_job, floor_docs),
+    }
+    warm_up(served, jobs, credit_uids, args)
+
+    results = {name: Measured() for name in served}
+    emulator_cpu: dict[str, float] = {}
+    half = args.generate // 2
+    for order in (GENERATE_RUNS, tuple(reversed(GENERATE_RUNS))):  # two rounds, alternating order
+        for name in order:
+            progress(f"{name}: {half} requests over {args.gen_clients} clients")
+            with cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
+                results[name].measure(served[name], [jobs[name]] * half, args.gen_clients)
+
+    bodies = {
+        name: purchase_bodies(args.requests, credit_uids) for name in ("stripe_webhook", "floor_create")
+    }
+    redelivered: list[str] = []
+    size = -(-args.requests // args.chunks)
+    for c in range(args.chunks):
+        for real, floor in (("stripe_webhook", "floor_create"), ("credits", "floor_txn")):
+            for name in [real, floor] if c % 2 == 0 else [floor, real]:
+                progress(f"chunk {c + 1}/{args.chunks}: {name}")
+                if name in bodies:
+                    batch = [signed_job(b, redelivered) for b in bodies[name][c * size : (c + 1) * size]]
+                else:
+                    batch = [jobs[name]] * len(range(c * size, min((c + 1) * size, args.requests)))
+                with cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
+                    results[name].measure(served[name], batch, args.clients)
+    return results, emulator_cpu, redelivered
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-s", type=float, default=2.0, help="the Gemini double's delay")
@@ -260,190 +353,121 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--count-calls", type=int, default=10, help="in-process calls per entry point")
     args = parser.parse_args()
-    threads = {"THREADS": str(args.gen_clients)}
 
     with section(f"One instance: generate ({args.model_s:g} s model), stripe_webhook, credits"):
         gemini = GeminiDouble(delay_s=args.model_s).start()
         with Stack(auth=True) as stack:
             stack.add_stop(gemini.stop)
-            model_env = {"GENERATOR": "gemini", "GEMINI_API_KEY": "bench", "GEMINI_BASE_URL": gemini.url}
-            served = {
-                "generate": stack.serve("generate", env=model_env, wait=False),
-                "generate_threads": stack.serve("generate", env={**model_env, **threads}, wait=False),
-                "floor_reserve_model": stack.serve(
-                    "floor_reserve_model",
-                    source=FLOOR_SOURCE,
-                    env={"FLOOR_MODEL_URL": gemini.url, **threads},
-                    wait=False,
-                ),
-                "stripe_webhook": stack.serve("stripe_webhook", wait=False),
-                "floor_create": stack.serve("floor_create", source=FLOOR_SOURCE, wait=False),
-                "credits": stack.serve("credits", wait=False),
-                "floor_txn": stack.serve("floor_txn", source=FLOOR_SOURCE, wait=False),
-            }
-            for fn in served.values():
-                fn.wait_ready()
-            tag = uuid.uuid4().hex[:6]
-            gen_uids = [f"online-gen-{i}-{tag}" for i in range(args.gen_clients)]
-            credit_uids = [f"online-credits-{i}-{tag}" for i in range(args.clients)]
-            progress(f"seeding {len(gen_uids) + len(credit_uids)} users")
-            per_user = -(-(2 * args.generate + 4 * args.gen_clients) // args.gen_clients)
-            for uid in gen_uids:
-                seed_user(uid, COST * (per_user + 2))
-            for uid in credit_uids:
-                seed_user(uid, 1000)
-            floor_docs = [f"online-floor-{i}-{tag}" for i in range(max(args.gen_clients, args.clients))]
-
-            jobs: dict[str, Callable[[Client], Answer]] = {
-                "generate": partial(generate_job, gen_uids),
-                "generate_threads": partial(generate_job, gen_uids),
-                "floor_reserve_model": partial(floor_model_job, floor_docs),
-                "credits": partial(credits_job, credit_uids),
-                "floor_txn": partial(floor_txn_job, floor_docs),
-            }
-            # Warm-up: each process's first requests pay its imports and client construction.
-            for name in ("generate", "generate_threads", "floor_reserve_model"):
-                warm = run_load(served[name].url, [jobs[name]] * args.gen_clients, args.gen_clients)
-                if set(warm.statuses()) != {200}:
-                    raise SystemExit(
-                        f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}"
-                    )
-            for name in ("credits", "floor_txn"):
-                warm = run_load(served[name].url, [jobs[name]] * (2 * args.clients), args.clients)
-                if set(warm.statuses()) != {200}:
-                    raise SystemExit(
-                        f"{name} warm-up answered {warm.statuses()}: {warm.answers[0].body[:300]!r}"
-                    )
-            for name in ("stripe_webhook", "floor_create"):
-                run_load(served[name].url, [signed_job(b, []) for b in purchase_bodies(4, credit_uids)], 2)
-
-            results = {name: Measured() for name in served}
-            emulator_cpu: dict[str, float] = {}
-            for name in ("floor_reserve_model", "generate_threads", "generate"):
-                progress(f"{name}: {args.generate} requests over {args.gen_clients} clients")
-                with cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
-                    results[name].measure(served[name], [jobs[name]] * args.generate, args.gen_clients)
-
-            bodies = purchase_bodies(args.requests, credit_uids)
-            floor_bodies = purchase_bodies(args.requests, credit_uids)
-            redelivered: list[str] = []
-            size = -(-args.requests // args.chunks)
-            for c in range(args.chunks):
-                pairs = [("stripe_webhook", "floor_create"), ("credits", "floor_txn")]
-                for real, floor in pairs:
-                    order = [real, floor] if c % 2 == 0 else [floor, real]
-                    for name in order:
-                        progress(f"chunk {c + 1}/{args.chunks}: {name}")
-                        if name in ("stripe_webhook", "floor_create"):
-                            chunk = (bodies if name == "stripe_webhook" else floor_bodies)[
-                                c * size : (c + 1) * size
-                            ]
-                            batch = [signed_job(b, redelivered) for b in chunk]
-                        else:
-                            batch = [jobs[name]] * len(range(c * size, min((c + 1) * size, args.requests)))
-                        with cpu_meter({name: stack.firestore.child.pid}, emulator_cpu):
-                            results[name].measure(served[name], batch, args.clients)
-
+            results, emulator_cpu, redelivered = measure_all(stack, gemini, args)
             progress("counting Firestore operations and Auth lookups in-process")
             # The in-process app reads settings from this process's environment: the offline model.
             os.environ["GENERATOR"] = "offline"
             counts = count_in_process(args.count_calls)
+        report(args, results, emulator_cpu, redelivered, counts)
 
-        ideal = args.gen_clients / args.model_s
-        rows = []
-        baselines = {
-            "generate": "floor_reserve_model",
-            "generate_threads": "floor_reserve_model",
-            "floor_reserve_model": "floor_reserve_model",
-            "stripe_webhook": "floor_create",
-            "floor_create": "floor_create",
-            "credits": "floor_txn",
-            "floor_txn": "floor_txn",
-        }
-        labels = {
-            "generate": f"generate, as served (THREADS default), {args.gen_clients} clients",
-            "generate_threads": f"generate, THREADS={args.gen_clients}, {args.gen_clients} clients",
-            "floor_reserve_model": f"floor_reserve_model, THREADS={args.gen_clients}, {args.gen_clients} clients",
-            "stripe_webhook": f"stripe_webhook, {args.clients} clients",
-            "floor_create": f"floor_create, {args.clients} clients",
-            "credits": f"credits GET, {args.clients} clients",
-            "floor_txn": f"floor_txn GET, {args.clients} clients",
-        }
-        for name, m in results.items():
-            b = results[baselines[name]]
-            lat, blat = m.run.latencies, b.run.latencies
-            rows.append(
-                [
-                    labels[name],
-                    str(m.n),
-                    f"{m.run.rate:.2f} ({ratio(m.run.rate, b.run.rate)})",
-                    f"{ms(median(lat))} ({ratio(median(lat), median(blat))})",
-                    f"{ms(pct(lat, 95))} ({ratio(pct(lat, 95), pct(blat, 95))})",
-                    f"{m.cpu_ms():.1f} ({ratio(m.cpu_ms(), b.cpu_ms())})",
-                    f"{emulator_cpu.get(name, 0.0) / m.n * 1000:.1f}" if m.n else "n/a",
-                    f"{m.log_per_request():.0f}",
-                    json.dumps(m.run.statuses()),
-                ]
-            )
-        print(
-            f"One functions-framework process per function (gunicorn, 1 worker) on {os.cpu_count()} cores shared with the "
-            f"emulators, the double and the clients. Gemini double delay {args.model_s:g} s. Ratios against the floor "
-            "named in the module docstring, measured in the same run. CPU is the function's process group "
-            "(utime + stime from /proc); log bytes are what the process wrote to stdout/stderr.\n"
+
+def report(
+    args: Any,
+    results: dict[str, Measured],
+    emulator_cpu: dict[str, float],
+    redelivered: list[str],
+    counts: list[list[str]],
+) -> None:
+    ideal = args.gen_clients / args.model_s
+    rows = []
+    baselines = {
+        "generate": "floor_reserve_model",
+        "generate_threads": "floor_reserve_model",
+        "floor_reserve_model": "floor_reserve_model",
+        "stripe_webhook": "floor_create",
+        "floor_create": "floor_create",
+        "credits": "floor_txn",
+        "floor_txn": "floor_txn",
+    }
+    labels = {
+        "generate": f"generate, as served (THREADS default), {args.gen_clients} clients",
+        "generate_threads": f"generate, THREADS={args.gen_clients}, {args.gen_clients} clients",
+        "floor_reserve_model": f"floor_reserve_model, THREADS={args.gen_clients}, {args.gen_clients} clients",
+        "stripe_webhook": f"stripe_webhook, {args.clients} clients",
+        "floor_create": f"floor_create, {args.clients} clients",
+        "credits": f"credits GET, {args.clients} clients",
+        "floor_txn": f"floor_txn GET, {args.clients} clients",
+    }
+    for name, m in results.items():
+        b = results[baselines[name]]
+        lat, blat = m.run.latencies, b.run.latencies
+        rows.append(
+            [
+                labels[name],
+                str(m.n),
+                f"{m.run.rate:.2f} ({ratio(m.run.rate, b.run.rate)})",
+                f"{ms(median(lat))} ({ratio(median(lat), median(blat))})",
+                f"{ms(pct(lat, 95))} ({ratio(pct(lat, 95), pct(blat, 95))})",
+                f"{m.cpu_ms():.1f} ({ratio(m.cpu_ms(), b.cpu_ms())})",
+                f"{emulator_cpu.get(name, 0.0) / m.n * 1000:.1f}" if m.n else "n/a",
+                f"{m.log_per_request():.0f}",
+                json.dumps(m.run.statuses()),
+            ]
         )
-        print(
-            table(
-                [
-                    "function",
-                    "requests",
-                    "answers/s",
-                    "p50 ms",
-                    "p95 ms",
-                    "function CPU ms/req",
-                    "emulator CPU ms/req",
-                    "log bytes/req",
-                    "statuses",
-                ],
-                rows,
-            )
+    print(
+        f"One functions-framework process per function (gunicorn, 1 worker) on {os.cpu_count()} cores shared with the "
+        f"emulators, the double and the clients. Gemini double delay {args.model_s:g} s. Ratios against the floor "
+        "named in the module docstring, measured in the same run. CPU is the function's process group "
+        "(utime + stime from /proc); log bytes are what the process wrote to stdout/stderr.\n"
+    )
+    print(
+        table(
+            [
+                "function",
+                "requests",
+                "answers/s",
+                "p50 ms",
+                "p95 ms",
+                "function CPU ms/req",
+                "emulator CPU ms/req",
+                "log bytes/req",
+                "statuses",
+            ],
+            rows,
         )
-        if redelivered:
-            print(f"\nWebhook non-2xx answers (delivered again): {json.dumps(Counter(redelivered))}")
-        print(
-            f"\nFirestore operations and Auth lookups per request, counted in-process over {args.count_calls} warm calls "
-            "each (account-state cache cleared before each entry point's calls; AUTH_STATE_CACHE_S as configured, "
-            "30 s by default):\n"
+    )
+    if redelivered:
+        print(f"\nWebhook non-2xx answers (delivered again): {json.dumps(Counter(redelivered))}")
+    print(
+        f"\nFirestore operations and Auth lookups per request, counted in-process over {args.count_calls} warm calls "
+        "each (account-state cache cleared before each entry point's calls; AUTH_STATE_CACHE_S as configured, "
+        "30 s by default):\n"
+    )
+    print(
+        table(
+            [
+                "entry point",
+                "RPCs / request",
+                "documents read / request",
+                "writes / request",
+                "deletes / request",
+                "Auth lookups",
+                "statuses",
+            ],
+            counts,
         )
+    )
+    print()
+    for name in ("generate", "generate_threads"):
+        rate = results[name].run.rate
+        need = 1000 / rate if rate else float("inf")
         print(
-            table(
-                [
-                    "entry point",
-                    "RPCs / request",
-                    "documents read / request",
-                    "writes / request",
-                    "deletes / request",
-                    "Auth lookups",
-                    "statuses",
-                ],
-                counts,
-            )
+            f"- {labels[name]}: {rate:.2f} generations/s per instance = {ratio(rate, ideal)} of the ideal "
+            f"{args.gen_clients}/{args.model_s:g} s = {ideal:.1f}/s; instances per 1,000 generations/s: {need:.0f}; "
+            f"CPU {results[name].cpu_ms():.1f} ms per generation = {rate * results[name].cpu_ms() / 1000:.2f} "
+            "of a core busy at that rate."
         )
-        print()
-        for name in ("generate", "generate_threads"):
-            rate = results[name].run.rate
-            need = 1000 / rate if rate else float("inf")
-            print(
-                f"- {labels[name]}: {rate:.2f} generations/s per instance = {ratio(rate, ideal)} of the ideal "
-                f"{args.gen_clients}/{args.model_s:g} s = {ideal:.1f}/s; instances per 1,000 generations/s: {need:.0f}; "
-                f"CPU {results[name].cpu_ms():.1f} ms per generation = {rate * results[name].cpu_ms() / 1000:.2f} "
-                "of a core busy at that rate."
-            )
-        for name in ("stripe_webhook", "credits"):
-            m = results[name]
-            print(
-                f"- {labels[name]}: {m.run.rate:.1f} answers/s on this machine (CPU-bound here: {m.cpu_ms():.1f} ms CPU "
-                f"per request in the function, so at most {1000 / m.cpu_ms():.0f}/s per fully used vCPU)."
-            )
+    for name in ("stripe_webhook", "credits"):
+        m = results[name]
+        print(
+            f"- {labels[name]}: {m.run.rate:.1f} answers/s on this machine; {m.cpu_ms():.1f} ms of function CPU "
+            f"per request, {1000 / m.cpu_ms():.0f} requests per CPU-second."
+        )
 
 
 if __name__ == "__main__":
