@@ -16,6 +16,8 @@ way as `functions/lib/db.py` (first call, anonymous credentials on the emulator,
   generation's status under a precondition and the analytics event (7 writes, server timestamps).
   Not a target's floor: it tells the cost of the documents from the cost of the code around them
   (token check, consent, validation, logs).
+- `floor_reserve_model`: `floor_reserve_settle` with a model call between the commits: one POST to
+  the Gemini double at FLOOR_MODEL_URL (`bench_online`'s floor for generate with a slow model).
 - `bare`: no Firestore at all, for import-time and process-start comparisons.
 The firebase-functions floor (`floor_txn` declared with `https_fn.on_request`) is in
 `bench/floor_firebase.py`, so its import cost stays out of these.
@@ -198,3 +200,36 @@ def floor_data_model(request: flask.Request) -> dict[str, Any]:
     )
     settle.commit()
     return {"projectId": project_id, "versionId": generation_id, "output": output, "balance": balance}
+
+
+def floor_reserve_model(request: flask.Request) -> dict[str, Any]:
+    """POST {prompt} ?doc=ID: floor_reserve_settle with the model call in the middle: one POST to the
+    Gemini double at FLOOR_MODEL_URL (its delay is the model's), over one pooled HTTP connection per thread."""
+    import urllib.request
+
+    if request.method != "POST":  # the readiness probe's GET, answered as generate answers it
+        return {"error": "method_not_allowed"}
+    client = _client()
+    user_ref = client.collection("floor_users").document(request.args.get("doc") or uuid.uuid4().hex)
+    prompt = str((request.get_json(silent=True) or {}).get("prompt", ""))
+    generation_id = uuid.uuid4().hex
+    generation_ref = client.collection("floor_generations").document(generation_id)
+    credits = int((user_ref.get().to_dict() or {}).get("credits", 0))
+    reserve = client.batch()
+    reserve.create(
+        client.collection("floor_entries").document(f"charge_{generation_id}"),
+        {"amount": -50, "user": user_ref.id},
+    )
+    reserve.set(user_ref, {"credits": credits - 50})
+    reserve.create(generation_ref, {"status": "charged", "user": user_ref.id})
+    reserve.commit()
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}).encode()
+    url = os.environ["FLOOR_MODEL_URL"] + "/v1beta/models/floor:generateContent"
+    call = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=60) as answer:
+        output = json.loads(answer.read())["candidates"][0]["content"]["parts"][0]["text"]
+    settle = client.batch()
+    settle.create(client.collection("floor_versions").document(generation_id), {"output": output})
+    settle.update(generation_ref, {"status": "succeeded"})
+    settle.commit()
+    return {"generationId": generation_id, "output": output, "balance": credits - 50}

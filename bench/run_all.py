@@ -23,7 +23,16 @@ from pathlib import Path
 
 from bench.harness import ROOT, load_average
 
-BENCHES = ("generate", "cold_start", "webhook_storm", "contention", "retention", "fanout", "user_data")
+BENCHES = (
+    "generate",
+    "cold_start",
+    "webhook_storm",
+    "contention",
+    "retention",
+    "fanout",
+    "user_data",
+    "online",
+)
 
 
 def git(*args: str) -> str:

@@ -28,6 +28,12 @@ class Received:
         return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
 
 
+class _Server(ThreadingHTTPServer):
+    # Many callers may connect at once (bench_online: 20 generations in flight); the default listen
+    # backlog of 5 makes the kernel refuse some of those connections.
+    request_queue_size = 128
+
+
 @dataclass
 class _Double:
     mode: str = "ok"
@@ -83,7 +89,7 @@ class _Double:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
