@@ -114,6 +114,19 @@ def floor_reserve_settle(request: flask.Request) -> dict[str, Any]:
     return {"generationId": generation_id, "output": output, "balance": credits - 50}
 
 
+# The grant a floor user without one draws from: the data model's grant fields, never exhausted.
+FLOOR_GRANT = {
+    "id": "grant_floor",
+    "amount": 10**9,
+    "remaining": 10**9,
+    "category": "paid",
+    "priority": 50,
+    "source": "floor",
+    "createdAt": None,
+    "expiresAt": None,
+}
+
+
 def floor_data_model(request: flask.Request) -> dict[str, Any]:
     """POST {prompt} ?doc=ID: floor_reserve_settle's three round trips with the data model's seven writes."""
     from google.cloud.firestore import SERVER_TIMESTAMP as NOW
@@ -125,25 +138,31 @@ def floor_data_model(request: flask.Request) -> dict[str, Any]:
     project_id = "p" + generation_id[1:]
     generation_ref = client.collection("floor_generations").document(generation_id)
     user = user_ref.get()
-    balance = int((user.to_dict() or {}).get("credits", 0)) - 50
+    data = user.to_dict() or {}
+    balance = int(data.get("credits", 0)) - 50
+    # The data model's user document holds the live grants: the charge draws from the first one.
+    [grant] = data.get("grants") or [FLOOR_GRANT]
+    drawn = {**grant, "remaining": grant["remaining"] - 50}
+    money = {"credits": balance, "grants": [drawn], "debt": 0, "nextExpiryAt": None}
+    draws = {grant["id"]: 50}
     reserve = client.batch()
     reserve.create(
         client.collection("floor_entries").document(f"charge_{generation_id}"),
         {
             "userId": user_ref.id,
             "type": "charge",
+            "grantId": None,
             "amount": -50,
             "balanceAfter": balance,
-            "metadata": {"generationId": generation_id, "projectId": project_id},
+            "metadata": {"generationId": generation_id, "projectId": project_id, "draws": draws},
             "createdAt": NOW,
+            "seq": 0,
         },
     )
     if user.exists:  # as the ledger does: the balance under a precondition, or a new user document
-        reserve.update(
-            user_ref, {"credits": balance}, option=client.write_option(last_update_time=user.update_time)
-        )
+        reserve.update(user_ref, money, option=client.write_option(last_update_time=user.update_time))
     else:
-        reserve.create(user_ref, {"credits": balance, "createdAt": NOW})
+        reserve.create(user_ref, {**money, "createdAt": NOW})
     reserve.create(
         generation_ref,
         {
@@ -155,6 +174,8 @@ def floor_data_model(request: flask.Request) -> dict[str, Any]:
             "requestHash": uuid.uuid4().hex * 2,
             "chargeToken": uuid.uuid4().hex,
             "balanceAfterCharge": balance,
+            "draws": draws,
+            "shard": 0,
             "createdAt": NOW,
             "updatedAt": NOW,
             "error": None,
@@ -174,6 +195,7 @@ def floor_data_model(request: flask.Request) -> dict[str, Any]:
             "ownerId": user_ref.id,
             "createdAt": NOW,
             "deletingAt": None,
+            "shard": 0,
             "updatedAt": NOW,
             "versionCount": 1,
             "latestVersionId": generation_id,
@@ -196,6 +218,7 @@ def floor_data_model(request: flask.Request) -> dict[str, Any]:
                 "cost": 50,
             },
             "createdAt": NOW,
+            "shard": 0,
         },
     )
     settle.commit()
