@@ -8,7 +8,7 @@ Each dispatch slot is its own `functions-framework --target purgeProject --sourc
 client thread; the slots share one Firestore emulator. Every round seeds the same expired, marked
 projects afresh and times dispatching all of them; rounds alternate the order of the levels. Ratios
 are against 1 dispatch measured in the same run. The Cloud Tasks queue itself is not in the loop
-(its dispatch rate is a production setting: 5 tasks/s, at most 6 at once; see the README's capacity
+(its dispatch rate is a production setting: 5 tasks/s, at most 6 at once; see docs/OPERATIONS.md's capacity
 model); neither is the sweep's marking and enqueueing, one mark commit and one enqueue per project.
 """
 

@@ -640,7 +640,7 @@ class Credits(RuleBasedStateMachine):
                 assert 0 <= snap.get("reversedCredits") <= PACKS[p.pack]
 
 
-# In CI: 15 examples of up to 20 steps each (about 40 s on this machine, see the README).
+# In CI: 15 examples of up to 20 steps each (32-55 s on this machine, see docs/DEVELOPING.md).
 Credits.TestCase.settings = settings(
     max_examples=20, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
 )

@@ -67,7 +67,7 @@ def calls_in_source() -> set[tuple[str, str]]:
 
 
 def readme_error_codes() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "API.md").read_text()
     table = readme.split("## Errors", 1)[1]
     rows = [line for line in table.splitlines() if re.match(r"\|\s*\d{3}\s*\|", line)]
     return {code for row in rows for code in re.findall(r"`(\w+)`", row.split("|")[2])}

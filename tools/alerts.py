@@ -1,5 +1,5 @@
 """Alerts as code: the log-based metrics and Cloud Monitoring alert policies of a deployed project,
-created or updated by deploy.sh (README, "Alerts").
+created or updated by deploy.sh (docs/OPERATIONS.md, "Alerts").
 
     python -m tools.alerts PROJECT (--email ADDRESS | --channel NAME) [--dry-run]
 

@@ -1,5 +1,5 @@
 """Typed settings from the environment: the one reader of it. The variable names are part of the
-contract (README, "Configuration"); every error names the variable."""
+contract (docs/CONFIGURATION.md); every error names the variable."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class Settings:
     iteration_cost: int = 25
     signup_credits: int = 0
     signup_credits_expire_days: int = 30
-    # Cost and abuse controls (README, "Who may spend, and how often"): per-user windows, per-user
+    # Cost and abuse controls (docs/LIMITS.md): per-user windows, per-user
     # generations in flight, the per-instance model circuit breaker, and what one model call may use.
     generate_concurrency: int = 3
     generate_limit: int = 100

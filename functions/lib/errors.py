@@ -1,6 +1,6 @@
 """The one error hierarchy. Each error knows its HTTP status and JSON body; handlers map nothing else.
 
-Bodies are {"error": code, "message": sentence, ...details} (README, "Errors"). Messages are written
+Bodies are {"error": code, "message": sentence, ...details} (docs/API.md, "Errors"). Messages are written
 for the client: never str() of a library exception, never internals.
 """
 

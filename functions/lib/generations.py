@@ -66,7 +66,7 @@ class RefundPolicy:
     counts: bool
 
 
-# README, "Who may spend, and how often" has the same table with the reasons for each row.
+# docs/LIMITS.md, "Who may spend, and how often" has the same table with the reasons for each row.
 REFUND_POLICY = {
     models.BLOCKED: RefundPolicy(USER, True),
     models.OUTPUT_LIMIT: RefundPolicy(USER, True),

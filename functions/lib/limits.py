@@ -1,4 +1,4 @@
-"""Per-user limits on actions that cost us or a third party something (README, "Who may spend, and
+"""Per-user limits on actions that cost us or a third party something (docs/LIMITS.md, "Who may spend, and
 how often"). One fixed-window rule, `Window`, counted in two kinds of place:
 
 - A window document of its own, taken by `take_slot` before the action: `checkout_limits/{uid}`

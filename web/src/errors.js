@@ -1,7 +1,7 @@
-// What the user reads for every error the backend can answer (the README's error table) and for
+// What the user reads for every error the backend can answer (docs/API.md's error table) and for
 // Firebase Auth's sign-in errors: a sentence, then the next step. `action` names a button the page
 // offers for that step (see ACTIONS in main.js). tests/test_web_client.py fails when a code in the
-// README's table has no entry here.
+// docs/API.md's table has no entry here.
 
 export const API_ERRORS = {
   invalid_request: {
