@@ -189,7 +189,8 @@ def settle_charges(event: scheduler_fn.ScheduledEvent) -> None:
 # The sweep's fan-out: one task per expired project. Private (Cloud Tasks calls it with the sweep's
 # OIDC token). Its name is its queue's id, which takes letters, digits and hyphens only. A failed
 # or unfinished task is retried with backoff and resumes the marked project. At most 6 tasks run at
-# once (one per instance), which bounds the purge's share of Firestore's write rate (docs/OPERATIONS.md, "Capacity model").
+# once (one per instance), which bounds the purge's share of Firestore's write rate
+# (docs/OPERATIONS.md, "Capacity model").
 @tasks_fn.on_task_dispatched(
     retry_config=options.RetryConfig(
         max_attempts=10, min_backoff_seconds=30, max_backoff_seconds=600, max_doublings=4

@@ -448,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             step("\nserving; try:")
             for target, fn in stack.functions.items():
                 step(f"  {target:<16} {fn.url}")
-            step("to serve a function or run an operator command by hand, in another shell (docs/DEVELOPING.md):")
+            step(
+                "to serve a function or run an operator command by hand, in another shell (docs/DEVELOPING.md):"
+            )
             step("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in stack.env.items()))
             step(f"web client: {stack.web.url}  (open it in a browser; sign up with any email)")
             step("Ctrl-C (or SIGTERM) stops everything.")

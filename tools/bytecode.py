@@ -5,7 +5,8 @@ compiling every module from source.
 
 Python writes bytecode beside the source only when it may (not under PYTHONDONTWRITEBYTECODE=1, set
 on these machines, nor in a read-only folder), and each process that cannot find it compiles the
-source again: about 15 ms of every cold start for `generate`'s modules here (docs/DEPLOY.md, "Bytecode, for cold starts").
+source again: about 15 ms of every cold start for `generate`'s modules here (docs/DEPLOY.md,
+"Bytecode, for cold starts").
 The files are `checked-hash` pycs: valid after any copy or upload because they carry a hash of their
 source instead of its modification time, and never run stale, because Python compares that hash
 with the source before using one (an edited module is compiled as if no pyc existed).
