@@ -16,7 +16,7 @@ from functions.lib.config import settings_from
 
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "billing_portal", "stripe_webhook"}
+PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "billing_portal", "catalog", "stripe_webhook"}
 PROJECT = "acme-credits-prod"
 
 
