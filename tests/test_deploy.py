@@ -138,6 +138,10 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
         ("GEMINI_API_KEY", "--member=serviceAccount:fn-generate@acme-credits-prod.iam.gserviceaccount.com"),
         (
             "STRIPE_SECRET_KEY",
+            "--member=serviceAccount:fn-account@acme-credits-prod.iam.gserviceaccount.com",
+        ),
+        (
+            "STRIPE_SECRET_KEY",
             "--member=serviceAccount:fn-billing-portal@acme-credits-prod.iam.gserviceaccount.com",
         ),
         (

@@ -67,7 +67,8 @@ FUNCTIONS: dict[str, Deployed] = {
     ),
     "settle_charges": Deployed("fn-settle-charges", (), (DATASTORE_USER,)),
     PURGE_FUNCTION: Deployed("fn-purge-project", (), (DATASTORE_USER,)),
-    "account": Deployed("fn-account", (), (DATASTORE_USER, AUTH_ADMIN)),
+    # Erasure cancels the user's subscriptions in Stripe first.
+    "account": Deployed("fn-account", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_ADMIN)),
 }
 SCHEDULER = Deployed(SCHEDULER_ACCOUNT, invokes=(SWEEP_FUNCTION,))
 
