@@ -119,6 +119,21 @@ def billing_portal(request: flask.Request) -> flask.Response:
 
 @https_fn.on_request(
     memory=MB.MB_256,
+    timeout_sec=30,
+    max_instances=20,
+    concurrency=80,
+    invoker=PUBLIC,
+    **runs_as("catalog", PROJECT),
+)
+def catalog(request: flask.Request) -> flask.Response:
+    """HTTPS GET, no token: the packs and plans on sale with their Stripe prices (cacheable)."""
+    from functions.handlers.catalog import handle
+
+    return handle(request)
+
+
+@https_fn.on_request(
+    memory=MB.MB_256,
     timeout_sec=60,
     max_instances=50,
     concurrency=40,

@@ -1,5 +1,8 @@
 """A local HTTP double of the Stripe API for Checkout: `POST /v1/checkout/sessions` (payment and
-subscription mode) and `POST /v1/billing_portal/sessions`.
+subscription mode) and `POST /v1/billing_portal/sessions`; `GET /v1/prices/{id}` (from `prices`, with
+`intervals` making a price recurring); `GET` and `DELETE /v1/subscriptions/{id}` (from
+`subscriptions`, id -> status: DELETE cancels, and answers 404 `resource_missing` for one already
+canceled or unknown, as Stripe does).
 
 Point the real client at it with `STRIPE_API_BASE=<double.url>`. It records each request (form
 body and headers, Idempotency-Key included), honours idempotency keys as Stripe does (the same
@@ -60,11 +63,16 @@ PORTAL_PAGE_PATH = "/p/session/"
 CLOCK_PATH = "/_clock/subscriptions/"
 # Delivers one signed event body with its headers to the webhook: (status, answer body).
 Deliver = Callable[[bytes, dict[str, str]], tuple[int, bytes]]
+PRICES_PATH = "/v1/prices/"
+SUBSCRIPTIONS_PATH = "/v1/subscriptions/"
 
 
 @dataclass
 class StripeDouble(_Double):
     prices: dict[str, int] = field(default_factory=dict)  # price id -> unit amount in cents
+    intervals: dict[str, str] = field(default_factory=dict)  # price id -> interval of a recurring price
+    currency: str = "usd"
+    subscriptions: dict[str, str] = field(default_factory=dict)  # subscription id -> status
     hosted: bool = False
     webhook_url: str | None = None
     webhook_secret: str = ""
@@ -95,7 +103,18 @@ class StripeDouble(_Double):
         """The billing portal session create requests received, in order."""
         return [r for r in self.received if r.method == "POST" and r.path == PORTAL_PATH]
 
+    @property
+    def subscriptions_canceled(self) -> list[str]:
+        """The subscription ids of the cancel requests received, in order."""
+        return [
+            r.path[len(SUBSCRIPTIONS_PATH) :].split("?")[0]
+            for r in self.received
+            if r.method == "DELETE" and r.path.startswith(SUBSCRIPTIONS_PATH)
+        ]
+
     def answer(self, req: Received) -> tuple[int, dict[str, Any]]:
+        if req.path.startswith((PRICES_PATH, SUBSCRIPTIONS_PATH)):
+            return self._resource(req)
         if req.method == "POST" and req.path == PORTAL_PATH and self.mode == "ok":
             return 200, self._portal_session(req.form())
         if req.method != "POST" or req.path not in (SESSIONS_PATH, PORTAL_PATH):
@@ -261,6 +280,46 @@ class StripeDouble(_Double):
         return _page(
             200, "Manage your subscription", _portal_body(portal, subs, self.prices, self.plan_names)
         )
+
+    def _resource(self, req: Received) -> tuple[int, dict[str, Any]]:
+        """A price or subscription: GET answers it, DELETE cancels a subscription. Mode `error` is a
+        500 for each (the client retries it, then gives up)."""
+        if self.mode == "error":
+            return 500, _error("api_error", "An unknown error occurred.")
+        kind = "price" if req.path.startswith(PRICES_PATH) else "subscription"
+        ident = req.path.split("/")[3].split("?")[0]
+        missing = (
+            404,
+            _error(
+                "invalid_request_error", f"No such {kind}: '{ident}'", code="resource_missing", param="id"
+            ),
+        )
+        if kind == "price":
+            if req.method != "GET" or ident not in self.prices:
+                return missing
+            interval = self.intervals.get(ident)
+            return 200, {
+                "id": ident,
+                "object": "price",
+                "active": True,
+                "billing_scheme": "per_unit",
+                "currency": self.currency,
+                "livemode": False,
+                "recurring": {"interval": interval, "interval_count": 1, "usage_type": "licensed"}
+                if interval
+                else None,
+                "type": "recurring" if interval else "one_time",
+                "unit_amount": self.prices[ident],
+            }
+        status = self.subscriptions.get(ident)
+        if status is None or req.method not in ("GET", "DELETE"):
+            return missing
+        if req.method == "DELETE":
+            if status == "canceled":
+                return missing  # Stripe treats a canceled subscription as gone for a second cancel
+            with self._lock:
+                self.subscriptions[ident] = status = "canceled"
+        return 200, {"id": ident, "object": "subscription", "status": status, "livemode": False}
 
     def _portal_session(self, form: dict[str, str]) -> dict[str, Any]:
         """A Customer Portal session as Stripe answers it (`url` is where the customer goes)."""

@@ -140,7 +140,8 @@ def _cors_headers(origin: str | None, methods: tuple[str, ...]) -> dict[str, str
 def _respond(reply: Reply, extra_headers: dict[str, str]) -> flask.Response:
     import flask
 
-    headers = {**extra_headers, **reply.headers, "Cache-Control": "no-store"}
+    # no-store unless the handler's own answer says otherwise (the public catalog); errors never do.
+    headers = {**extra_headers, "Cache-Control": "no-store", **reply.headers}
     return flask.Response(
         json.dumps(reply.body), status=reply.status, headers=headers, mimetype="application/json"
     )
@@ -215,6 +216,7 @@ class _Route:
     methods: tuple[str, ...]
     cors: bool
     max_body: int
+    attested: bool
 
     def run(self, request: flask.Request) -> Reply | Stream:
         """The handler's answer to `request`, or the AppError that stops it before the handler."""
@@ -224,8 +226,9 @@ class _Route:
             raise MethodNotAllowed(
                 f"Use {' or '.join(self.methods)}.", headers={"Allow": ", ".join(self.methods)}
             )
-        # The browser-facing functions (those with CORS) are the ones an App Check token attests.
-        if self.cors and get_settings().app_check:
+        # The browser-facing functions (those with CORS) are the ones an App Check token attests,
+        # except public read-only ones (the catalog, which anyone and any cache may read).
+        if self.cors and self.attested and get_settings().app_check:
             from functions.lib import auth
 
             auth.verify_app_check(request.headers.get(APP_CHECK_HEADER))
@@ -278,12 +281,18 @@ class _Route:
 
 
 def endpoint(
-    name: str, *, methods: tuple[str, ...], cors: bool = True, max_body: int = MAX_BODY_BYTES
+    name: str,
+    *,
+    methods: tuple[str, ...],
+    cors: bool = True,
+    max_body: int = MAX_BODY_BYTES,
+    attested: bool = True,
 ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
-    """Wrap a handler of `Call` into a functions-framework HTTP function."""
+    """Wrap a handler of `Call` into a functions-framework HTTP function; `attested=False` skips the
+    App Check token a browser-facing function otherwise requires (public, cacheable answers)."""
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
-        route = _Route(name, handler, methods, cors, max_body)
+        route = _Route(name, handler, methods, cors, max_body, attested)
 
         def serve(request: flask.Request) -> flask.Response:
             return route.serve(request)

@@ -28,6 +28,7 @@ FUNCTIONS = (
     "credits",
     "checkout",
     "billing_portal",
+    "catalog",
     "stripe_webhook",
     "retention_sweep",
     "purgeProject",
@@ -97,6 +98,7 @@ def test_dry_run_prints_the_firebase_plan_and_calls_no_cloud_tool(tmp_path: Path
         "credits",
         "checkout",
         "billing_portal",
+        "catalog",
         "stripe_webhook",
         "account",
     ):
@@ -141,6 +143,10 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
         ("GEMINI_API_KEY", "--member=serviceAccount:fn-generate@acme-credits-prod.iam.gserviceaccount.com"),
         (
             "STRIPE_SECRET_KEY",
+            "--member=serviceAccount:fn-account@acme-credits-prod.iam.gserviceaccount.com",
+        ),
+        (
+            "STRIPE_SECRET_KEY",
             "--member=serviceAccount:fn-billing-portal@acme-credits-prod.iam.gserviceaccount.com",
         ),
         (
@@ -155,9 +161,14 @@ def test_dry_run_gives_each_account_only_its_roles_and_secrets(tmp_path: Path) -
     roles = [line for line in lines if "add-iam-policy-binding acme-credits-prod" in line]
     assert not [r for r in roles if "sweep-scheduler" in r]
     narrow = ("--role=roles/datastore.user", "--role=roles/firebaseauth.viewer")
+    # The public catalog only reads Firestore.
+    [catalog_role] = [r for r in roles if "fn-catalog@" in r]
+    assert "--role=roles/datastore.viewer" in catalog_role
     # Only `account` may delete Firebase Auth accounts (an erased user's sign-in).
     assert all(
-        any(role in r for role in narrow) or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r)
+        any(role in r for role in narrow)
+        or ("fn-account@" in r and "--role=roles/firebaseauth.admin" in r)
+        or ("fn-catalog@" in r and "--role=roles/datastore.viewer" in r)
         for r in roles
     )
     invokers = [line for line in lines if "add-invoker-policy-binding" in line]

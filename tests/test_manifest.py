@@ -16,7 +16,7 @@ from functions.lib.config import settings_from
 
 pytestmark = pytest.mark.no_emulator
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "billing_portal", "stripe_webhook"}
+PUBLIC_HTTP = {"generate", "consent", "credits", "checkout", "billing_portal", "catalog", "stripe_webhook"}
 PROJECT = "acme-credits-prod"
 
 
@@ -57,10 +57,11 @@ def test_each_function_runs_as_its_own_account_with_exactly_its_secrets(manifest
     assert secrets["generate"] == ["GEMINI_API_KEY"]
     assert secrets["checkout"] == ["STRIPE_SECRET_KEY"]
     assert secrets["billing_portal"] == ["STRIPE_SECRET_KEY"]
+    assert secrets["account"] == ["STRIPE_SECRET_KEY"]  # erasure cancels the user's subscriptions
     assert secrets["stripe_webhook"] == ["STRIPE_WEBHOOK_SECRET"]
     assert all(
         not secrets[name]
-        for name in set(endpoints) - {"generate", "checkout", "billing_portal", "stripe_webhook"}
+        for name in set(endpoints) - {"generate", "checkout", "billing_portal", "account", "stripe_webhook"}
     )
     accounts = {name: e["serviceAccountEmail"] for name, e in endpoints.items()}
     # Full emails: the CLI expands the `fn-x@` shorthand for the run-as account only, and would grant

@@ -14,6 +14,7 @@ in COMMANDS; add one by writing an `add_<name>(subparsers)` that sets `run=` and
     python -m functions.admin replay STRIPE_EVENT_ID
     python -m functions.admin export USER [--out FILE]
     python -m functions.admin forget USER
+    python -m functions.admin sync-catalog
 
 `sweep` runs one retention pass against the Firestore the environment names (FIRESTORE_EMULATOR_HOST
 locally, Application Default Credentials otherwise) with the same settings as the function
@@ -32,6 +33,9 @@ has since fixed, e.g. a pack added to CREDIT_PACKS) through the webhook's own co
 or --out, a file only its owner may read: mode 0600, also when it existed), and `forget` erases a
 user as its DELETE does (the same code; running it again finishes an interrupted erasure).
 Both print progress on stderr.
+`sync-catalog` reads each configured pack's and plan's price from Stripe (STRIPE_SECRET_KEY) and
+writes `catalog/current`, which the public `catalog` function serves; it prints what changed and
+writes nothing when nothing did. Run it after changing CREDIT_PACKS or PLANS, or a price in Stripe.
 """
 
 from __future__ import annotations
@@ -658,6 +662,43 @@ def add_forget(subparsers: Any) -> None:
     cmd.set_defaults(run=run_forget)
 
 
+def _priced(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "none"
+    per = f" per {entry['interval']}" if entry.get("interval") else ""
+    return f"{entry['amount']} {entry['currency']}{per} ({entry['price']})"
+
+
+def run_sync_catalog(args: argparse.Namespace) -> int:
+    from functions.lib import catalog, db, stripe_api
+    from functions.lib.config import get_settings
+
+    settings = get_settings()
+
+    def retrieve(price: str) -> catalog.StripePrice:
+        return catalog.StripePrice.of(stripe_api.retrieve_price(settings, price))
+
+    report = catalog.sync(db.get_client(), settings, retrieve)
+    for warning in report.warnings:
+        print(f"WARNING {warning}", file=sys.stderr)
+    for change in report.changes:
+        print(f"{change.kind} {change.id}: {_priced(change.before)} -> {_priced(change.after)}")
+    total = len(settings.credit_packs) + len(settings.plans)
+    if report.written:
+        print(f"catalog/current written: {len(report.changes)} of {total} entries changed")
+    else:
+        print(f"catalog/current unchanged: its {total} entries are as Stripe has them")
+    return EXIT_OK
+
+
+def add_sync_catalog(subparsers: Any) -> None:
+    cmd = subparsers.add_parser(
+        "sync-catalog",
+        help="read the packs' and plans' prices from Stripe into catalog/current (what `catalog` serves)",
+    )
+    cmd.set_defaults(run=run_sync_catalog)
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_sweep,
     add_settle,
@@ -671,6 +712,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_replay,
     add_export,
     add_forget,
+    add_sync_catalog,
 )
 
 

@@ -8,7 +8,8 @@ deployed function has its secrets (`config.refuse_unsafe_environment`).
 Least privilege, per function (docs/ARCHITECTURE.md, "Deployment"): every function has its own
 service account; a secret is readable only by the account of the function that uses it; only the
 scheduler's account may invoke the private sweep. Firestore has no per-collection IAM, so every
-account that touches data holds `roles/datastore.user` on the project; nothing holds more.
+account that writes data holds `roles/datastore.user` on the project (the public catalog, which only
+reads, `roles/datastore.viewer`); nothing holds more.
 
 Importing this module is cheap (no third-party imports): main.py imports it on every cold start.
 """
@@ -21,6 +22,8 @@ from typing import Any
 DATASTORE_USER = "roles/datastore.user"
 # verify_id_token(check_revoked=True) and the disabled-account check read the user record.
 AUTH_VIEWER = "roles/firebaseauth.viewer"
+# Reads Firestore and writes nothing: the public catalog.
+DATASTORE_VIEWER = "roles/datastore.viewer"
 # Erasure deletes the Firebase Auth account.
 AUTH_ADMIN = "roles/firebaseauth.admin"
 
@@ -52,6 +55,7 @@ FUNCTIONS: dict[str, Deployed] = {
     "credits": Deployed("fn-credits", (), (DATASTORE_USER,)),
     "checkout": Deployed("fn-checkout", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_VIEWER)),
     "billing_portal": Deployed("fn-billing-portal", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_VIEWER)),
+    "catalog": Deployed("fn-catalog", (), (DATASTORE_VIEWER,)),
     "stripe_webhook": Deployed("fn-stripe-webhook", ("STRIPE_WEBHOOK_SECRET",), (DATASTORE_USER,)),
     # Enqueues purge tasks with an OIDC token of its own account, which the task function accepts.
     SWEEP_FUNCTION: Deployed(
@@ -63,7 +67,8 @@ FUNCTIONS: dict[str, Deployed] = {
     ),
     "settle_charges": Deployed("fn-settle-charges", (), (DATASTORE_USER,)),
     PURGE_FUNCTION: Deployed("fn-purge-project", (), (DATASTORE_USER,)),
-    "account": Deployed("fn-account", (), (DATASTORE_USER, AUTH_ADMIN)),
+    # Erasure cancels the user's subscriptions in Stripe first.
+    "account": Deployed("fn-account", ("STRIPE_SECRET_KEY",), (DATASTORE_USER, AUTH_ADMIN)),
 }
 SCHEDULER = Deployed(SCHEDULER_ACCOUNT, invokes=(SWEEP_FUNCTION,))
 

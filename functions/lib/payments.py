@@ -666,6 +666,20 @@ def _subscription_handler(type: str) -> Handler | None:
     }.get(type)
 
 
+def _uid_named(obj: Any) -> str | None:
+    """The uid an event's object names, to file a stored problem under its user (so export and
+    erasure find it): the object's metadata, or an invoice's subscription metadata snapshot."""
+    if not isinstance(obj, dict):
+        return None
+    metadata = obj.get("metadata")
+    uid = metadata.get("userId") if isinstance(metadata, dict) else None
+    if uid is None and obj.get("object") == "invoice":
+        from functions.lib import subscriptions as subs
+
+        uid = subs.invoice_subscription(obj)[1].get("userId")
+    return uid if isinstance(uid, str) else None
+
+
 def handle_event(
     client: Client, settings: Settings, event: dict[str, Any], *, stored: bool = False
 ) -> Outcome:
@@ -690,8 +704,7 @@ def handle_event(
             raise EventProblem("malformed_event", "the event has no data.object")
         return handler(client, settings, obj, event, stored)
     except EventProblem as problem:
-        metadata = obj.get("metadata") if isinstance(obj, dict) else None
-        uid = metadata.get("userId") if isinstance(metadata, dict) else None
+        uid = _uid_named(obj)
         problems.store(
             client, event, problem.reason, problem.message, uid=uid if isinstance(uid, str) else None
         )
@@ -704,8 +717,9 @@ def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome
     if event is None:
         raise NotFound(f"No stored Stripe event {event_id}.")
     outcome = handle_event(client, settings, event, stored=True)
-    if outcome.action in (CREDITED, DUPLICATE, AWAITING_PAYMENT, IGNORED):
-        # Purchases write no problem state of their own: mark the stored copy here.
+    if outcome.action not in (PROBLEM, PARKED):
+        # Purchases and subscription events write no problem state of their own (refunds and
+        # disputes do, in their commit; marking again changes nothing): mark the stored copy here.
         batch = client.batch()
         problems.stage_resolved(client, batch, event_id, outcome.action)
         batch.commit(**db.rpc())

@@ -175,7 +175,9 @@ def _refused(exc: stripe.StripeError, about: dict[str, str], what: str = "checko
     return _upstream_failed(exc, what)
 
 
-def _upstream_failed(exc: stripe.StripeError, what: str = "checkout session") -> UpstreamFailed:
+def _upstream_failed(
+    exc: stripe.StripeError, what: str = "checkout session", message: str | None = None
+) -> UpstreamFailed:
     """Stripe could not create the session for a reason that is not the caller's: logged, then 502."""
     log.error(
         f"stripe {what} failed",
@@ -189,7 +191,7 @@ def _upstream_failed(exc: stripe.StripeError, what: str = "checkout session") ->
         },
     )
     return UpstreamFailed(
-        "The payment provider could not start the checkout; nothing was charged. Retry shortly."
+        message or "The payment provider could not start the checkout; nothing was charged. Retry shortly."
     )
 
 
@@ -235,3 +237,63 @@ def construct_event(payload: bytes, signature: str | None, secret: str) -> dict[
     if not ids.is_doc_id(event_id) or not event_id.startswith("evt_"):
         raise InvalidRequest("The webhook body has no valid event id.")
     return event
+
+
+PRICE_FAILED = "The payment provider could not answer the price lookup. Retry shortly."
+
+
+def retrieve_price(settings: Settings, price_id: str) -> dict[str, Any]:
+    """Stripe's Price `price_id` as a plain dict (the operator's catalog sync); InvalidRequest when
+    Stripe has no such price, UpstreamFailed when Stripe fails."""
+    import stripe
+
+    try:
+        price = get_client(settings).v1.prices.retrieve(price_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            raise InvalidRequest(f"Stripe has no price {price_id!r} (see CREDIT_PACKS, PLANS).") from None
+        raise _upstream_failed(exc, "price lookup", PRICE_FAILED) from None
+    except stripe.StripeError as exc:
+        raise _upstream_failed(exc, "price lookup", PRICE_FAILED) from None
+    return price.to_dict()
+
+
+CANCELED_STATUSES = ("canceled", "incomplete_expired")
+
+
+def cancel_subscription(settings: Settings, subscription_id: str) -> str:
+    """Cancel `subscription_id` in Stripe now (no proration, no final invoice) and answer its status.
+
+    Idempotent: Stripe answers 404 `resource_missing` when asked to cancel a subscription that is
+    already canceled, so a refusal is checked by retrieving the subscription: canceled (or unknown
+    to Stripe: nothing bills) counts as done. Anything else is UpstreamFailed (502), so the caller
+    stops and a rerun tries again.
+    """
+    import stripe
+
+    client = get_client(settings)
+    try:
+        return str(getattr(client.v1.subscriptions.cancel(subscription_id), "status", None))
+    except stripe.InvalidRequestError as exc:
+        refused: stripe.StripeError = exc
+    except stripe.StripeError as exc:
+        raise _cancel_failed(exc) from None
+    try:
+        status = getattr(client.v1.subscriptions.retrieve(subscription_id), "status", None)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return "canceled"
+        raise _cancel_failed(exc) from None
+    except stripe.StripeError as exc:
+        raise _cancel_failed(exc) from None
+    if status not in CANCELED_STATUSES:
+        raise _cancel_failed(refused)
+    return str(status)
+
+
+def _cancel_failed(exc: stripe.StripeError) -> UpstreamFailed:
+    return _upstream_failed(
+        exc,
+        "subscription cancel",
+        "The payment provider could not cancel the subscription; nothing was erased. Retry shortly.",
+    )

@@ -22,6 +22,10 @@ keeps them ended for a later refund). A refund or dispute of an invoice's paymen
 period's grant through the payment's record (`payments.PaymentRecord`, with the period grant as its
 purchase); the link from payment to invoice comes from the events themselves, `invoice.payment_intent`
 before API 2025-03-31.basil and `invoice_payment.paid` from basil on. No Stripe API call here.
+
+A subscription whose user was erased (`erased` on its document, set by the erasure after canceling
+it in Stripe) is over for good: its later events are answered `ignored` and write nothing, so they
+neither grant credits nor recreate the user.
 """
 
 from __future__ import annotations
@@ -131,6 +135,8 @@ SUB_DELETED = "customer.subscription.deleted"
 INVOICE_PAID, INVOICE_FAILED = "invoice.paid", "invoice.payment_failed"
 INVOICE_PAYMENT_PAID = "invoice_payment.paid"
 NOT_OURS = "not_our_subscription"
+# On `subscriptions/{id}` once its user was erased (`lib/user_data.py`): its events change nothing.
+ERASED = "erased"
 
 
 def source_of(sub_id: str) -> str:
@@ -264,6 +270,8 @@ def on_subscription(
 
         snap, user = db.get_all(client, [sub_ref, user_ref])
         known = (snap.to_dict() or {}) if snap.exists else {}
+        if known.get(ERASED):
+            return db.Plan(Outcome(IGNORED))
         if known.get("userId") not in (None, uid):
             raise EventProblem("subscription_reused", f"subscription {sub_id} belongs to another user")
         if created < int(known.get("eventCreated") or 0) or known.get("endedAt"):
@@ -295,23 +303,27 @@ def on_invoice_failed(
     if sub_id is None or not ids_ok(sub_id):
         return Outcome(IGNORED)
     uid = _uid_of(metadata)
-    _note_invoice(client, sub_id, uid, invoice, event, "payment_failed")
+    if not _note_invoice(client, sub_id, uid, invoice, event, "payment_failed"):
+        return Outcome(IGNORED)
     return Outcome(RECORDED, uid)
 
 
 def _note_invoice(
     client: Client, sub_id: str, uid: str, invoice: dict[str, Any], event: dict[str, Any], status: str
-) -> None:
-    """Record the subscription's latest invoice and its outcome (the newest invoice event wins)."""
+) -> bool:
+    """Record the subscription's latest invoice and its outcome (the newest invoice event wins);
+    False, writing nothing, for a subscription whose user was erased."""
     ref = client.collection(SUBSCRIPTIONS).document(sub_id)
 
-    def plan_() -> db.Plan[None]:
+    def plan_() -> db.Plan[bool]:
         snap = ref.get(**db.rpc())
+        if (snap.to_dict() or {}).get(ERASED):
+            return db.Plan(False)
         batch = client.batch()
         _stage_invoice_note(client, batch, snap, uid, invoice, event, status)
-        return db.Plan(None, batch)
+        return db.Plan(True, batch)
 
-    db.commit_optimistically(plan_)
+    return db.commit_optimistically(plan_)
 
 
 def _stage_invoice_note(
@@ -456,6 +468,8 @@ def grant_period(
     def plan_() -> db.Plan[Granted]:
 
         user, existing, sub_snap, link = db.get_all(client, [user_ref, entry_ref, sub_ref, link_ref])
+        if (sub_snap.to_dict() or {}).get(ERASED):
+            return db.Plan(Granted(Outcome(IGNORED), {}))
         if existing.exists:
             if existing.get("userId") != uid:
                 raise EventProblem("invoice_reused", f"{ident} was granted to another user")

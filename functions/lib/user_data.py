@@ -7,6 +7,11 @@ one page, whatever the number of projects and versions.
 Erasure, step by step; every step finds its work with a query on the uid and takes what it did out
 of that query, so a run killed at any point is finished by running it again, and nothing is written
 twice:
+0. Cancel: every subscription of the user not known to be over is canceled in Stripe (idempotent:
+   one already canceled counts as done), outside any commit plan, before anything is deleted; a
+   Stripe failure stops the run here (UpstreamFailed, 502) and a rerun tries again. Once all are
+   canceled, each of the user's `subscriptions/{id}` is marked `erased` (status canceled), so later
+   events of it change nothing (`lib/subscriptions.py` ignores them: no grant, no user document).
 1. Begin: one commit on `users/{uid}` removes the consent (so `generate` answers 403 from now on:
    no new charge can start) and records `erasure.pseudonym`, a random id. A later run reads the
    pseudonym back from there.
@@ -17,8 +22,9 @@ twice:
    Stripe problem events that name the user (`stripe_event_problems.userId`), and the user's
    rate-limit windows (`checkout_limits/{uid}`, `rate_limits` by `userId`).
 4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
-   (`ledger.close_account`); then every ledger entry and payment record of the uid is renamed to
-   the pseudonym. The ledger is the financial record: amounts, types and Stripe references stay.
+   (`ledger.close_account`); then every ledger entry, payment record, subscription and invoice link
+   of the uid is renamed to the pseudonym. The ledger is the financial record: amounts, types and
+   Stripe references stay.
 5. Delete `users/{uid}` under a precondition on the state just read (balance zero, no consent,
    and no document anywhere still naming the uid): a webhook or a consent that wrote meanwhile
    (a reversal with its analytics event, a stored problem event) makes the run loop through
@@ -55,7 +61,13 @@ ERASED_REASON = "account_erased"
 # something changed the user document while the previous one ran.
 MAX_ROUNDS = 5
 
-# progress(event, fields): events are begun, refunded, project, deleted, closed, pseudonymised,
+# Stripe statuses of a subscription that will never bill again: nothing to cancel.
+FINAL_STATUSES = ("canceled", "incomplete_expired")
+
+# cancel(subscriptionId) cancels a subscription in Stripe and answers its status (idempotently).
+Cancel = Callable[[str], str]
+
+# progress(event, fields): events are canceled, begun, refunded, project, deleted, closed, pseudonymised,
 # again (something wrote during the round: another round follows), login, done.
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -97,6 +109,8 @@ def _sections(client: Client, uid: str) -> list[tuple[str, Query]]:
         ("analyticsEvents", _owned(client, schema.EVENTS, uid)),
         ("stripeEventProblems", _owned(client, schema.PROBLEMS, uid)),
         ("rateLimits", _owned(client, schema.RATE_LIMITS, uid)),
+        ("subscriptions", _owned(client, schema.SUBSCRIPTIONS, uid)),
+        ("invoices", _owned(client, schema.INVOICES, uid)),
     ]
 
 
@@ -145,6 +159,7 @@ def _export_pieces(client: Client, uid: str, user: DocumentSnapshot) -> Iterator
 class ErasureReport:
     """What one erasure run did; a run that finishes an interrupted one counts only its own work."""
 
+    subscriptions_canceled: int = 0
     charges_refunded: int = 0
     projects_deleted: int = 0
     versions_deleted: int = 0
@@ -153,6 +168,7 @@ class ErasureReport:
     problems_deleted: int = 0
     entries_pseudonymised: int = 0
     payments_pseudonymised: int = 0
+    subscriptions_pseudonymised: int = 0
     credits_forfeited: int = 0
     login_deleted: bool = False
     commits: int = 0
@@ -169,11 +185,14 @@ def _camel(name: str) -> str:
 
 
 class _Erasure:
-    def __init__(self, client: Client, uid: str, progress: Progress | None, commit: db.Commit) -> None:
+    def __init__(
+        self, client: Client, uid: str, progress: Progress | None, commit: db.Commit, cancel: Cancel
+    ) -> None:
         self.client = client
         self.uid = uid
         self.progress = progress
         self._commit = commit
+        self._cancel = cancel
         self.report = ErasureReport()
         self.user_ref = client.collection(schema.USERS).document(uid)
 
@@ -188,6 +207,41 @@ class _Erasure:
         self.report.commits += 1
         self.report.max_commit_writes = max(self.report.max_commit_writes, writes)
         return result
+
+    def cancel_subscriptions(self) -> None:
+        """Step 0: cancel in Stripe every subscription of the user not known to be over, then mark
+        each of the user's subscription documents `erased`. Stripe is called here, outside any commit
+        plan (a plan may run again on contention); a failure raises before anything is marked or
+        deleted."""
+        snaps = [s for s in _owned(self.client, schema.SUBSCRIPTIONS, self.uid).stream(**db.rpc())]
+        for snap in snaps:
+            data = snap.to_dict() or {}
+            if data.get("erased") or data.get("status") in FINAL_STATUSES:
+                continue
+            status = self._cancel(snap.id)
+            self.report.subscriptions_canceled += 1
+            self.emit("canceled", subscriptionId=snap.id, status=status)
+        for snap in snaps:
+            self.mark_erased(snap.reference)
+
+    def mark_erased(self, ref: DocumentReference) -> None:
+        """The subscription's document says it is over and its user erased: later events of it change
+        nothing. Its `userId` is renamed with the ledger (step 4)."""
+        from google.cloud.firestore import SERVER_TIMESTAMP
+
+        def plan() -> db.Plan[None]:
+            snap = ref.get(**db.rpc())
+            data = snap.to_dict() or {}
+            if not snap.exists or data.get("erased"):
+                return db.Plan(None)
+            fields: dict[str, Any] = {"erased": True, "status": "canceled", "updatedAt": SERVER_TIMESTAMP}
+            if not data.get("endedAt"):
+                fields["endedAt"] = SERVER_TIMESTAMP
+            batch = self.client.batch()
+            batch.update(ref, fields, option=db.precondition(self.client, snap))
+            return db.Plan(None, batch)
+
+        db.commit_optimistically(plan)
 
     def begin(self) -> str:
         """Step 1: no consent from now on, and the pseudonym, new or the one an earlier run chose."""
@@ -313,10 +367,19 @@ class _Erasure:
             lambda batch, ref: batch.update(ref, {"userId": pseudonym}),
             commit=self.commit,
         )
+        links = 0
+        for collection in (schema.SUBSCRIPTIONS, schema.INVOICES):
+            links += db.drain(
+                self.client,
+                _owned(self.client, collection, self.uid).select([]),
+                lambda batch, ref: batch.update(ref, {"userId": pseudonym}),
+                commit=self.commit,
+            )
         self.report.entries_pseudonymised += renamed
         self.report.payments_pseudonymised += records
-        if renamed or records:
-            self.emit("pseudonymised", entries=renamed, payments=records)
+        self.report.subscriptions_pseudonymised += links
+        if renamed or records or links:
+            self.emit("pseudonymised", entries=renamed, payments=records, subscriptions=links)
 
     def finish(self) -> bool:
         """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round
@@ -355,6 +418,8 @@ class _Erasure:
                     schema.LEDGER,
                     schema.PAYMENTS,
                     schema.RATE_LIMITS,
+                    schema.SUBSCRIPTIONS,
+                    schema.INVOICES,
                 )
             },
         }
@@ -365,6 +430,8 @@ class _Erasure:
 
     def run(self, delete_login: Callable[[str], bool]) -> ErasureReport:
         for _ in range(MAX_ROUNDS):
+            # Each round: a subscription bought while the previous round ran is canceled too.
+            self.cancel_subscriptions()
             pseudonym = self.begin()
             self.settle()
             self.delete_projects()
@@ -391,10 +458,20 @@ def erase(
     delete_login: Callable[[str], bool],
     progress: Progress | None = None,
     commit: db.Commit = db.commit_batch,
+    cancel_subscription: Cancel | None = None,
 ) -> ErasureReport:
     """Erase `uid` (see the module docstring); running it again finishes an interrupted erasure.
 
     `delete_login(uid)` deletes the Firebase Auth account (False if it was already gone);
-    `progress` hears each step; `commit` commits each bulk batch (benchmarks count them).
+    `progress` hears each step; `commit` commits each bulk batch (benchmarks count them);
+    `cancel_subscription` cancels one in Stripe (by default through `stripe_api` with the process's
+    settings, which needs STRIPE_SECRET_KEY only when the user has a subscription to cancel).
     """
-    return _Erasure(client, uid, progress, commit).run(delete_login)
+    return _Erasure(client, uid, progress, commit, cancel_subscription or _cancel_in_stripe).run(delete_login)
+
+
+def _cancel_in_stripe(subscription_id: str) -> str:
+    from functions.lib import stripe_api
+    from functions.lib.config import get_settings
+
+    return stripe_api.cancel_subscription(get_settings(), subscription_id)
