@@ -10,7 +10,10 @@ charges draw in spend order from unexpired grants, refunds give draws back (noth
 expired or was voided), a reversal takes from its purchase's grant and the rest becomes debt, a new
 grant or a reinstatement repays debt first.
 
-Steps: purchases (duplicated, both session event types, unpaid ones; one pack expires), refunds
+Steps: subscriptions to a plan (Stripe's four events in any order), renewals (in Stripe's order or
+the reverse: the period grant, the earlier period ending with up to the plan's rollover carried),
+immediate cancellations, refunds of a paid invoice's payment (its period's grant, then debt);
+purchases (duplicated, both session event types, unpaid ones; one pack expires), refunds
 announced by `refund.created` and by `charge.refunded` in either order, refund failures, disputes
 opened, won and lost, operator grants with any terms, voids, the clock moving on, generations that
 succeed, fail or crash, settlement passes and sweeps, and steps run concurrently in threads (a refund
@@ -47,7 +50,8 @@ PACKS = {"starter": 100, "creator": 500}
 CREATOR_EXPIRES = timedelta(days=3)  # the model's catalog: creator packs expire, starter packs never
 AMOUNT = 1000  # what each payment cost, in cents
 COST = {"initial": 50, "iteration": 25}
-T0 = datetime(2027, 3, 1, tzinfo=UTC)
+PLAN = {"credits": 120, "rollover": 30, "amount": 1500, "price": "price_prop_pro"}
+PERIOD_GRACE = timedelta(hours=72)
 
 _env: dict[str, Any] = {}
 
@@ -116,6 +120,21 @@ class Payment:
 
 
 @dataclass
+class SubPayment:
+    """A paid subscription invoice: its period grant and what refunds of its payment took back."""
+
+    uid: str
+    grant_id: str
+    pi: str
+    charge: str
+    refunded: int = 0  # cents
+    applied: int = 0  # credits taken back so far
+
+    def taken_back(self) -> int:
+        return PLAN["credits"] * min(self.refunded, PLAN["amount"]) // PLAN["amount"]
+
+
+@dataclass
 class ModelGrant:
     id: str
     remaining: int
@@ -123,7 +142,8 @@ class ModelGrant:
     priority: int
     expires_at: datetime | None
     created_at: datetime
-    ended: bool = False  # voided
+    ended: bool = False  # voided, or written off when the next period landed
+    source: str = ""
 
 
 @dataclass
@@ -199,9 +219,10 @@ class Credits(RuleBasedStateMachine):
     @initialize(first=st.lists(st.fixed_dictionaries(GRANT_TERMS), min_size=len(USERS), max_size=len(USERS)))
     def setup(self, first: list[dict[str, Any]]) -> None:
         """Each user starts with one operator grant of random terms, so early steps already spend."""
+        from devstack.stripe_billing import Billing
         from functions.lib import clock, terms
         from functions.lib.breaker import CircuitBreaker
-        from functions.lib.config import CreditPack
+        from functions.lib.config import CreditPack, Plan
 
         _env["emulator"].clear()
         self.db = _env["db"]
@@ -216,14 +237,20 @@ class Credits(RuleBasedStateMachine):
         self.settings = replace(
             base,
             credit_packs=packs,
+            plans={"pro": Plan("pro", PLAN["price"], PLAN["credits"], PLAN["rollover"])},
+            period_grace_h=int(PERIOD_GRACE.total_seconds() // 3600),
             generate_concurrency=10**6,
             generate_limit=10**6,
             generate_failure_limit=10**6,
         )
         self.breaker = CircuitBreaker(10**6, 1, 1)
-        self.now = T0
+        # The subscriptions' invoices carry Stripe's (real) times: the model's clock starts there.
+        self.now = datetime.now(UTC).replace(microsecond=0)
         self.clock = contextlib.ExitStack()
-        self.clock.enter_context(clock.frozen(T0))
+        self.clock.enter_context(clock.frozen(self.now))
+        self.billing = Billing({PLAN["price"]: PLAN["amount"]})
+        self.subscribed: dict[str, str] = {}  # uid -> live subscription id
+        self.invoices: list[SubPayment] = []
         for uid in USERS:
             terms.accept(self.db, uid, TERMS, TERMS)
         self.payments = [Payment(n) for n in range(PAYMENTS)]
@@ -354,6 +381,102 @@ class Credits(RuleBasedStateMachine):
             if known in (None, "open"):
                 p.disputes[dispute_id] = step
         self.sync(p)
+
+    # Subscriptions -----------------------------------------------------------------------------------
+
+    def deliver_in(self, events: list[dict[str, Any]], order: list[int]) -> None:
+        """Deliver `events` in the drawn order (a permutation of their indexes, the rest after)."""
+        rest = [i for i in range(len(events)) if i not in order]
+        for i in [*order, *rest]:
+            self.deliver(events[i])
+
+    def period_granted(self, uid: str, events: list[dict[str, Any]]) -> None:
+        """The model's side of one paid subscription invoice (subscription_create or _cycle): the
+        period's grant (it repays debt first), then the subscription's earlier grants that still hold
+        credits end, up to the plan's rollover of what they held carried into a rollover grant."""
+        [paid] = [e["data"]["object"] for e in events if e["type"] == "invoice.paid"]
+        [link] = [e["data"]["object"] for e in events if e["type"] == "invoice_payment.paid"]
+        wallet, sub_id = self.wallets[uid], paid["parent"]["subscription_details"]["subscription"]
+        source = f"subscription:{sub_id}"
+        ours = [
+            g
+            for g in wallet.grants.values()
+            if g.source == source and wallet.alive(g, self.now) and g.remaining > 0
+        ]
+        end = datetime.fromtimestamp(paid["lines"]["data"][0]["period"]["end"], UTC) + PERIOD_GRACE
+        gid = f"period_{paid['id']}"
+        wallet.add(ModelGrant(gid, PLAN["credits"], "paid", 50, end, self.now, source=source))
+        held = sum(g.remaining for g in ours)
+        for g in ours:
+            g.ended = True
+        if min(held, PLAN["rollover"]):
+            rid = f"rollover_{paid['id']}"
+            wallet.add(ModelGrant(rid, min(held, PLAN["rollover"]), "paid", 50, end, self.now, source=source))
+        pi = link["payment"]["payment_intent"]
+        self.invoices.append(SubPayment(uid, gid, pi, f"ch_{pi}"))
+
+    @rule(uid=st.sampled_from(USERS), order=st.permutations(range(4)))
+    def subscribe(self, uid: str, order: list[int]) -> None:
+        """Checkout of the plan paid: Stripe's four events in any order."""
+        if uid in self.subscribed:
+            return
+        meta = {"userId": uid, "planId": "pro"}
+        session = {
+            "id": se.new_id("cs_sub"),
+            "object": "checkout.session",
+            "mode": "subscription",
+            "customer": f"cus_{uid}",
+            "client_reference_id": uid,
+            "metadata": meta,
+            "subscription_data": {"metadata": meta},
+            "livemode": False,
+        }
+        events = self.billing.subscribe(session, PLAN["price"])
+        self.deliver_in(events, order)
+        self.subscribed[uid] = events[1]["data"]["object"]["id"]
+        self.period_granted(uid, events)
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data(), reverse=st.booleans())
+    def renew(self, data: st.DataObject, reverse: bool) -> None:
+        """A subscriber's next period's invoice paid (Stripe's order, or the reverse)."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        events = self.billing.act(self.subscribed[uid], "renew")
+        for event in reversed(events) if reverse else events:
+            self.deliver(event)
+        self.period_granted(uid, events)
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data())
+    def cancel_now(self, data: st.DataObject) -> None:
+        """`customer.subscription.deleted`: the subscription's grants that hold credits are voided."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        sub_id = self.subscribed.pop(uid)
+        for event in self.billing.act(sub_id, "cancel_now"):
+            self.deliver(event)
+        wallet = self.wallets[uid]
+        for g in wallet.grants.values():
+            if g.source == f"subscription:{sub_id}" and wallet.alive(g, self.now) and g.remaining > 0:
+                g.ended = True
+
+    @rule(data=st.data(), share=st.sampled_from([0.5, 1.0]))
+    def refund_an_invoice(self, data: st.DataObject, share: float) -> None:
+        """A refund of a paid invoice's payment: that period's grant gives back its share (what the
+        grant no longer holds becomes debt)."""
+        if not self.invoices:
+            return
+        inv = data.draw(st.sampled_from(self.invoices))
+        room = PLAN["amount"] - inv.refunded
+        if room <= 0:
+            return
+        amount = max(1, int(room * share))
+        inv.refunded += amount
+        rid = f"re_{inv.pi}_{inv.refunded}"
+        self.deliver(se.refund_event("refund.created", rid, inv.charge, inv.pi, amount, "pending"))
+        delta = inv.taken_back() - inv.applied
+        if delta:
+            self.wallets[inv.uid].take(inv.grant_id, delta, self.now)
+            inv.applied += delta
 
     # Operator grants and voids ------------------------------------------------------------------------
 
