@@ -12,6 +12,7 @@ grant or a reinstatement repays debt first.
 
 Steps: subscriptions to a plan (Stripe's four events in any order), renewals (in Stripe's order or
 the reverse: the period grant, the earlier period ending with up to the plan's rollover carried),
+renewals whose payment fails (nothing granted) and is then retried,
 immediate cancellations, refunds of a paid invoice's payment (its period's grant, then debt);
 purchases (duplicated, both session event types, unpaid ones; one pack expires), refunds
 announced by `refund.created` and by `charge.refunded` in either order, refund failures, disputes
@@ -442,6 +443,21 @@ class Credits(RuleBasedStateMachine):
         """A subscriber's next period's invoice paid (Stripe's order, or the reverse)."""
         uid = data.draw(st.sampled_from(sorted(self.subscribed)))
         events = self.billing.act(self.subscribed[uid], "renew")
+        for event in reversed(events) if reverse else events:
+            self.deliver(event)
+        self.period_granted(uid, events)
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data(), reverse=st.booleans())
+    def a_renewal_fails_then_its_payment_is_retried(self, data: st.DataObject, reverse: bool) -> None:
+        """A renewal whose payment fails grants nothing (the subscription goes past_due); the retried
+        payment's `invoice.paid` then grants that period as a renewal would."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        sub_id = self.subscribed[uid]
+        for event in self.billing.act(sub_id, "fail_payment"):
+            self.deliver(event)
+        self.every_grant_debt_and_balance_equals_the_model()  # the store too: the failure granted nothing
+        events = self.billing.act(sub_id, "retry_payment")
         for event in reversed(events) if reverse else events:
             self.deliver(event)
         self.period_granted(uid, events)
