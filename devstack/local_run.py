@@ -43,7 +43,7 @@ from functions.lib.config import DEFAULT_CREDIT_PACKS
 PROJECT = "demo-credits-local"
 TERMS = "2026-11-01"
 # The functions the stack serves: the web client's, then Stripe's and the scheduler's.
-CLIENT_TARGETS = ("generate", "consent", "credits", "checkout", "billing_portal", "account")
+CLIENT_TARGETS = ("catalog", "generate", "consent", "credits", "checkout", "billing_portal", "account")
 TARGETS = (*CLIENT_TARGETS, "stripe_webhook", "retention_sweep")
 # `stripe listen` prints its own whsec_...; pass it in to forward real test-mode events here.
 WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_local_stack"
@@ -53,6 +53,9 @@ PLANS: dict[str, dict[str, Any]] = {
     "pro": {"price": "price_pro_1000", "credits": 1000, "rollover": 200, "amount": 1900, "currency": "usd"},
     "max": {"price": "price_max_3000", "credits": 3000, "amount": 4900, "currency": "usd"},
 }
+# What the Stripe double charges (cents) for each built-in pack's one-time price; the page shows
+# these, read by `sync-catalog` into catalog/current and served by `catalog`.
+PACK_AMOUNTS = {"starter": 500, "creator": 1900, "studio": 4900}
 
 
 class Stack:
@@ -75,7 +78,11 @@ class Stack:
         self.stripe = StripeDouble(
             hosted=True,
             webhook_secret=WEBHOOK_SECRET,
-            prices={plan["price"]: plan["amount"] for plan in PLANS.values()},
+            prices={
+                **{str(DEFAULT_CREDIT_PACKS[pack]["price"]): amount for pack, amount in PACK_AMOUNTS.items()},
+                **{plan["price"]: plan["amount"] for plan in PLANS.values()},
+            },
+            intervals={plan["price"]: "month" for plan in PLANS.values()},
             plan_names={plan["price"]: plan_id for plan_id, plan in PLANS.items()},
         ).start()
         self._stops.append(self.stripe.stop)
@@ -103,10 +110,11 @@ class Stack:
             self.functions[fn.target] = fn
             step(f"  {fn.target:<16} {fn.url}")
         self.stripe.webhook_url = self.functions["stripe_webhook"].url + "/"
-        packs = {pack: int(str(spec["credits"])) for pack, spec in DEFAULT_CREDIT_PACKS.items()}
         urls = {target: fn.url + "/" for target, fn in self.functions.items() if target != "retention_sweep"}
-        self.web.config = client_config(PROJECT, self.auth.host, urls, packs, PLANS)
+        self.web.config = client_config(PROJECT, self.auth.host, urls)
         step(f"  web client       {self.web.url}")
+        step("reading the prices from the Stripe double into catalog/current (what `catalog` serves)")
+        operator(self, "sync-catalog")
 
     def stop(self) -> None:
         for stop in reversed(self._stops):

@@ -1,6 +1,6 @@
 """Serve the reference web client (web/public, bundled by `scripts/setup`) on 127.0.0.1, with the
-`config.json` it reads: the Firebase project, the Auth emulator, each function's URL, the packs and
-plans.
+`config.json` it reads: the Firebase project, the Auth emulator and each function's URL (the packs
+and plans on sale, with their prices, the page reads from the `catalog` function).
 
 Deployed, the same files go to any static host with a config.json written for that project.
 """
@@ -18,15 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ROOT / "web" / "public"
 
 
-def client_config(
-    project: str,
-    auth_host: str,
-    functions: dict[str, str],
-    packs: dict[str, int],
-    plans: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The page's config.json for a local stack (`packs`: pack id -> credits; `plans`: PLANS, whose
-    credits, rollover and price terms the page shows)."""
+def client_config(project: str, auth_host: str, functions: dict[str, str]) -> dict[str, Any]:
+    """The page's config.json for a local stack (`functions`: function name -> URL, `catalog`'s
+    included)."""
     return {
         "firebase": {
             "apiKey": "local-emulator",
@@ -35,13 +29,6 @@ def client_config(
         },
         "authEmulator": f"http://{auth_host}",
         "functions": functions,
-        "packs": {pack: {"credits": credits} for pack, credits in packs.items()},
-        "plans": {
-            plan_id: {
-                k: spec[k] for k in ("credits", "rollover", "amount", "currency") if spec.get(k) is not None
-            }
-            for plan_id, spec in (plans or {}).items()
-        },
     }
 
 

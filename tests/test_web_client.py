@@ -505,6 +505,54 @@ def test_grants_in_spend_order_with_their_expiry_promotional_spent_first(stack: 
     assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
 
 
+def test_packs_and_plans_are_priced_from_the_catalog(stack: Stack, browser: Any) -> None:
+    """The prices shown are the Stripe double's, as `sync-catalog` stored them and `catalog` serves
+    them (config.json names no packs or plans); without the catalog the page says so."""
+    status, catalog = stack.call("catalog", "GET", None)
+    assert status == 200 and catalog["syncedAt"], catalog
+    creator = catalog["packs"]["creator"]
+    assert (creator["amount"], creator["currency"]) == (stack.stripe.prices[creator["price"]], "usd")
+    assert creator["amount"] == 1900 and catalog["plans"]["max"]["amount"] == 4900
+    assert not {"packs", "plans"} & set(stack.web.config)
+
+    context, page, _, csp_violations = watched_page(stack, browser)
+    with screenshot_on_failure(page, "catalog"):
+        page.goto(stack.web.url)
+        page.wait_for_selector("body[data-ready='signed-out']")
+        stack.auth.sign_up("lin@example.com", PASSWORD)
+        sign_in(page, "lin@example.com", "#sign-in")
+        wait_for_balance(page, 0)
+        packs = {
+            pack: page.inner_text(f"button[data-pack='{pack}'] .price")
+            for pack in ("starter", "creator", "studio")
+        }
+        assert packs == {"starter": "US$5.00", "creator": "US$19.00", "studio": "US$49.00"}, packs
+        assert "500 credits" in page.inner_text("button[data-pack='creator']")
+        assert page.inner_text("button[data-plan='max'] .price") == "US$49.00 / month"
+        assert not page.is_visible("#packs-error") and not page.is_visible("#plans-error")
+    assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
+    context.close()
+
+    context, page, _, csp_violations = watched_page(stack, browser)
+    with screenshot_on_failure(page, "catalog-down"):
+        catalog_url = stack.functions["catalog"].url + "/"
+        page.route(
+            catalog_url,
+            lambda route: route.fulfill(
+                status=503, json={"error": "unavailable"}, headers={"Access-Control-Allow-Origin": "*"}
+            ),
+        )
+        page.goto(stack.web.url)
+        page.wait_for_selector("body[data-ready='signed-out']")
+        sign_in(page, "lin@example.com", "#sign-in")
+        wait_for_balance(page, 0)
+        assert "could not be loaded" in page.inner_text("#packs-error")
+        assert "could not be loaded" in page.inner_text("#plans-error")
+        assert page.locator("button[data-pack]").count() == 0
+    assert not csp_violations, f"the Content-Security-Policy blocked: {csp_violations}"
+    context.close()
+
+
 def test_subscribe_to_a_plan_then_cancel_it_at_period_end_in_the_portal(stack: Stack, browser: Any) -> None:
     context, page, traffic, csp_violations = watched_page(stack, browser)
     email = "kim@example.com"

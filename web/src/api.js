@@ -53,7 +53,21 @@ export function createApi({ urls, getToken, onWait }) {
     }
   }
 
+  // A public function: no token, no retries (the page shows a fallback when it fails).
+  async function publicRequest(fn, method) {
+    let res;
+    try {
+      res = await fetch(urls[fn], { method });
+    } catch (err) {
+      throw new ApiError(0, { error: "network_error", message: String(err) });
+    }
+    const data = await res.json().catch(() => ({ error: "internal", message: `HTTP ${res.status}` }));
+    if (!res.ok) throw new ApiError(res.status, data);
+    return data;
+  }
+
   return {
+    catalog: () => publicRequest("catalog", "GET"),
     consent: () => request("consent", "GET"),
     acceptTerms: (version) => request("consent", "POST", { version }),
     credits: () => request("credits", "GET"),

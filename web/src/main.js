@@ -1,6 +1,6 @@
 // The reference client: Firebase Auth (email and password) and the credits functions, no framework.
 // config.json (served beside this page) names the Firebase project, the Auth emulator when local,
-// each function's URL and the credit packs on sale.
+// each function's URL; the packs and plans on sale, with their prices, come from the `catalog` function.
 
 import { initializeApp } from "firebase/app";
 import {
@@ -233,12 +233,16 @@ function price(amount, currency) {
   return new Intl.NumberFormat(DATE_LOCALE, { style: "currency", currency: currency.toUpperCase() }).format(amount / 100);
 }
 
+// amount and currency are null while the operator has not synced the catalog: no price is shown then.
+const priced = (entry) => Number.isInteger(entry.amount) && typeof entry.currency === "string";
+
 function renderPlans(plans = {}) {
   const buttons = Object.entries(plans).map(([planId, plan]) => {
-    const details = [`${plan.credits} credits a month`];
+    const per = plan.interval || "month";
+    const details = [`${plan.credits} credits a ${per}`];
     if (plan.rollover) details.push(`up to ${plan.rollover} unused carried over`);
     const button = el("button", { className: "plan", type: "button" }, el("strong", {}, planId), el("span", {}, details.join(", ")));
-    if (plan.amount !== undefined && plan.currency) button.append(el("span", { className: "price" }, `${price(plan.amount, plan.currency)} / month`));
+    if (priced(plan)) button.append(el("span", { className: "price" }, `${price(plan.amount, plan.currency)} / ${per}`));
     button.dataset.plan = planId;
     button.onclick = () => subscribe(planId, button);
     return button;
@@ -286,11 +290,29 @@ async function manageSubscription() {
 function renderPacks(packs) {
   const buttons = Object.entries(packs).map(([packId, pack]) => {
     const button = el("button", { className: "pack", type: "button" }, el("strong", {}, packId), el("span", {}, `${pack.credits} credits`));
+    if (priced(pack)) button.append(el("span", { className: "price" }, price(pack.amount, pack.currency)));
     button.dataset.pack = packId;
     button.onclick = () => buy(packId, button);
     return button;
   });
   $("packs").replaceChildren(...buttons);
+  $("packs-empty").hidden = buttons.length > 0;
+}
+
+/** The packs and plans on sale from `catalog` (public, no token); a message in their place when it fails. */
+async function loadCatalog() {
+  try {
+    const { packs, plans } = await api.catalog();
+    renderPacks(packs || {});
+    renderPlans(plans || {});
+  } catch (err) {
+    console.error(err);
+    for (const kind of ["packs", "plans"]) {
+      $(kind).replaceChildren();
+      $(`${kind}-empty`).hidden = true;
+      $(`${kind}-error`).hidden = false;
+    }
+  }
 }
 
 async function buy(packId, button) {
@@ -485,8 +507,7 @@ async function start() {
     getToken: (refresh) => auth.currentUser.getIdToken(refresh),
     onWait: (body, seconds) => notify("info", `Still working on it (${body.error}); retrying in ${seconds} s…`),
   });
-  renderPacks(config.packs);
-  renderPlans(config.plans);
+  const catalogLoaded = loadCatalog();
 
   $("auth-form").onsubmit = (e) => e.preventDefault();
   $("sign-up").onclick = () => signInOrUp(true);
@@ -502,9 +523,12 @@ async function start() {
   $("generate").onclick = () => generate($("prompt").value, null, $("generate"));
 
   onAuthStateChanged(auth, (user) => {
-    (user ? onSignedIn(user) : Promise.resolve(onSignedOut())).catch(notifyError).finally(() => {
-      document.body.dataset.ready = user ? "signed-in" : "signed-out";
-    });
+    (user ? onSignedIn(user) : Promise.resolve(onSignedOut()))
+      .catch(notifyError)
+      .finally(() => catalogLoaded)
+      .finally(() => {
+        document.body.dataset.ready = user ? "signed-in" : "signed-out";
+      });
   });
 }
 
