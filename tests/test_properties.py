@@ -13,7 +13,8 @@ grant or a reinstatement repays debt first.
 Steps: subscriptions to a plan (Stripe's four events in any order), renewals (in Stripe's order or
 the reverse: the period grant, the earlier period ending with up to the plan's rollover carried),
 renewals whose payment fails (nothing granted) and is then retried,
-immediate cancellations, refunds of a paid invoice's payment (its period's grant, then debt);
+immediate cancellations, refunds and disputes of a paid invoice's payment (its period's grant,
+then debt; a won dispute gives back, debt first);
 purchases (duplicated, both session event types, unpaid ones; one pack expires), refunds
 announced by `refund.created` and by `charge.refunded` in either order, refund failures, disputes
 opened, won and lost, operator grants with any terms, voids, the clock moving on, generations that
@@ -130,8 +131,11 @@ class SubPayment:
     charge: str
     refunded: int = 0  # cents
     applied: int = 0  # credits taken back so far
+    dispute: str | None = None  # open | won | lost
 
     def taken_back(self) -> int:
+        if self.dispute in ("open", "lost"):
+            return PLAN["credits"]
         return PLAN["credits"] * min(self.refunded, PLAN["amount"]) // PLAN["amount"]
 
 
@@ -489,10 +493,33 @@ class Credits(RuleBasedStateMachine):
         inv.refunded += amount
         rid = f"re_{inv.pi}_{inv.refunded}"
         self.deliver(se.refund_event("refund.created", rid, inv.charge, inv.pi, amount, "pending"))
+        self.settle_invoice(inv)
+
+    def settle_invoice(self, inv: SubPayment) -> None:
+        """What the invoice's period grant gives back or gets back now, by the purchase rules."""
         delta = inv.taken_back() - inv.applied
-        if delta:
+        if delta > 0:
             self.wallets[inv.uid].take(inv.grant_id, delta, self.now)
-            inv.applied += delta
+        elif delta < 0:
+            self.wallets[inv.uid].reinstate(inv.grant_id, -delta, self.now)
+        inv.applied += delta
+
+    @rule(data=st.data(), step=st.sampled_from(["created", "won", "lost"]))
+    def dispute_an_invoice(self, data: st.DataObject, step: str) -> None:
+        """A dispute of a paid invoice's payment: open or lost takes the period's credits back, won
+        gives them back (debt first)."""
+        if not self.invoices:
+            return
+        inv = data.draw(st.sampled_from(self.invoices))
+        dispute_id = f"dp_{inv.pi}"
+        if step == "created":
+            self.deliver(se.dispute_created(dispute_id, inv.charge, inv.pi, PLAN["amount"]))
+            inv.dispute = inv.dispute or "open"
+        else:
+            self.deliver(se.dispute_closed(dispute_id, inv.charge, inv.pi, step, PLAN["amount"]))
+            if inv.dispute in (None, "open"):
+                inv.dispute = step
+        self.settle_invoice(inv)
 
     # Operator grants and voids ------------------------------------------------------------------------
 
