@@ -172,6 +172,14 @@ def backfill_shards(
     return done
 
 
+def count(query: Query | list[Query]) -> int:
+    """A count aggregation: one RPC per query (per shard for a list), no documents read into memory."""
+    if isinstance(query, list):
+        return sum(count(one) for one in query)
+    results: Any = query.count().get(**rpc())
+    return int(results[0][0].value)
+
+
 def read_time(client: Client) -> datetime:
     """The database's current time: the read time of a one-document read (it need not exist)."""
     snap = client.collection(USERS).document("read-time-probe").get(field_paths=["credits"], **rpc())

@@ -186,15 +186,16 @@ class Book:
 
     def void(self, grant_id: str, reason: str) -> int:
         """Write off what a grant still holds (0 when nothing is left: the entry still marks it ended)."""
-        credits = self.wallet.void(grant_id)
-        self._entry(VOID, grant_id, -credits, grant_id=grant_id, metadata={"reason": reason})
-        return credits
+        return self._end(VOID, grant_id, reason)
 
     def end_grant(self, grant_id: str, reason: str) -> int:
         """Write a live grant off now (`expiry_{grantId}`: its one expiry, come early), e.g. a period
         grant its next period replaces; the grant stays ended for later refunds (`ended_grants`)."""
+        return self._end(EXPIRY, grant_id, reason)
+
+    def _end(self, kind: str, grant_id: str, reason: str) -> int:
         credits = self.wallet.void(grant_id)
-        self._entry(EXPIRY, grant_id, -credits, grant_id=grant_id, metadata={"reason": reason})
+        self._entry(kind, grant_id, -credits, grant_id=grant_id, metadata={"reason": reason})
         return credits
 
     def forfeit(self, ref: str, reason: str) -> int:
@@ -274,16 +275,9 @@ class Posted:
     amount: int
 
 
-def _once(
-    client: Client,
-    uid: str,
-    ident: str,
-    write: Callable[[Book], int],
-    *,
-    also: Callable[[WriteBatch], None] | None = None,
-) -> Posted:
+def _once(client: Client, uid: str, ident: str, write: Callable[[Book], int]) -> Posted:
     """Write the entry `ident` (by `write(book)`, which returns its amount) exactly once: a repeat
-    changes nothing and says so. `also` stages more writes (an analytics event) into the same commit."""
+    changes nothing and says so."""
     entry_ref = client.collection(LEDGER).document(ident)
     user_ref = client.collection(USERS).document(uid)
 
@@ -297,8 +291,6 @@ def _once(
         batch = client.batch()
         book = Book(client, batch, user, clock.now())
         amount = write(book)
-        if also is not None:
-            also(batch)
         return db.Plan(Posted(ident, True, book.close(), amount), batch)
 
     return db.commit_optimistically(plan)

@@ -40,23 +40,18 @@ class Status:
     runs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
-def _count(query: Any) -> int:
-    results: Any = query.count().get(**db.rpc())
-    return int(results[0][0].value)
-
-
 def status(client: Client, settings: Settings, now: datetime | None = None) -> Status:
     """Counts an operator acts on, each from one aggregation (no documents read in bulk)."""
     at = now or clock.now()
     found = Status()
     open_problems = client.collection(schema.PROBLEMS).where(filter=db.where("status", "==", problems.OPEN))
-    found.open_problems = _count(open_problems)
+    found.open_problems = db.count(open_problems)
     found.problem_ids = [snap.id for snap in open_problems.select([]).limit(LISTED).stream(**db.rpc())]
     cutoff = generations.stale_cutoff(settings, now)
-    found.stale_charges = sum(_count(q) for q in settlement.stale_charges(client, cutoff))
-    found.expiring_users = _count(ledger.expiring_users(client, at + EXPIRING_WITHIN))
+    found.stale_charges = db.count(settlement.stale_charges(client, cutoff))
+    found.expiring_users = db.count(ledger.expiring_users(client, at + EXPIRING_WITHIN))
     past_due = client.collection(schema.SUBSCRIPTIONS).where(filter=db.where("status", "==", "past_due"))
-    found.past_due = _count(past_due)
+    found.past_due = db.count(past_due)
     for kind in (SWEEP, SETTLEMENT):
         snap = client.collection(schema.OPERATIONS).document(kind).get(**db.rpc())
         found.runs[kind] = snap.to_dict() if snap.exists else None

@@ -54,7 +54,7 @@ from functions.lib.config import Settings
 from functions.lib.errors import Contention, Unavailable
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client, DocumentReference, Query, WriteBatch
+    from google.cloud.firestore import Client, CollectionReference, DocumentReference, Query, WriteBatch
 
 log = logging.getLogger("retention")
 
@@ -123,25 +123,18 @@ def _commit_with_deadline(batch: WriteBatch) -> object:
     return batch.commit(**db.rpc())
 
 
-def _count(query: Any) -> int:
-    """A count aggregation: one RPC per query (per shard for a list), no documents read into memory."""
-    if isinstance(query, list):
-        return sum(_count(one) for one in query)
-    results: Any = query.count().get(**db.rpc())
-    return int(results[0][0].value)
+def _older(query: Query | CollectionReference, field: str, cutoff: datetime) -> Query:
+    """What `query` finds whose `field` is before `cutoff`, oldest first, reading only that field."""
+    return query.where(filter=db.where(field, "<", cutoff)).order_by(field).select([field])
+
+
+def _in_shard(client: Client, collection: str, shard: int) -> Query:
+    return client.collection(collection).where(filter=db.where("shard", "==", shard))
 
 
 def expired_projects(client: Client, cutoff: datetime) -> list[Query]:
     """Projects whose last activity is older than `cutoff`, oldest first in each index shard."""
-    return db.sharded(
-        lambda shard: (
-            client.collection(schema.PROJECTS)
-            .where(filter=db.where("shard", "==", shard))
-            .where(filter=db.where("updatedAt", "<", cutoff))
-            .order_by("updatedAt")
-            .select(["updatedAt"])
-        )
-    )
+    return db.sharded(lambda shard: _older(_in_shard(client, schema.PROJECTS, shard), "updatedAt", cutoff))
 
 
 def marked_projects(client: Client) -> Query:
@@ -155,36 +148,18 @@ def marked_projects(client: Client) -> Query:
 
 
 def old_events(client: Client, cutoff: datetime) -> list[Query]:
-    return db.sharded(
-        lambda shard: (
-            client.collection(schema.EVENTS)
-            .where(filter=db.where("shard", "==", shard))
-            .where(filter=db.where("createdAt", "<", cutoff))
-            .order_by("createdAt")
-            .select(["createdAt"])
-        )
-    )
+    return db.sharded(lambda shard: _older(_in_shard(client, schema.EVENTS, shard), "createdAt", cutoff))
 
 
 def expired_limits(client: Client, now: datetime, collection: str = schema.CHECKOUT_LIMITS) -> Query:
     """Rate-limit windows (checkout's, or `rate_limits`) that have ended (a new window starts from
     nothing anyway)."""
-    return (
-        client.collection(collection)
-        .where(filter=db.where("expiresAt", "<", now))
-        .order_by("expiresAt")
-        .select(["expiresAt"])
-    )
+    return _older(client.collection(collection), "expiresAt", now)
 
 
 def old_problems(client: Client, cutoff: datetime) -> Query:
     """Stored Stripe events not touched since `cutoff` (PROBLEM_RETENTION_DAYS)."""
-    return (
-        client.collection(schema.PROBLEMS)
-        .where(filter=db.where("updatedAt", "<", cutoff))
-        .order_by("updatedAt")
-        .select(["updatedAt"])
-    )
+    return _older(client.collection(schema.PROBLEMS), "updatedAt", cutoff)
 
 
 def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: datetime) -> str:
@@ -350,7 +325,7 @@ class _Pass:
                 future.result()
 
     def count_project(self, project_ref: DocumentReference) -> None:
-        versions = _count(project_ref.collection(schema.VERSIONS))
+        versions = db.count(project_ref.collection(schema.VERSIONS))
         self.tally(projects_deleted=1, versions_deleted=versions)
         self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
 
@@ -378,7 +353,7 @@ class _Pass:
         return (
             self.enqueue is not None
             and not self.dry_run
-            and _count(expired_projects(self.client, self.project_cutoff)) > self.inline_projects
+            and db.count(expired_projects(self.client, self.project_cutoff)) > self.inline_projects
         )
 
     def enqueue_project(self, project_ref: DocumentReference) -> None:
@@ -443,7 +418,7 @@ class _Pass:
         """Delete what `query` finds, 500 per commit; `counter` is the report field that counts them."""
         if self.dry_run:
             if self.has_time():
-                n = _count(query)
+                n = db.count(query)
                 self.tally(**{counter: n})
                 self.emit("would_delete", what=counter, count=n)
             return
