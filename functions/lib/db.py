@@ -33,6 +33,7 @@ T = TypeVar("T")
 Commit = Callable[["WriteBatch"], object]
 MAX_COMMIT_WRITES = 500
 MAX_ATTEMPTS = 12
+DELETE_ATTEMPTS = 10
 RPC_TIMEOUT_S = 10.0
 
 
@@ -224,6 +225,39 @@ def drain(
         previous = paths
         if progress is not None:
             progress(done)
+
+
+def delete_existing(
+    client: Client, refs: list[DocumentReference], *, commit: Commit | None = None
+) -> list[DocumentReference]:
+    """Delete up to 500 documents in one commit, each only while it exists; return those it deleted.
+
+    Every delete carries an `exists` precondition: a commit racing another deleter fails instead of
+    deleting a document "twice", and is retried with the documents still there, so a caller counts
+    exactly what it deleted. Raises `Contention` when other writers keep winning.
+    """
+    from google.api_core import exceptions as gexc
+
+    assert len(refs) <= MAX_COMMIT_WRITES
+    must_exist = client.write_option(exists=True)
+    for _ in range(DELETE_ATTEMPTS):
+        if not refs:
+            return []
+        batch = client.batch()
+        for ref in refs:
+            batch.delete(ref, option=must_exist)
+        try:
+            (commit or commit_batch)(batch)
+        except (gexc.NotFound, gexc.FailedPrecondition):
+            # Another deleter was first with some of these: delete (and count) only those still there.
+            refs = [
+                snap.reference
+                for snap in client.get_all(refs, field_paths=["createdAt"], **rpc())
+                if snap.exists
+            ]
+            continue
+        return refs
+    raise Contention("Other writers kept deleting the same documents; the next run will finish.")
 
 
 def precondition(client: Client, snap: DocumentSnapshot) -> Any:

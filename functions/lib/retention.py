@@ -1,5 +1,5 @@
 """Retention: the nightly sweep that settles stale charges and deletes expired data
-(docs/ARCHITECTURE.md, "Retention").
+(docs/ARCHITECTURE.md, "Retention" and "Fan-out").
 
 Policy: a generation still `charged` STALE_CHARGE_AFTER_S after its `createdAt` was left by a
 killed process and is refunded through `generations.refund` (exactly once, `refund_{id}`); a
@@ -13,16 +13,12 @@ How a project is deleted, safely against live use and against a second sweep run
    under the same kind of precondition when it charges an iteration and refuses marked projects,
    so a racing iteration either lands first (the project is fresh again and kept) or gets 404.
    Once a project is marked, nothing adds a version to it.
-2. Versions are listed page by page with ListDocuments (names only, one response per page; a
-   query streams one message per document and cost 4-8x the client CPU, measured in
-   bench/bench_retention.py) and deleted in commits of at most 500 writes: 499 versions, and the
-   project document rides in the final commit. Memory holds one page and one chunk per worker,
-   never all ids.
+2. Delete it with `projects.delete_project`, the routine erasure uses too: versions listed by name
+   page by page and deleted in commits of at most 500 writes, the project document in the final
+   commit, every delete under an `exists` precondition, so a commit racing another sweep fails
+   instead of deleting a document "twice" and each run counts exactly what it deleted.
 3. The project document goes last, so a run that stops part-way leaves a marked project, which
    the next run resumes before it looks for newly expired ones.
-Every delete carries an `exists` precondition: a commit racing another sweep fails instead of
-deleting a document "twice", and is retried with the documents still there, so each run counts
-exactly what it deleted.
 
 Fan-out: when a pass finds more expired projects than SWEEP_INLINE_PROJECTS and a task queue is
 reachable (`enqueue` is given), it only marks each project and enqueues one task for it; the task
@@ -34,41 +30,72 @@ derives from the project and the night, and the queue refuses a second task of t
 project the queue does not take (`Unavailable`) stays marked and is deferred like a contended one:
 the pass goes on (`complete` false) and the next one enqueues it again.
 
-The time budget (SWEEP_BUDGET_S) is checked before every step against the longest step seen so
-far, so a run stops cleanly before it; `complete` is false when it stopped with work left.
+The parts of a pass: `Budget` (SWEEP_BUDGET_S, checked before every step against the longest step
+seen so far, so a run stops cleanly before it), `Tallies` (the report, counted into by the worker
+threads), one piece per kind of work (`settle_charges`, `ProjectSweep`, `delete_old`), and
+`Pass.run`, which takes the steps in order until the budget runs out; `complete` is false when it
+stopped, or left work, for the next run.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import db, schema, settlement
+from functions.lib import db, projects, schema, settlement
 from functions.lib.config import Settings
 from functions.lib.errors import Contention, Unavailable
 
 if TYPE_CHECKING:
-    from google.cloud.firestore import Client, CollectionReference, DocumentReference, Query, WriteBatch
+    from google.cloud.firestore import Client, CollectionReference, DocumentReference, Query
 
 log = logging.getLogger("retention")
 
-MAX_COMMIT_WRITES = 500
 QUERY_PAGE = 100
-DELETE_ATTEMPTS = 10
 DEFAULT_WORKERS = 2
 MARKED, KEPT, GONE = "marked", "kept", "gone"
 
-# progress(event, fields): events are expired, project, chunk, refunded, events, stopped, and in a
-# dry run would_delete_project, would_refund, would_delete_events.
+
+class SweepEvent(enum.StrEnum):
+    """What `progress(event, fields)` hears from a pass, with its fields (`event` is the value: the
+    operator CLI prints these). Settlement's own events (`settlement.SettlementEvent`) pass through."""
+
+    EXPIRED = "expired"  # projectId: found expired, not marked yet
+    CHUNK = "chunk"  # projectId, versionsDeleted (so far): one commit of a project's versions
+    PROJECT = "project"  # projectId, versionsDeleted, deleted (False: another sweep was first)
+    DEFERRED = "deferred"  # projectId: kept conflicting, or the queue did not take it
+    ENQUEUED = "enqueued"  # projectId: handed to a purge task
+    DELETED = "deleted"  # what (a Count), count (so far): one commit of old documents
+    STOPPED = "stopped"  # elapsedMs: the budget is spent
+    WOULD_DELETE_PROJECT = "would_delete_project"  # projectId, versions (dry run)
+    WOULD_DELETE = "would_delete"  # what (a Count), count (dry run)
+
+
+class Count(enum.StrEnum):
+    """The report's counters that steps add to; each value is a `SweepReport` field, and the `what`
+    of a `deleted` or `would_delete` event."""
+
+    PROJECTS_DELETED = "projects_deleted"
+    VERSIONS_DELETED = "versions_deleted"
+    PROJECTS_DEFERRED = "projects_deferred"
+    PROJECTS_ENQUEUED = "projects_enqueued"
+    REFUNDS_SETTLED = "refunds_settled"
+    EVENTS_DELETED = "events_deleted"
+    PROBLEMS_DELETED = "problems_deleted"
+    LIMITS_DELETED = "limits_deleted"
+
+
+# progress(event, fields): the events are SweepEvent's and settlement's (their values).
 Progress = Callable[[str, dict[str, Any]], None]
 # commit(batch): how a deletion batch is committed; tests pass one that counts its writes.
-Commit = Callable[["WriteBatch"], object]
+Commit = db.Commit
 # enqueue(projectId): put one purge task on the queue; False when that task was already enqueued;
 # raises Unavailable when the queue cannot take it.
 Enqueue = Callable[[str], bool]
@@ -117,10 +144,6 @@ class SweepReport:
             "limitsDeleted": self.limits_deleted,
             "dryRun": self.dry_run,
         }
-
-
-def _commit_with_deadline(batch: WriteBatch) -> object:
-    return batch.commit(**db.rpc())
 
 
 def _older(query: Query | CollectionReference, field: str, cutoff: datetime) -> Query:
@@ -188,178 +211,245 @@ def mark_for_deletion(client: Client, project_ref: DocumentReference, cutoff: da
     return db.commit_optimistically(plan)
 
 
-class _Pass:
-    """One sweep pass: its clock and budget, its tallies (shared by the worker threads), its steps."""
+def _emit(progress: Progress | None, event: SweepEvent, **fields: Any) -> None:
+    if progress is not None:
+        progress(event.value, fields)
 
-    def __init__(
-        self,
-        client: Client,
-        settings: Settings,
-        now: datetime,
-        clock: Callable[[], float],
-        dry_run: bool,
-        progress: Progress | None,
-        commit: Commit,
-        workers: int,
-        enqueue: Enqueue | None = None,
-        inline_projects: int = 0,
-    ) -> None:
-        self.client = client
-        self.clock = clock
-        self.dry_run = dry_run
-        self.progress = progress
-        self.commit = commit
-        self.workers = max(1, workers)
-        self.enqueue = enqueue
-        self.inline_projects = inline_projects
-        self.started = clock()
-        self.deadline = self.started + settings.sweep_budget_s
-        self.project_cutoff = now - timedelta(days=settings.retention_days)
-        self.now = now
-        self.settings = settings
-        self.event_cutoff = now - timedelta(days=settings.analytics_retention_days)
-        self.problem_cutoff = now - timedelta(days=settings.problem_retention_days)
-        self.report = SweepReport(dry_run=dry_run)
-        self.longest_step = 0.0
-        self.stopped = False
-        self.left_over = False
-        self.counted: set[str] = set()
+
+class Budget:
+    """SWEEP_BUDGET_S of one pass, shared by its worker threads: one more step fits while it would
+    end, as long as the longest step so far, before the deadline. Once it says no it stays stopped,
+    and `on_stop(elapsedMs)` hears it once."""
+
+    def __init__(self, *, seconds: float, clock: Callable[[], float], on_stop: Callable[[int], None]) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._deadline = self._started + seconds
+        self._longest_step = 0.0
+        self._on_stop = on_stop
         self._lock = threading.Lock()
-
-    def emit(self, event: str, **fields: Any) -> None:
-        if self.progress is not None:
-            self.progress(event, fields)
+        self.stopped = False
 
     def has_time(self) -> bool:
-        """Whether one more step (as long as the longest so far) fits in the budget."""
         with self._lock:
             if self.stopped:
                 return False
-            if self.clock() + self.longest_step < self.deadline:
+            if self._clock() + self._longest_step < self._deadline:
                 return True
             self.stopped = True
-        self.emit("stopped", elapsedMs=self.elapsed_ms())
+        self._on_stop(self.elapsed_ms())
         return False
 
-    def step_took(self, seconds: float) -> None:
-        with self._lock:
-            self.longest_step = max(self.longest_step, seconds)
+    def timer(self) -> Callable[[], None]:
+        """Start timing a step: each call of the `lap` returned ends one (measured) and starts the next."""
+        started = self._clock()
+
+        def lap() -> None:
+            nonlocal started
+            now = self._clock()
+            with self._lock:
+                self._longest_step = max(self._longest_step, now - started)
+            started = now
+
+        return lap
 
     def elapsed_ms(self) -> int:
-        return round((self.clock() - self.started) * 1000)
+        return round((self._clock() - self._started) * 1000)
 
-    def tally(self, **counts: int) -> None:
+
+class Tallies:
+    """The pass's report, counted into by the worker threads under one lock, and whether any work
+    was left for the next pass (a project stopped part-way or deferred, a charge settlement left)."""
+
+    def __init__(self, *, dry_run: bool) -> None:
+        self.report = SweepReport(dry_run=dry_run)
+        self.work_left = False
+        self._lock = threading.Lock()
+
+    def add(self, count: Count, n: int = 1) -> int:
+        """Add `n` to the counter; its new total."""
         with self._lock:
-            for name, n in counts.items():
-                setattr(self.report, name, getattr(self.report, name) + n)
+            total: int = getattr(self.report, count) + n
+            setattr(self.report, count, total)
+            return total
 
-    def delete(self, refs: list[DocumentReference]) -> list[DocumentReference]:
-        """Delete up to 500 documents in one commit; return those this commit deleted."""
-        from google.api_core import exceptions as gexc
+    def leave_work(self) -> None:
+        self.work_left = True
 
-        assert len(refs) <= MAX_COMMIT_WRITES
-        must_exist = self.client.write_option(exists=True)
-        for _ in range(DELETE_ATTEMPTS):
-            if not refs:
-                return []
-            batch = self.client.batch()
-            for ref in refs:
-                batch.delete(ref, option=must_exist)
-            try:
-                self.commit(batch)
-            except (gexc.NotFound, gexc.FailedPrecondition):
-                # Another sweep deleted some of these first: delete (and count) only those still there.
-                refs = [
-                    snap.reference
-                    for snap in self.client.get_all(refs, field_paths=["createdAt"], **db.rpc())
-                    if snap.exists
-                ]
-                continue
+    def counting(self, commit: Commit) -> Commit:
+        """`commit`, counting each commit that succeeds and its writes (`commits`, `maxCommitWrites`)."""
+
+        def counted(batch: Any) -> object:
+            writes = len(batch)
+            result = commit(batch)
             with self._lock:
                 self.report.commits += 1
-                self.report.max_commit_writes = max(self.report.max_commit_writes, len(refs))
-            return refs
-        raise Contention("Other writers kept deleting the same documents; the next sweep will finish.")
+                self.report.max_commit_writes = max(self.report.max_commit_writes, writes)
+            return result
 
-    # Settlement -----------------------------------------------------------------------------
+        return counted
 
-    def settle_stale_charges(self) -> None:
-        def progress(event: str, fields: dict[str, Any]) -> None:
-            self.emit(event, **fields)
 
-        settled = settlement.settle_stale_charges(
-            self.client,
-            self.settings,
-            now=self.now,
-            has_time=self.has_time,
-            dry_run=self.dry_run,
-            progress=progress,
+@dataclass(frozen=True, kw_only=True)
+class Pass:
+    """What every step of one pass shares: the client, the budget, the tallies, the counting commit
+    and the progress listener. `run` takes the steps in order until the budget runs out."""
+
+    client: Client
+    budget: Budget
+    tallies: Tallies
+    commit: Commit
+    progress: Progress | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        client: Client,
+        settings: Settings,
+        clock: Callable[[], float],
+        commit: Commit,
+        progress: Progress | None = None,
+        dry_run: bool = False,
+    ) -> Pass:
+        """A pass whose budget starts now."""
+        budget = Budget(
+            seconds=settings.sweep_budget_s,
+            clock=clock,
+            on_stop=lambda elapsed_ms: _emit(progress, SweepEvent.STOPPED, elapsedMs=elapsed_ms),
         )
-        self.tally(refunds_settled=settled.refunds_settled)
-        if settled.deferred:
-            self.left_over = True
+        tallies = Tallies(dry_run=dry_run)
+        return cls(
+            client=client,
+            budget=budget,
+            tallies=tallies,
+            commit=tallies.counting(commit),
+            progress=progress,
+            dry_run=dry_run,
+        )
 
-    # Projects ---------------------------------------------------------------------------------
+    def emit(self, event: SweepEvent, **fields: Any) -> None:
+        _emit(self.progress, event, **fields)
 
-    def sweep_projects(self, query: Query | list[Query], *, announce: bool, fan_out: bool = False) -> None:
-        """Delete (or with `fan_out`, enqueue) every project `query` finds, `workers` projects at a time."""
-        step = self.enqueue_project if fan_out else self.delete_project
+    def run(self, steps: Iterable[Callable[[], None]]) -> SweepReport:
+        """Each step in turn, none once the budget is spent; the report, `complete` only when it all ran
+        and no work was left."""
+        for step in steps:
+            if self.budget.stopped:
+                break
+            step()
+        report = self.tallies.report
+        report.complete = not self.budget.stopped and not self.tallies.work_left
+        report.elapsed_ms = self.budget.elapsed_ms()
+        return report
+
+
+# The kinds of work ------------------------------------------------------------------------------
+
+
+def settle_charges(run: Pass, settings: Settings, now: datetime) -> None:
+    """Refund the charges killed processes left (`settlement`), while the budget lasts."""
+    settled = settlement.settle_stale_charges(
+        run.client,
+        settings,
+        now=now,
+        has_time=run.budget.has_time,
+        dry_run=run.dry_run,
+        progress=run.progress,
+    )
+    run.tallies.add(Count.REFUNDS_SETTLED, settled.refunds_settled)
+    if settled.deferred:
+        run.tallies.leave_work()
+
+
+class ProjectSweep:
+    """Expired projects: those an earlier pass marked, then newly expired ones (before `cutoff`), each
+    deleted inline, `workers` at a time, or on a large night with a queue (`enqueue`) marked and
+    handed to a purge task; a dry run counts them. One that keeps conflicting is deferred."""
+
+    def __init__(
+        self,
+        *,
+        run: Pass,
+        cutoff: datetime,
+        workers: int = 1,
+        enqueue: Enqueue | None = None,
+        inline_projects: int = 0,
+    ) -> None:
+        self.run = run
+        self.cutoff = cutoff
+        self.workers = max(1, workers)
+        self.enqueue = enqueue
+        self.inline_projects = inline_projects
+        self.fan_out = False
+        self._counted: set[str] = set()  # a dry run's, across both queries
+
+    def choose_fan_out(self) -> None:
+        """Fan out when a queue is there and the night is larger than SWEEP_INLINE_PROJECTS."""
+        self.fan_out = (
+            self.enqueue is not None
+            and not self.run.dry_run
+            and db.count(expired_projects(self.run.client, self.cutoff)) > self.inline_projects
+        )
+        self.run.tallies.report.fanned_out = self.fan_out
+
+    def resume_marked(self) -> None:
+        """Marked projects first: a pass that stopped part-way left them half deleted."""
+        self.sweep(marked_projects(self.run.client), announce=False)
+
+    def sweep_expired(self) -> None:
+        self.sweep(expired_projects(self.run.client, self.cutoff), announce=True)
+
+    def sweep(self, query: Query | list[Query], *, announce: bool) -> None:
+        """Every project `query` finds, `workers` at a time, while the budget lasts."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
             running: set[Future[None]] = set()
             for snap in db.pages(query, QUERY_PAGE):
-                if not self.has_time():
+                if not self.run.budget.has_time():
                     break
-                if self.dry_run:
-                    if snap.id not in self.counted:  # a marked project is usually expired too
-                        self.counted.add(snap.id)
-                        self.count_project(snap.reference)
+                if self.run.dry_run:
+                    if snap.id not in self._counted:  # a marked project is usually expired too
+                        self._counted.add(snap.id)
+                        self.count(snap.reference)
                     continue
                 if announce:
-                    self.emit("expired", projectId=snap.id)
+                    self.run.emit(SweepEvent.EXPIRED, projectId=snap.id)
                 if len(running) >= self.workers:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         future.result()
-                running.add(pool.submit(self.sweep_project, snap.reference, step))
+                running.add(pool.submit(self.one, snap.reference))
             for future in running:
                 future.result()
 
-    def count_project(self, project_ref: DocumentReference) -> None:
-        versions = db.count(project_ref.collection(schema.VERSIONS))
-        self.tally(projects_deleted=1, versions_deleted=versions)
-        self.emit("would_delete_project", projectId=project_ref.id, versions=versions)
-
-    def sweep_project(
-        self, project_ref: DocumentReference, step: Callable[[DocumentReference], None] | None = None
-    ) -> None:
-        """Delete one project (or `step` it); one that keeps conflicting is left for the next pass,
-        not the end of this one."""
+    def one(self, project_ref: DocumentReference) -> None:
+        """Delete (or enqueue) one project; one that keeps conflicting is left for the next pass, not
+        the end of this one."""
         try:
-            (step or self.delete_project)(project_ref)
+            (self.enqueue_one if self.fan_out else self.delete)(project_ref)
         except Contention:
             log.warning(
                 "project %s kept conflicting with other writers; the next sweep retries it", project_ref.id
             )
             self.defer(project_ref)
 
+    def count(self, project_ref: DocumentReference) -> None:
+        versions = db.count(project_ref.collection(schema.VERSIONS))
+        self.run.tallies.add(Count.PROJECTS_DELETED)
+        self.run.tallies.add(Count.VERSIONS_DELETED, versions)
+        self.run.emit(SweepEvent.WOULD_DELETE_PROJECT, projectId=project_ref.id, versions=versions)
+
     def defer(self, project_ref: DocumentReference) -> None:
         """Leave the project for the next pass: this one goes on, and reports itself incomplete."""
-        self.left_over = True
-        self.tally(projects_deferred=1)
-        self.emit("deferred", projectId=project_ref.id)
+        self.run.tallies.leave_work()
+        self.run.tallies.add(Count.PROJECTS_DEFERRED)
+        self.run.emit(SweepEvent.DEFERRED, projectId=project_ref.id)
 
-    def fans_out(self) -> bool:
-        """Whether this pass hands projects to the queue: one is there and the night is large."""
-        return (
-            self.enqueue is not None
-            and not self.dry_run
-            and db.count(expired_projects(self.client, self.project_cutoff)) > self.inline_projects
-        )
-
-    def enqueue_project(self, project_ref: DocumentReference) -> None:
+    def enqueue_one(self, project_ref: DocumentReference) -> None:
         """Mark the project (a purge task deletes only marked projects), then enqueue its task."""
         assert self.enqueue is not None
-        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+        if mark_for_deletion(self.run.client, project_ref, self.cutoff) != MARKED:
             return
         try:
             enqueued = self.enqueue(project_ref.id)
@@ -372,98 +462,74 @@ class _Pass:
             self.defer(project_ref)
             return
         if enqueued:
-            self.tally(projects_enqueued=1)
-            self.emit("enqueued", projectId=project_ref.id)
+            self.run.tallies.add(Count.PROJECTS_ENQUEUED)
+            self.run.emit(SweepEvent.ENQUEUED, projectId=project_ref.id)
 
-    def delete_project(self, project_ref: DocumentReference) -> None:
-        if mark_for_deletion(self.client, project_ref, self.project_cutoff) != MARKED:
+    def delete(self, project_ref: DocumentReference) -> None:
+        """Mark the project, then delete it with its versions (`projects.delete_project`)."""
+        if mark_for_deletion(self.run.client, project_ref, self.cutoff) != MARKED:
             return
-        versions_deleted = 0
-        chunk: list[DocumentReference] = []
-        step_started = self.clock()
-        for ref in project_ref.collection(schema.VERSIONS).list_documents(
-            page_size=MAX_COMMIT_WRITES, **db.rpc()
-        ):
-            chunk.append(ref)
-            if len(chunk) < MAX_COMMIT_WRITES:
-                continue
-            # 500 in hand: delete 499 and keep one back, so the final commit (which must carry the
-            # project document) never exceeds 500 writes, even when exactly 500 versions remain.
-            if not self.has_time():
-                self.left_over = True
-                return
-            n = len(self.delete(chunk[:-1]))
-            chunk = chunk[-1:]
-            versions_deleted += n
-            self.tally(versions_deleted=n)
-            self.emit("chunk", projectId=project_ref.id, versionsDeleted=versions_deleted)
-            now = self.clock()
-            self.step_took(now - step_started)
-            step_started = now
-        if not self.has_time():
-            self.left_over = True
+        lap = self.run.budget.timer()
+
+        def committed(commit: projects.Committed) -> None:
+            self.run.tallies.add(Count.VERSIONS_DELETED, commit.versions)
+            self.run.tallies.add(Count.PROJECTS_DELETED, int(commit.project_deleted))
+            if not commit.last:
+                self.run.emit(
+                    SweepEvent.CHUNK, projectId=project_ref.id, versionsDeleted=commit.versions_so_far
+                )
+            lap()
+
+        deletion = projects.delete_project(
+            self.run.client,
+            project_ref,
+            commit=self.run.commit,
+            has_time=self.run.budget.has_time,
+            on_commit=committed,
+        )
+        if not deletion.finished:
+            self.run.tallies.leave_work()
             return
-        deleted = self.delete([*chunk, project_ref])
-        project_deleted = any(ref.path == project_ref.path for ref in deleted)
-        versions_deleted += len(deleted) - project_deleted
-        self.tally(versions_deleted=len(deleted) - project_deleted, projects_deleted=int(project_deleted))
-        self.step_took(self.clock() - step_started)
-        self.emit(
-            "project", projectId=project_ref.id, versionsDeleted=versions_deleted, deleted=project_deleted
+        self.run.emit(
+            SweepEvent.PROJECT,
+            projectId=project_ref.id,
+            versionsDeleted=deletion.versions_deleted,
+            deleted=deletion.project_deleted,
         )
 
-    # Analytics events and stored Stripe events ----------------------------------------------
 
-    def delete_old(self, query: Query | list[Query], counter: str) -> None:
-        """Delete what `query` finds, 500 per commit; `counter` is the report field that counts them."""
-        if self.dry_run:
-            if self.has_time():
-                n = db.count(query)
-                self.tally(**{counter: n})
-                self.emit("would_delete", what=counter, count=n)
-            return
-        chunk: list[DocumentReference] = []
-        for snap in db.pages(query, MAX_COMMIT_WRITES):
-            chunk.append(snap.reference)
-            if len(chunk) < MAX_COMMIT_WRITES:
-                continue
-            if not self.flush(chunk, counter):
-                return
-            chunk = []
-        if chunk:
-            self.flush(chunk, counter)
+def delete_old(run: Pass, query: Query | list[Query], count: Count) -> None:
+    """Delete what `query` finds (documents past their retention), 500 per commit while the budget
+    lasts, adding them to `count`; a dry run only counts them."""
+    if run.dry_run:
+        if run.budget.has_time():
+            n = db.count(query)
+            run.tallies.add(count, n)
+            run.emit(SweepEvent.WOULD_DELETE, what=count.value, count=n)
+        return
 
-    def flush(self, chunk: list[DocumentReference], counter: str) -> bool:
-        if not self.has_time():
+    def flush(chunk: list[DocumentReference]) -> bool:
+        if not run.budget.has_time():
             return False
-        step_started = self.clock()
-        self.tally(**{counter: len(self.delete(chunk))})
-        self.emit("deleted", what=counter, count=getattr(self.report, counter))
-        self.step_took(self.clock() - step_started)
+        lap = run.budget.timer()
+        total = run.tallies.add(count, len(db.delete_existing(run.client, chunk, commit=run.commit)))
+        run.emit(SweepEvent.DELETED, what=count.value, count=total)
+        lap()
         return True
 
-    def run(self) -> SweepReport:
-        self.settle_stale_charges()
-        fan_out = not self.stopped and self.fans_out()
-        self.report.fanned_out = fan_out
-        # Marked projects first: a pass that stopped part-way left them half deleted.
-        if not self.stopped:
-            self.sweep_projects(marked_projects(self.client), announce=False, fan_out=fan_out)
-        if not self.stopped:
-            self.sweep_projects(
-                expired_projects(self.client, self.project_cutoff), announce=True, fan_out=fan_out
-            )
-        if not self.stopped:
-            self.delete_old(old_events(self.client, self.event_cutoff), "events_deleted")
-        if not self.stopped:
-            self.delete_old(old_problems(self.client, self.problem_cutoff), "problems_deleted")
-        if not self.stopped:
-            self.delete_old(expired_limits(self.client, self.now), "limits_deleted")
-        if not self.stopped:
-            self.delete_old(expired_limits(self.client, self.now, schema.RATE_LIMITS), "limits_deleted")
-        self.report.complete = not self.stopped and not self.left_over
-        self.report.elapsed_ms = self.elapsed_ms()
-        return self.report
+    chunk: list[DocumentReference] = []
+    for snap in db.pages(query, db.MAX_COMMIT_WRITES):
+        chunk.append(snap.reference)
+        if len(chunk) < db.MAX_COMMIT_WRITES:
+            continue
+        if not flush(chunk):
+            return
+        chunk = []
+    if chunk:
+        flush(chunk)
+
+
+# The entry points -------------------------------------------------------------------------------
 
 
 def sweep(
@@ -474,7 +540,7 @@ def sweep(
     clock: Callable[[], float] = time.monotonic,
     dry_run: bool = False,
     progress: Progress | None = None,
-    commit: Commit = _commit_with_deadline,
+    commit: Commit = db.commit_batch,
     workers: int = DEFAULT_WORKERS,
     enqueue: Enqueue | None = None,
 ) -> SweepReport:
@@ -489,19 +555,31 @@ def sweep(
     """
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    run = _Pass(
-        client,
-        settings,
-        now or datetime.now(UTC),
-        clock,
-        dry_run,
-        progress,
-        commit,
-        workers,
-        enqueue,
-        settings.sweep_inline_projects,
+    now = now or datetime.now(UTC)
+    run = Pass.start(
+        client=client, settings=settings, clock=clock, commit=commit, progress=progress, dry_run=dry_run
     )
-    report = run.run()
+    expired = ProjectSweep(
+        run=run,
+        cutoff=now - timedelta(days=settings.retention_days),
+        workers=workers,
+        enqueue=enqueue,
+        inline_projects=settings.sweep_inline_projects,
+    )
+    events_cutoff = now - timedelta(days=settings.analytics_retention_days)
+    problems_cutoff = now - timedelta(days=settings.problem_retention_days)
+    report = run.run(
+        [
+            lambda: settle_charges(run, settings, now),
+            expired.choose_fan_out,
+            expired.resume_marked,
+            expired.sweep_expired,
+            lambda: delete_old(run, old_events(client, events_cutoff), Count.EVENTS_DELETED),
+            lambda: delete_old(run, old_problems(client, problems_cutoff), Count.PROBLEMS_DELETED),
+            lambda: delete_old(run, expired_limits(client, now), Count.LIMITS_DELETED),
+            lambda: delete_old(run, expired_limits(client, now, schema.RATE_LIMITS), Count.LIMITS_DELETED),
+        ]
+    )
     log.info(
         "retention sweep %s",
         "complete" if report.complete else "stopped with work left",
@@ -517,7 +595,7 @@ def purge_project(
     *,
     now: datetime | None = None,
     clock: Callable[[], float] = time.monotonic,
-    commit: Commit = _commit_with_deadline,
+    commit: Commit = db.commit_batch,
 ) -> SweepReport:
     """Delete one expired project with its versions: the task of the sweep's fan-out.
 
@@ -526,10 +604,10 @@ def purge_project(
     last, within SWEEP_BUDGET_S. `complete` is false when the budget or contention stopped it
     part-way; running it again resumes. A project that is gone or was active again is left alone.
     """
-    run = _Pass(client, settings, now or datetime.now(UTC), clock, False, None, commit, 1)
-    run.sweep_project(client.collection(schema.PROJECTS).document(project_id))
-    run.report.complete = not run.stopped and not run.left_over
-    run.report.elapsed_ms = run.elapsed_ms()
-    state = "complete" if run.report.complete else "stopped with work left"
-    log.info("purge of project %s %s", project_id, state, extra={"json_fields": run.report.log_fields()})
-    return run.report
+    now = now or datetime.now(UTC)
+    run = Pass.start(client=client, settings=settings, clock=clock, commit=commit)
+    expired = ProjectSweep(run=run, cutoff=now - timedelta(days=settings.retention_days))
+    report = run.run([lambda: expired.one(client.collection(schema.PROJECTS).document(project_id))])
+    state = "complete" if report.complete else "stopped with work left"
+    log.info("purge of project %s %s", project_id, state, extra={"json_fields": report.log_fields()})
+    return report

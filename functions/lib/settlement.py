@@ -19,6 +19,7 @@ ids are the grant's), so expired credits stay in a stored balance at most one se
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,8 +42,17 @@ REASON = generations.STALE_CHARGE_REASON
 OVERDUE_AFTER = audit.EXPIRY_GRACE
 PAGE = 100
 
-# progress(event, fields): events are `refunded` and `grants_expired`; in a dry run, `would_refund`
-# and `would_expire_grants`.
+
+class SettlementEvent(enum.StrEnum):
+    """What `progress(event, fields)` hears from a pass (`event` is the value), with its fields."""
+
+    REFUNDED = "refunded"  # generationId, userId, amount
+    GRANTS_EXPIRED = "grants_expired"  # userId, credits
+    WOULD_REFUND = "would_refund"  # generationId, userId (dry run)
+    WOULD_EXPIRE_GRANTS = "would_expire_grants"  # userId (dry run)
+
+
+# progress(event, fields): the events are SettlementEvent's values.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -113,7 +123,7 @@ def settle_stale_charges(
             continue
         if dry_run:
             report.refunds_settled += 1
-            _emit(progress, "would_refund", generationId=snap.id, userId=owner)
+            _emit(progress, SettlementEvent.WOULD_REFUND, generationId=snap.id, userId=owner)
             continue
         try:
             settled = generations.refund(client, snap.id, owner, REASON)
@@ -125,7 +135,9 @@ def settle_stale_charges(
             continue
         if settled.applied:
             report.refunds_settled += 1
-            _emit(progress, "refunded", generationId=snap.id, userId=owner, amount=settled.amount)
+            _emit(
+                progress, SettlementEvent.REFUNDED, generationId=snap.id, userId=owner, amount=settled.amount
+            )
     if report.complete:
         _expire_grants(client, report, uid=uid, has_time=has_time, dry_run=dry_run, progress=progress)
     report.complete = report.complete and not report.deferred
@@ -181,7 +193,7 @@ def _write_off(
             report.complete = False
             return
         if dry_run:
-            _emit(progress, "would_expire_grants", userId=owner)
+            _emit(progress, SettlementEvent.WOULD_EXPIRE_GRANTS, userId=owner)
             continue
         try:
             credits = ledger.settle_expiries(client, owner)
@@ -191,7 +203,7 @@ def _write_off(
             continue
         if credits:
             report.credits_expired += credits
-            _emit(progress, "grants_expired", userId=owner, credits=credits)
+            _emit(progress, SettlementEvent.GRANTS_EXPIRED, userId=owner, credits=credits)
 
 
 def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
@@ -200,6 +212,6 @@ def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime |
     return settle_stale_charges(client, settings, now=now, uid=uid).refunds_settled
 
 
-def _emit(progress: Progress | None, event: str, **fields: Any) -> None:
+def _emit(progress: Progress | None, event: SettlementEvent, **fields: Any) -> None:
     if progress is not None:
-        progress(event, fields)
+        progress(event.value, fields)

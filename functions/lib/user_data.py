@@ -17,10 +17,11 @@ twice:
    pseudonym back from there.
 2. Settle: every generation still `charged` (running or stale) is refunded through
    `generations.refund`, which is exactly-once; a completion racing it loses its precondition.
-3. Delete the projects (versions in commits of at most 500 writes, the project document last, so
-   an interrupted project is found again), the generations, the analytics events, the stored
-   Stripe problem events that name the user (`stripe_event_problems.userId`), and the user's
-   rate-limit windows (`checkout_limits/{uid}`, `rate_limits` by `userId`).
+3. Delete the projects (`projects.delete_project`, the sweep's routine: versions in commits of at
+   most 500 writes, the project document last, so an interrupted project is found again), the
+   generations, the analytics events, the stored Stripe problem events that name the user
+   (`stripe_event_problems.userId`), and the user's rate-limit windows (`checkout_limits/{uid}`,
+   `rate_limits` by `userId`).
 4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
    (`ledger.close_account`); then every ledger entry, payment record, subscription and invoice link
    of the uid is renamed to the pseudonym. The ledger is the financial record: amounts, types and
@@ -49,7 +50,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from functions.lib import db, generations, ledger, schema
+from functions.lib import db, generations, ledger, projects, schema
 from functions.lib.errors import Contention, NotFound
 
 if TYPE_CHECKING:
@@ -306,20 +307,11 @@ class _Erasure:
                 self.delete_project(project.reference)
 
     def delete_project(self, project_ref: DocumentReference) -> None:
-        chunk: list[DocumentReference] = []
-        deleted = 0
-        for ref in project_ref.collection(schema.VERSIONS).list_documents(
-            page_size=db.MAX_COMMIT_WRITES, **db.rpc()
-        ):
-            chunk.append(ref)
-            if len(chunk) == db.MAX_COMMIT_WRITES:
-                # Keep one back, so the final commit with the project document stays within 500.
-                deleted += self.delete(chunk[:-1])
-                chunk = chunk[-1:]
-        deleted += self.delete([*chunk, project_ref]) - 1
-        self.report.projects_deleted += 1
-        self.report.versions_deleted += deleted
-        self.emit("project", projectId=project_ref.id, versionsDeleted=deleted)
+        """One of the user's projects (the query on `ownerId` found it), by `projects.delete_project`."""
+        deletion = projects.delete_project(self.client, project_ref, commit=self.commit)
+        self.report.projects_deleted += int(deletion.project_deleted)
+        self.report.versions_deleted += deletion.versions_deleted
+        self.emit("project", projectId=project_ref.id, versionsDeleted=deletion.versions_deleted)
 
     def delete(self, refs: list[DocumentReference]) -> int:
         batch = self.client.batch()
