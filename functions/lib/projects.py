@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import Client, DocumentReference
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Committed:
     """One commit of a project's deletion."""
 
@@ -64,11 +64,18 @@ def delete_project(
     def delete(refs: list[DocumentReference], *, last: bool) -> None:
         deleted = db.delete_existing(client, refs, commit=commit)
         project_deleted = last and any(ref.path == project_ref.path for ref in deleted)
-        versions = len(deleted) - project_deleted
+        versions = len(deleted) - int(project_deleted)
         done.versions_deleted += versions
         done.project_deleted = project_deleted
         if on_commit is not None:
-            on_commit(Committed(versions, done.versions_deleted, last, project_deleted))
+            on_commit(
+                Committed(
+                    versions=versions,
+                    versions_so_far=done.versions_deleted,
+                    last=last,
+                    project_deleted=project_deleted,
+                )
+            )
 
     chunk: list[DocumentReference] = []
     for ref in project_ref.collection(schema.VERSIONS).list_documents(

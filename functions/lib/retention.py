@@ -348,19 +348,19 @@ class Pass:
 # The kinds of work ------------------------------------------------------------------------------
 
 
-def settle_charges(run: Pass, settings: Settings, now: datetime) -> None:
+def settle_charges(pass_: Pass, settings: Settings, now: datetime) -> None:
     """Refund the charges killed processes left (`settlement`), while the budget lasts."""
     settled = settlement.settle_stale_charges(
-        run.client,
+        pass_.client,
         settings,
         now=now,
-        has_time=run.budget.has_time,
-        dry_run=run.dry_run,
-        progress=run.progress,
+        has_time=pass_.budget.has_time,
+        dry_run=pass_.dry_run,
+        progress=pass_.progress,
     )
-    run.tallies.add(Count.REFUNDS_SETTLED, settled.refunds_settled)
+    pass_.tallies.add(Count.REFUNDS_SETTLED, settled.refunds_settled)
     if settled.deferred:
-        run.tallies.leave_work()
+        pass_.tallies.leave_work()
 
 
 class ProjectSweep:
@@ -371,13 +371,13 @@ class ProjectSweep:
     def __init__(
         self,
         *,
-        run: Pass,
+        pass_: Pass,
         cutoff: datetime,
         workers: int = 1,
         enqueue: Enqueue | None = None,
         inline_projects: int = 0,
     ) -> None:
-        self.run = run
+        self.pass_ = pass_
         self.cutoff = cutoff
         self.workers = max(1, workers)
         self.enqueue = enqueue
@@ -389,32 +389,32 @@ class ProjectSweep:
         """Fan out when a queue is there and the night is larger than SWEEP_INLINE_PROJECTS."""
         self.fan_out = (
             self.enqueue is not None
-            and not self.run.dry_run
-            and db.count(expired_projects(self.run.client, self.cutoff)) > self.inline_projects
+            and not self.pass_.dry_run
+            and db.count(expired_projects(self.pass_.client, self.cutoff)) > self.inline_projects
         )
-        self.run.tallies.report.fanned_out = self.fan_out
+        self.pass_.tallies.report.fanned_out = self.fan_out
 
     def resume_marked(self) -> None:
         """Marked projects first: a pass that stopped part-way left them half deleted."""
-        self.sweep(marked_projects(self.run.client), announce=False)
+        self.sweep(marked_projects(self.pass_.client), announce=False)
 
     def sweep_expired(self) -> None:
-        self.sweep(expired_projects(self.run.client, self.cutoff), announce=True)
+        self.sweep(expired_projects(self.pass_.client, self.cutoff), announce=True)
 
     def sweep(self, query: Query | list[Query], *, announce: bool) -> None:
         """Every project `query` finds, `workers` at a time, while the budget lasts."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sweep") as pool:
             running: set[Future[None]] = set()
             for snap in db.pages(query, QUERY_PAGE):
-                if not self.run.budget.has_time():
+                if not self.pass_.budget.has_time():
                     break
-                if self.run.dry_run:
+                if self.pass_.dry_run:
                     if snap.id not in self._counted:  # a marked project is usually expired too
                         self._counted.add(snap.id)
                         self.count(snap.reference)
                     continue
                 if announce:
-                    self.run.emit(SweepEvent.EXPIRED, projectId=snap.id)
+                    self.pass_.emit(SweepEvent.EXPIRED, projectId=snap.id)
                 if len(running) >= self.workers:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -436,20 +436,20 @@ class ProjectSweep:
 
     def count(self, project_ref: DocumentReference) -> None:
         versions = db.count(project_ref.collection(schema.VERSIONS))
-        self.run.tallies.add(Count.PROJECTS_DELETED)
-        self.run.tallies.add(Count.VERSIONS_DELETED, versions)
-        self.run.emit(SweepEvent.WOULD_DELETE_PROJECT, projectId=project_ref.id, versions=versions)
+        self.pass_.tallies.add(Count.PROJECTS_DELETED)
+        self.pass_.tallies.add(Count.VERSIONS_DELETED, versions)
+        self.pass_.emit(SweepEvent.WOULD_DELETE_PROJECT, projectId=project_ref.id, versions=versions)
 
     def defer(self, project_ref: DocumentReference) -> None:
         """Leave the project for the next pass: this one goes on, and reports itself incomplete."""
-        self.run.tallies.leave_work()
-        self.run.tallies.add(Count.PROJECTS_DEFERRED)
-        self.run.emit(SweepEvent.DEFERRED, projectId=project_ref.id)
+        self.pass_.tallies.leave_work()
+        self.pass_.tallies.add(Count.PROJECTS_DEFERRED)
+        self.pass_.emit(SweepEvent.DEFERRED, projectId=project_ref.id)
 
     def enqueue_one(self, project_ref: DocumentReference) -> None:
         """Mark the project (a purge task deletes only marked projects), then enqueue its task."""
         assert self.enqueue is not None
-        if mark_for_deletion(self.run.client, project_ref, self.cutoff) != MARKED:
+        if mark_for_deletion(self.pass_.client, project_ref, self.cutoff) != MARKED:
             return
         try:
             enqueued = self.enqueue(project_ref.id)
@@ -462,35 +462,35 @@ class ProjectSweep:
             self.defer(project_ref)
             return
         if enqueued:
-            self.run.tallies.add(Count.PROJECTS_ENQUEUED)
-            self.run.emit(SweepEvent.ENQUEUED, projectId=project_ref.id)
+            self.pass_.tallies.add(Count.PROJECTS_ENQUEUED)
+            self.pass_.emit(SweepEvent.ENQUEUED, projectId=project_ref.id)
 
     def delete(self, project_ref: DocumentReference) -> None:
         """Mark the project, then delete it with its versions (`projects.delete_project`)."""
-        if mark_for_deletion(self.run.client, project_ref, self.cutoff) != MARKED:
+        if mark_for_deletion(self.pass_.client, project_ref, self.cutoff) != MARKED:
             return
-        lap = self.run.budget.timer()
+        lap = self.pass_.budget.timer()
 
         def committed(commit: projects.Committed) -> None:
-            self.run.tallies.add(Count.VERSIONS_DELETED, commit.versions)
-            self.run.tallies.add(Count.PROJECTS_DELETED, int(commit.project_deleted))
+            self.pass_.tallies.add(Count.VERSIONS_DELETED, commit.versions)
+            self.pass_.tallies.add(Count.PROJECTS_DELETED, int(commit.project_deleted))
             if not commit.last:
-                self.run.emit(
+                self.pass_.emit(
                     SweepEvent.CHUNK, projectId=project_ref.id, versionsDeleted=commit.versions_so_far
                 )
             lap()
 
         deletion = projects.delete_project(
-            self.run.client,
+            self.pass_.client,
             project_ref,
-            commit=self.run.commit,
-            has_time=self.run.budget.has_time,
+            commit=self.pass_.commit,
+            has_time=self.pass_.budget.has_time,
             on_commit=committed,
         )
         if not deletion.finished:
-            self.run.tallies.leave_work()
+            self.pass_.tallies.leave_work()
             return
-        self.run.emit(
+        self.pass_.emit(
             SweepEvent.PROJECT,
             projectId=project_ref.id,
             versionsDeleted=deletion.versions_deleted,
@@ -498,22 +498,22 @@ class ProjectSweep:
         )
 
 
-def delete_old(run: Pass, query: Query | list[Query], count: Count) -> None:
+def delete_old(pass_: Pass, query: Query | list[Query], count: Count) -> None:
     """Delete what `query` finds (documents past their retention), 500 per commit while the budget
     lasts, adding them to `count`; a dry run only counts them."""
-    if run.dry_run:
-        if run.budget.has_time():
+    if pass_.dry_run:
+        if pass_.budget.has_time():
             n = db.count(query)
-            run.tallies.add(count, n)
-            run.emit(SweepEvent.WOULD_DELETE, what=count.value, count=n)
+            pass_.tallies.add(count, n)
+            pass_.emit(SweepEvent.WOULD_DELETE, what=count.value, count=n)
         return
 
     def flush(chunk: list[DocumentReference]) -> bool:
-        if not run.budget.has_time():
+        if not pass_.budget.has_time():
             return False
-        lap = run.budget.timer()
-        total = run.tallies.add(count, len(db.delete_existing(run.client, chunk, commit=run.commit)))
-        run.emit(SweepEvent.DELETED, what=count.value, count=total)
+        lap = pass_.budget.timer()
+        total = pass_.tallies.add(count, len(db.delete_existing(pass_.client, chunk, commit=pass_.commit)))
+        pass_.emit(SweepEvent.DELETED, what=count.value, count=total)
         lap()
         return True
 
@@ -556,11 +556,11 @@ def sweep(
     if now is not None and now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     now = now or datetime.now(UTC)
-    run = Pass.start(
+    pass_ = Pass.start(
         client=client, settings=settings, clock=clock, commit=commit, progress=progress, dry_run=dry_run
     )
     expired = ProjectSweep(
-        run=run,
+        pass_=pass_,
         cutoff=now - timedelta(days=settings.retention_days),
         workers=workers,
         enqueue=enqueue,
@@ -568,16 +568,16 @@ def sweep(
     )
     events_cutoff = now - timedelta(days=settings.analytics_retention_days)
     problems_cutoff = now - timedelta(days=settings.problem_retention_days)
-    report = run.run(
+    report = pass_.run(
         [
-            lambda: settle_charges(run, settings, now),
+            lambda: settle_charges(pass_, settings, now),
             expired.choose_fan_out,
             expired.resume_marked,
             expired.sweep_expired,
-            lambda: delete_old(run, old_events(client, events_cutoff), Count.EVENTS_DELETED),
-            lambda: delete_old(run, old_problems(client, problems_cutoff), Count.PROBLEMS_DELETED),
-            lambda: delete_old(run, expired_limits(client, now), Count.LIMITS_DELETED),
-            lambda: delete_old(run, expired_limits(client, now, schema.RATE_LIMITS), Count.LIMITS_DELETED),
+            lambda: delete_old(pass_, old_events(client, events_cutoff), Count.EVENTS_DELETED),
+            lambda: delete_old(pass_, old_problems(client, problems_cutoff), Count.PROBLEMS_DELETED),
+            lambda: delete_old(pass_, expired_limits(client, now), Count.LIMITS_DELETED),
+            lambda: delete_old(pass_, expired_limits(client, now, schema.RATE_LIMITS), Count.LIMITS_DELETED),
         ]
     )
     log.info(
@@ -605,9 +605,9 @@ def purge_project(
     part-way; running it again resumes. A project that is gone or was active again is left alone.
     """
     now = now or datetime.now(UTC)
-    run = Pass.start(client=client, settings=settings, clock=clock, commit=commit)
-    expired = ProjectSweep(run=run, cutoff=now - timedelta(days=settings.retention_days))
-    report = run.run([lambda: expired.one(client.collection(schema.PROJECTS).document(project_id))])
+    pass_ = Pass.start(client=client, settings=settings, clock=clock, commit=commit)
+    expired = ProjectSweep(pass_=pass_, cutoff=now - timedelta(days=settings.retention_days))
+    report = pass_.run([lambda: expired.one(client.collection(schema.PROJECTS).document(project_id))])
     state = "complete" if report.complete else "stopped with work left"
     log.info("purge of project %s %s", project_id, state, extra={"json_fields": report.log_fields()})
     return report
