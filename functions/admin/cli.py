@@ -564,7 +564,7 @@ def run_replay(args: argparse.Namespace) -> int:
         f"replayed {args.event_id}: {outcome.action}, {outcome.credits:+d} credits "
         f"for {outcome.uid or 'no user'}{detail}"
     )
-    if outcome.action in (payments.PROBLEM, payments.PARKED):
+    if outcome.action in (payments.Action.PROBLEM, payments.Action.PARKED):
         print(f"{args.event_id} is still open: it did not apply", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
