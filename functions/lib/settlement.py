@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import audit, clock, db, generations, ledger, schema
@@ -41,9 +42,18 @@ REASON = generations.STALE_CHARGE_REASON
 OVERDUE_AFTER = audit.EXPIRY_GRACE
 PAGE = 100
 
-# progress(event, fields): events are `refunded` and `grants_expired`; in a dry run, `would_refund`
-# and `would_expire_grants`.
-Progress = Callable[[str, dict[str, Any]], None]
+
+class Event(StrEnum):
+    """What a pass reports to `progress(event, fields)`, with the fields it passes."""
+
+    REFUNDED = "refunded"  # generationId, userId, amount
+    GRANTS_EXPIRED = "grants_expired"  # userId, credits
+    # A dry run.
+    WOULD_REFUND = "would_refund"  # generationId, userId
+    WOULD_EXPIRE_GRANTS = "would_expire_grants"  # userId
+
+
+Progress = Callable[[Event, dict[str, Any]], None]
 
 
 def stale_charges(client: Client, before: datetime, uid: str | None = None) -> list[Query]:
@@ -113,7 +123,7 @@ def settle_stale_charges(
             continue
         if dry_run:
             report.refunds_settled += 1
-            _emit(progress, "would_refund", generationId=snap.id, userId=owner)
+            _emit(progress, Event.WOULD_REFUND, generationId=snap.id, userId=owner)
             continue
         try:
             settled = generations.refund(client, snap.id, owner, REASON)
@@ -125,7 +135,7 @@ def settle_stale_charges(
             continue
         if settled.applied:
             report.refunds_settled += 1
-            _emit(progress, "refunded", generationId=snap.id, userId=owner, amount=settled.amount)
+            _emit(progress, Event.REFUNDED, generationId=snap.id, userId=owner, amount=settled.amount)
     if report.complete:
         _expire_grants(client, report, uid=uid, has_time=has_time, dry_run=dry_run, progress=progress)
     report.complete = report.complete and not report.deferred
@@ -181,7 +191,7 @@ def _write_off(
             report.complete = False
             return
         if dry_run:
-            _emit(progress, "would_expire_grants", userId=owner)
+            _emit(progress, Event.WOULD_EXPIRE_GRANTS, userId=owner)
             continue
         try:
             credits = ledger.settle_expiries(client, owner)
@@ -191,7 +201,7 @@ def _write_off(
             continue
         if credits:
             report.credits_expired += credits
-            _emit(progress, "grants_expired", userId=owner, credits=credits)
+            _emit(progress, Event.GRANTS_EXPIRED, userId=owner, credits=credits)
 
 
 def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
@@ -200,6 +210,6 @@ def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime |
     return settle_stale_charges(client, settings, now=now, uid=uid).refunds_settled
 
 
-def _emit(progress: Progress | None, event: str, **fields: Any) -> None:
+def _emit(progress: Progress | None, event: Event, **fields: Any) -> None:
     if progress is not None:
         progress(event, fields)
