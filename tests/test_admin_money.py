@@ -115,7 +115,7 @@ def test_replay_of_a_fixed_problem_event_credits_once(
     from functions.lib import payments
 
     event = stripe_events.checkout_completed("cs_replay_1", "wes", "legacy", "pi_replay_1")
-    assert payments.handle_event(db, settings, event).action == payments.PROBLEM
+    assert payments.handle_event(db, settings, event).action == payments.Action.PROBLEM
     assert balance(db, "wes") == 0
 
     monkeypatch.setenv(

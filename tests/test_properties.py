@@ -290,7 +290,7 @@ class Credits(RuleBasedStateMachine):
         from functions.lib import payments
 
         outcome = payments.handle_event(self.db, self.settings, event)
-        assert outcome.action != payments.PROBLEM, outcome
+        assert outcome.action != payments.Action.PROBLEM, outcome
 
     def sync(self, p: Payment) -> None:
         """Bring the model up to what the backend was told of `p`: its grant once it is credited, then

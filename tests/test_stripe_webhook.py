@@ -301,6 +301,18 @@ def test_unknown_or_irrelevant_event_types_are_200_and_change_nothing(app: Any, 
     assert_ledger_consistent(db)
 
 
+@pytest.mark.no_emulator
+def test_every_handled_event_type_has_a_handler_and_is_the_list_to_enable_in_stripe_md() -> None:
+    from functions.lib import payments
+    from tests.helpers import ROOT
+
+    enabled = (ROOT / "docs" / "STRIPE.md").read_text().split("--events ", 1)[1].split()[0].split(",")
+
+    assert [t for t in payments.EventType if payments.handler_of(t) is None] == []
+    assert sorted(enabled) == sorted(payments.EventType)
+    assert payments.handler_of("customer.created") is None and payments.handler_of(None) is None
+
+
 @pytest.mark.parametrize(
     ("uid", "pack", "reason"),
     [

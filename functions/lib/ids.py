@@ -32,12 +32,16 @@ def is_doc_id(value: Any, *, max_bytes: int = MAX_ID_BYTES) -> TypeGuard[str]:
     return size <= max_bytes
 
 
+def rule(field: str, *, max_bytes: int = MAX_ID_BYTES) -> str:
+    """The rule, as the sentence that refuses a `field` breaking it."""
+    return (
+        f"'{field}' must be an id of 1..{max_bytes} bytes without '/', not '.' or '..' "
+        "and not of the form __x__."
+    )
+
+
 def require_doc_id(value: Any, field: str, *, max_bytes: int = MAX_ID_BYTES) -> str:
     """`value` if it is a storable document id, else InvalidRequest (400) naming `field`."""
     if not is_doc_id(value, max_bytes=max_bytes):
-        raise InvalidRequest(
-            f"'{field}' must be an id of 1..{max_bytes} bytes without '/', not '.' or '..' "
-            "and not of the form __x__.",
-            field=field,
-        )
+        raise InvalidRequest(rule(field, max_bytes=max_bytes), field=field)
     return value

@@ -45,6 +45,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import analytics, clock, db, ids, ledger, problems, schema
@@ -59,20 +60,73 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-SESSION_COMPLETED = "checkout.session.completed"
-SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
-CHARGE_REFUNDED = "charge.refunded"
-REFUND_CREATED, REFUND_UPDATED, REFUND_FAILED = "refund.created", "refund.updated", "refund.failed"
-# API versions before 2024-10-28 announce a refund's failure or cancellation only with this one.
-CHARGE_REFUND_UPDATED = "charge.refund.updated"
-DISPUTE_CREATED, DISPUTE_CLOSED = "charge.dispute.created", "charge.dispute.closed"
+class EventType(StrEnum):
+    """The Stripe event types the webhook handles (`_HANDLERS` and `_subscription_handler`); any
+    other is answered `ignored`. The endpoint's events to enable: docs/STRIPE.md."""
 
-# What a delivery did (`Outcome.action`).
-CREDITED, DUPLICATE, AWAITING_PAYMENT = "credited", "duplicate", "awaiting_payment"
-REVERSED, REINSTATED, UNCHANGED, PARKED = "reversed", "reinstated", "unchanged", "parked"
-IGNORED, PROBLEM = "ignored", "problem"
+    SESSION_COMPLETED = "checkout.session.completed"
+    SESSION_ASYNC_SUCCEEDED = "checkout.session.async_payment_succeeded"
+    CHARGE_REFUNDED = "charge.refunded"
+    REFUND_CREATED = "refund.created"
+    REFUND_UPDATED = "refund.updated"
+    REFUND_FAILED = "refund.failed"
+    # API versions before 2024-10-28 announce a refund's failure or cancellation only with this one.
+    CHARGE_REFUND_UPDATED = "charge.refund.updated"
+    DISPUTE_CREATED = "charge.dispute.created"
+    DISPUTE_CLOSED = "charge.dispute.closed"
+    # Subscriptions (lib/subscriptions.py).
+    SUB_CREATED = "customer.subscription.created"
+    SUB_UPDATED = "customer.subscription.updated"
+    SUB_DELETED = "customer.subscription.deleted"
+    INVOICE_PAID = "invoice.paid"
+    INVOICE_FAILED = "invoice.payment_failed"
+    INVOICE_PAYMENT_PAID = "invoice_payment.paid"
 
-PURCHASE_NOT_FOUND = "purchase_not_found"
+
+class Action(StrEnum):
+    """What a delivery did (`Outcome.action`): the webhook answers it as `outcome`, and a stored
+    event that applies keeps it as its `resolution`."""
+
+    CREDITED = "credited"
+    AWAITING_PAYMENT = "awaiting_payment"
+    REVERSED = "reversed"
+    REINSTATED = "reinstated"
+    UNCHANGED = "unchanged"
+    PARKED = "parked"
+    # Subscription events (lib/subscriptions.py).
+    RECORDED = "recorded"
+    ENDED = "ended"
+    GRANTED = "granted"
+    LINKED = "linked"
+    # Any event.
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    PROBLEM = "problem"
+
+
+class Reason(StrEnum):
+    """Why an event was stored for an operator (`stripe_event_problems/{id}.reason`, and the
+    webhook's `problem`): a permanent problem, or a refund or dispute parked before its purchase."""
+
+    MALFORMED_EVENT = "malformed_event"
+    LIVEMODE_MISMATCH = "livemode_mismatch"
+    NO_USER = "no_user"
+    UNKNOWN_PACK = "unknown_pack"
+    PRICE_MISMATCH = "price_mismatch"
+    NOT_PAID = "not_paid"
+    SESSION_REUSED = "session_reused"
+    PAYMENT_REUSED = "payment_reused"
+    UNKNOWN_PAYMENT_AMOUNT = "unknown_payment_amount"
+    LEDGER_ID_TAKEN = "ledger_id_taken"
+    PURCHASE_NOT_FOUND = "purchase_not_found"
+    # Subscription events (lib/subscriptions.py).
+    NOT_OUR_SUBSCRIPTION = "not_our_subscription"
+    SUBSCRIPTION_REUSED = "subscription_reused"
+    INVOICE_REUSED = "invoice_reused"
+    UNKNOWN_PLAN = "unknown_plan"
+    PERIOD_UNKNOWN = "period_unknown"
+
+
 # A refund's status, as Stripe names it, to what it means for the credits.
 ACTIVE, FAILED = "active", "failed"
 _REFUND_STATUS = {
@@ -93,17 +147,17 @@ _DISPUTE_CLOSED = {"won": WON, "warning_closed": WON, "prevented": WON, "lost": 
 class Outcome:
     """What handling one event did; `credits` is the signed change to the balance by this delivery."""
 
-    action: str
+    action: Action
     uid: str | None = None
     credits: int = 0
     balance: int | None = None
-    problem: str | None = None
+    problem: Reason | None = None
 
 
 class EventProblem(Exception):
     """A permanent problem with an event: Stripe's retries cannot fix it, an operator can."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -179,7 +233,8 @@ class PaymentRecord:
             return self.credits
         if not self.amount or self.amount <= 0:
             raise EventProblem(
-                "unknown_payment_amount", "the payment's amount is unknown, so a refund cannot be shared out"
+                Reason.UNKNOWN_PAYMENT_AMOUNT,
+                "the payment's amount is unknown, so a refund cannot be shared out",
             )
         refunded = min(self.refunded_amount(), self.amount)
         return self.credits * refunded // self.amount
@@ -226,7 +281,7 @@ def dispute_seen(dispute_id: str, status: str) -> Change:
 # Reading events ------------------------------------------------------------------------------
 
 
-def _doc_id(value: Any, what: str, *, reason: str = "malformed_event") -> str:
+def _doc_id(value: Any, what: str, *, reason: Reason = Reason.MALFORMED_EVENT) -> str:
     """`value` if it can name a Firestore document (the one rule, `ids.is_doc_id`), else an EventProblem."""
     if not ids.is_doc_id(value):
         raise EventProblem(reason, f"the event has no usable {what}")
@@ -240,7 +295,7 @@ def _object_id(value: Any, what: str) -> str:
 
 def _money(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise EventProblem("malformed_event", f"the event has no usable {what}")
+        raise EventProblem(Reason.MALFORMED_EVENT, f"the event has no usable {what}")
     return value
 
 
@@ -252,7 +307,7 @@ def check_price(expected: int | None, currency: str | None, charged: Any, charge
     session or invoice for another amount (a changed Stripe price, a hand-made session) credits nothing."""
     if expected is not None and (charged != expected or charged_in != currency):
         raise EventProblem(
-            "price_mismatch",
+            Reason.PRICE_MISMATCH,
             f"Stripe charged {charged} {charged_in} for {what}, not the catalog's {expected} {currency}: "
             "nothing was credited",
         )
@@ -278,12 +333,12 @@ def credit_checkout_session(
     metadata = session.get("metadata")
     if not isinstance(metadata, dict):
         metadata = {}
-    uid = _doc_id(metadata.get("userId"), "metadata.userId", reason="no_user")
+    uid = _doc_id(metadata.get("userId"), "metadata.userId", reason=Reason.NO_USER)
     pack_id = metadata.get("packageId")
     pack = settings.credit_packs.get(pack_id) if isinstance(pack_id, str) else None
     if pack is None:
         raise EventProblem(
-            "unknown_pack", f"metadata.packageId {pack_id!r} is not in the credit pack catalog"
+            Reason.UNKNOWN_PACK, f"metadata.packageId {pack_id!r} is not in the credit pack catalog"
         )
     payment_intent = (
         _object_id(session["payment_intent"], "payment intent") if session.get("payment_intent") else None
@@ -303,11 +358,12 @@ def credit_checkout_session(
         record = PaymentRecord.of(maybe_record[0]) if maybe_record else PaymentRecord()
         if existing.exists:
             if existing.get("userId") != uid:
-                raise EventProblem("session_reused", f"{entry_id} was credited to another user")
-            return db.Plan(_Credited(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), record))
+                raise EventProblem(Reason.SESSION_REUSED, f"{entry_id} was credited to another user")
+            return db.Plan(_Credited(Outcome(Action.DUPLICATE, uid, 0, ledger.balance_of(user)), record))
         if record.purchased:
             raise EventProblem(
-                "payment_reused", f"payment intent {payment_intent} already paid for {record.purchase_id}"
+                Reason.PAYMENT_REUSED,
+                f"payment intent {payment_intent} already paid for {record.purchase_id}",
             )
         batch = client.batch()
         book = ledger.Book(client, batch, user, clock.now())
@@ -337,10 +393,10 @@ def credit_checkout_session(
             )
             stage_record(client, batch, record_ref, maybe_record[0], opened)
         analytics.stage_event(client, batch, analytics.CREDITS_PURCHASED, uid, props, event_id=entry_id)
-        return db.Plan(_Credited(Outcome(CREDITED, uid, pack.credits, balance), record), batch)
+        return db.Plan(_Credited(Outcome(Action.CREDITED, uid, pack.credits, balance), record), batch)
 
     credited = db.commit_optimistically(plan)
-    if credited.outcome.action == CREDITED:
+    if credited.outcome.action == Action.CREDITED:
         analytics.emitted(analytics.CREDITS_PURCHASED, uid, props)
     for parked_id in credited.record.parked:
         apply_parked(client, settings, parked_id, credited.record.parked_events.get(parked_id))
@@ -429,7 +485,7 @@ def settle_payment(
             {**metadata, "stripePaymentIntentId": payment_intent, "stripeEventId": event_id},
         )
         if not moved:
-            outcome = replace(outcome, action=DUPLICATE)
+            outcome = replace(outcome, action=Action.DUPLICATE)
         if stored:
             problems.stage_resolved(client, batch, event_id, outcome.action)
         return db.Plan(outcome, batch if changed != record or stored else None)
@@ -475,7 +531,7 @@ def _move_credits(
     assert record.uid is not None
     user_ref = client.collection(schema.USERS).document(record.uid)
     if not delta:
-        return Outcome(UNCHANGED, record.uid, 0, ledger.balance_of(user_ref.get(**db.rpc())))
+        return Outcome(Action.UNCHANGED, record.uid, 0, ledger.balance_of(user_ref.get(**db.rpc())))
     kind = ledger.REVERSAL if delta > 0 else ledger.REINSTATEMENT
     entry_id = ledger.entry_id(kind, ref)
     entry_ref = client.collection(schema.LEDGER).document(entry_id)
@@ -487,7 +543,7 @@ def _move_credits(
         # Each record change writes its own id, so this means the record and the ledger disagree (a
         # hand edit?): store the event for an operator instead of retrying a commit that must fail.
         raise EventProblem(
-            "ledger_id_taken", f"{entry_id} exists although the payment's record does not account for it"
+            Reason.LEDGER_ID_TAKEN, f"{entry_id} exists although the payment's record does not account for it"
         )
     entry_meta = {**metadata, "purchaseId": record.purchase_id}
     book = ledger.Book(client, batch, user, clock.now())
@@ -500,7 +556,7 @@ def _move_credits(
     balance = book.close()
     props = {"entryId": entry_id, "credits": -delta, **metadata}
     analytics.stage_event(client, batch, _ANALYTICS[kind], record.uid, props, event_id=entry_id)
-    return Outcome(REVERSED if delta > 0 else REINSTATED, record.uid, -delta, balance)
+    return Outcome(Action.REVERSED if delta > 0 else Action.REINSTATED, record.uid, -delta, balance)
 
 
 def _park(
@@ -509,22 +565,24 @@ def _park(
     """Keep the event on the payment's record until its purchase is credited."""
     event_id = str(event.get("id"))
     if event_id in record.parked:
-        return db.Plan(Outcome(PARKED))
+        return db.Plan(Outcome(Action.PARKED))
     record.parked.append(event_id)
     record.parked_events[event_id] = problems.payload_of(event)
     batch = client.batch()
     stage_record(client, batch, snap.reference, snap, record)
     message = "no purchase is recorded for this payment (yet); it applies when the purchase is credited"
     problems.stage_problem(
-        client, batch, event, PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id
+        client, batch, event, Reason.PURCHASE_NOT_FOUND, message, payment_intent=snap.reference.id
     )
-    return db.Plan(Outcome(PARKED, problem=PURCHASE_NOT_FOUND), batch)
+    return db.Plan(Outcome(Action.PARKED, problem=Reason.PURCHASE_NOT_FOUND), batch)
 
 
 def _refund_status(refund: dict[str, Any]) -> str:
     status = _REFUND_STATUS.get(str(refund.get("status")))
     if status is None:
-        raise EventProblem("malformed_event", f"the refund has an unknown status {refund.get('status')!r}")
+        raise EventProblem(
+            Reason.MALFORMED_EVENT, f"the refund has an unknown status {refund.get('status')!r}"
+        )
     return status
 
 
@@ -557,7 +615,9 @@ def on_charge_refunded(
         _money(charge.get("amount_refunded"), "amount_refunded"),
     )
     if amount <= 0 or refunded > amount:
-        raise EventProblem("malformed_event", "the charge's amount_refunded is not between 0 and its amount")
+        raise EventProblem(
+            Reason.MALFORMED_EVENT, "the charge's amount_refunded is not between 0 and its amount"
+        )
     listed = charge.get("refunds")
     outcomes = []
     for refund in listed.get("data", []) if isinstance(listed, dict) else []:
@@ -578,12 +638,12 @@ def on_dispute(client: Client, dispute: dict[str, Any], event: dict[str, Any], s
     """`charge.dispute.created` takes back what is left; `charge.dispute.closed` gives it back when won."""
     dispute_id = _doc_id(dispute.get("id"), "dispute id")
     payment_intent = _object_id(dispute.get("payment_intent"), "payment intent")
-    if event.get("type") == DISPUTE_CREATED:
+    if event.get("type") == EventType.DISPUTE_CREATED:
         status = OPEN
     elif (status_or_none := _DISPUTE_CLOSED.get(str(dispute.get("status")))) is not None:
         status = status_or_none
     else:
-        raise EventProblem("malformed_event", f"the closed dispute has status {dispute.get('status')!r}")
+        raise EventProblem(Reason.MALFORMED_EVENT, f"the closed dispute has status {dispute.get('status')!r}")
     meta = {
         "stripeDisputeId": dispute_id,
         "stripeChargeId": problems.id_of(dispute.get("charge")),
@@ -615,55 +675,63 @@ def _on_session_completed(
 ) -> Outcome:
     if session.get("mode") == "subscription":
         # Credits come from the subscription's paid invoices (`invoice.paid`), never from its session.
-        return Outcome(IGNORED)
+        return Outcome(Action.IGNORED)
     status = session.get("payment_status")
     if status == "paid":
         return credit_checkout_session(client, settings, session, str(event.get("id")))
     if status == "unpaid":
         # A delayed payment method: `checkout.session.async_payment_succeeded` credits it later.
-        return Outcome(AWAITING_PAYMENT)
+        return Outcome(Action.AWAITING_PAYMENT)
     raise EventProblem(
-        "not_paid", f"the completed session has payment_status {status!r}; nothing was credited"
+        Reason.NOT_PAID, f"the completed session has payment_status {status!r}; nothing was credited"
     )
 
 
 Handler = Callable[["Client", Settings, dict[str, Any], dict[str, Any], bool], Outcome]
-_HANDLERS: dict[str, Handler] = {
-    SESSION_COMPLETED: _on_session_completed,
-    SESSION_ASYNC_SUCCEEDED: lambda client, settings, session, event, _stored: credit_checkout_session(
-        client, settings, session, str(event.get("id"))
+
+
+def _without_settings(on: Callable[[Client, dict[str, Any], dict[str, Any], bool], Outcome]) -> Handler:
+    """A handler of a refund, charge or dispute event (`on(client, object, event, stored)`)."""
+    return lambda client, _settings, obj, event, stored: on(client, obj, event, stored)
+
+
+_HANDLERS: dict[EventType, Handler] = {
+    EventType.SESSION_COMPLETED: _on_session_completed,
+    EventType.SESSION_ASYNC_SUCCEEDED: lambda client, settings, session, event, _stored: (
+        credit_checkout_session(client, settings, session, str(event.get("id")))
     ),
-    CHARGE_REFUNDED: lambda client, _settings, charge, event, stored: on_charge_refunded(
-        client, charge, event, stored
-    ),
-    REFUND_CREATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
-    REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
-    REFUND_FAILED: lambda client, _settings, refund, event, stored: on_refund(client, refund, event, stored),
-    CHARGE_REFUND_UPDATED: lambda client, _settings, refund, event, stored: on_refund(
-        client, refund, event, stored
-    ),
-    DISPUTE_CREATED: lambda client, _settings, dispute, event, stored: on_dispute(
-        client, dispute, event, stored
-    ),
-    DISPUTE_CLOSED: lambda client, _settings, dispute, event, stored: on_dispute(
-        client, dispute, event, stored
-    ),
+    EventType.CHARGE_REFUNDED: _without_settings(on_charge_refunded),
+    EventType.REFUND_CREATED: _without_settings(on_refund),
+    EventType.REFUND_UPDATED: _without_settings(on_refund),
+    EventType.REFUND_FAILED: _without_settings(on_refund),
+    EventType.CHARGE_REFUND_UPDATED: _without_settings(on_refund),
+    EventType.DISPUTE_CREATED: _without_settings(on_dispute),
+    EventType.DISPUTE_CLOSED: _without_settings(on_dispute),
 }
 
 
-def _subscription_handler(type: str) -> Handler | None:
+def _subscription_handler(type: EventType) -> Handler | None:
     """Subscription events live in `lib.subscriptions`, which builds on this module (imported here
     on first use, so the two do not import each other at load time)."""
     from functions.lib import subscriptions as subs
 
     return {
-        subs.SUB_CREATED: subs.on_subscription,
-        subs.SUB_UPDATED: subs.on_subscription,
-        subs.SUB_DELETED: subs.on_subscription,
-        subs.INVOICE_PAID: subs.grant_period,
-        subs.INVOICE_FAILED: subs.on_invoice_failed,
-        subs.INVOICE_PAYMENT_PAID: subs.link_payment,
+        EventType.SUB_CREATED: subs.on_subscription,
+        EventType.SUB_UPDATED: subs.on_subscription,
+        EventType.SUB_DELETED: subs.on_subscription,
+        EventType.INVOICE_PAID: subs.grant_period,
+        EventType.INVOICE_FAILED: subs.on_invoice_failed,
+        EventType.INVOICE_PAYMENT_PAID: subs.link_payment,
     }.get(type)
+
+
+def handler_of(type: Any) -> Handler | None:
+    """The handler of an event's `type`; None for a type the webhook does not handle."""
+    try:
+        known = EventType(type)
+    except ValueError:
+        return None
+    return _HANDLERS.get(known) or _subscription_handler(known)
 
 
 def _uid_named(obj: Any) -> str | None:
@@ -689,26 +757,27 @@ def handle_event(
     outcome; transient failures raise (`Unavailable`), so the delivery is retried. `stored`: the
     event comes from `stripe_event_problems`, and is marked resolved when it applies.
     """
-    handler = _HANDLERS.get(str(event.get("type"))) or _subscription_handler(str(event.get("type")))
+    handler = handler_of(event.get("type"))
     if handler is None:
-        return Outcome(IGNORED)
+        return Outcome(Action.IGNORED)
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
     try:
         if event.get("livemode") is not (settings.stripe_mode == "live"):
             mode = "live" if event.get("livemode") else "test"
             raise EventProblem(
-                "livemode_mismatch", f"a {mode}-mode event reached a {settings.stripe_mode}-mode deployment"
+                Reason.LIVEMODE_MISMATCH,
+                f"a {mode}-mode event reached a {settings.stripe_mode}-mode deployment",
             )
         if not isinstance(obj, dict):
-            raise EventProblem("malformed_event", "the event has no data.object")
+            raise EventProblem(Reason.MALFORMED_EVENT, "the event has no data.object")
         return handler(client, settings, obj, event, stored)
     except EventProblem as problem:
         uid = _uid_named(obj)
         problems.store(
             client, event, problem.reason, problem.message, uid=uid if isinstance(uid, str) else None
         )
-        return Outcome(PROBLEM, problem=problem.reason)
+        return Outcome(Action.PROBLEM, problem=problem.reason)
 
 
 def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome:
@@ -717,7 +786,7 @@ def replay_problem(client: Client, settings: Settings, event_id: str) -> Outcome
     if event is None:
         raise NotFound(f"No stored Stripe event {event_id}.")
     outcome = handle_event(client, settings, event, stored=True)
-    if outcome.action not in (PROBLEM, PARKED):
+    if outcome.action not in (Action.PROBLEM, Action.PARKED):
         # Purchases and subscription events write no problem state of their own (refunds and
         # disputes do, in their commit; marking again changes nothing): mark the stored copy here.
         batch = client.batch()

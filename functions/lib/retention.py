@@ -65,7 +65,7 @@ MARKED, KEPT, GONE = "marked", "kept", "gone"
 
 class SweepEvent(enum.StrEnum):
     """What `progress(event, fields)` hears from a pass, with its fields (`event` is the value: the
-    operator CLI prints these). Settlement's own events (`settlement.SettlementEvent`) pass through."""
+    operator CLI prints these). Settlement's own events (`settlement.Event`) pass through."""
 
     EXPIRED = "expired"  # projectId: found expired, not marked yet
     CHUNK = "chunk"  # projectId, versionsDeleted (so far): one commit of a project's versions

@@ -43,7 +43,7 @@ OVERDUE_AFTER = audit.EXPIRY_GRACE
 PAGE = 100
 
 
-class SettlementEvent(enum.StrEnum):
+class Event(enum.StrEnum):
     """What `progress(event, fields)` hears from a pass (`event` is the value), with its fields."""
 
     REFUNDED = "refunded"  # generationId, userId, amount
@@ -52,7 +52,7 @@ class SettlementEvent(enum.StrEnum):
     WOULD_EXPIRE_GRANTS = "would_expire_grants"  # userId (dry run)
 
 
-# progress(event, fields): the events are SettlementEvent's values.
+# progress(event, fields): the events are Event's values.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -123,7 +123,7 @@ def settle_stale_charges(
             continue
         if dry_run:
             report.refunds_settled += 1
-            _emit(progress, SettlementEvent.WOULD_REFUND, generationId=snap.id, userId=owner)
+            _emit(progress, Event.WOULD_REFUND, generationId=snap.id, userId=owner)
             continue
         try:
             settled = generations.refund(client, snap.id, owner, REASON)
@@ -135,9 +135,7 @@ def settle_stale_charges(
             continue
         if settled.applied:
             report.refunds_settled += 1
-            _emit(
-                progress, SettlementEvent.REFUNDED, generationId=snap.id, userId=owner, amount=settled.amount
-            )
+            _emit(progress, Event.REFUNDED, generationId=snap.id, userId=owner, amount=settled.amount)
     if report.complete:
         _expire_grants(client, report, uid=uid, has_time=has_time, dry_run=dry_run, progress=progress)
     report.complete = report.complete and not report.deferred
@@ -193,7 +191,7 @@ def _write_off(
             report.complete = False
             return
         if dry_run:
-            _emit(progress, SettlementEvent.WOULD_EXPIRE_GRANTS, userId=owner)
+            _emit(progress, Event.WOULD_EXPIRE_GRANTS, userId=owner)
             continue
         try:
             credits = ledger.settle_expiries(client, owner)
@@ -203,7 +201,7 @@ def _write_off(
             continue
         if credits:
             report.credits_expired += credits
-            _emit(progress, SettlementEvent.GRANTS_EXPIRED, userId=owner, credits=credits)
+            _emit(progress, Event.GRANTS_EXPIRED, userId=owner, credits=credits)
 
 
 def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime | None = None) -> int:
@@ -212,6 +210,6 @@ def settle_user(client: Client, settings: Settings, uid: str, *, now: datetime |
     return settle_stale_charges(client, settings, now=now, uid=uid).refunds_settled
 
 
-def _emit(progress: Progress | None, event: SettlementEvent, **fields: Any) -> None:
+def _emit(progress: Progress | None, event: Event, **fields: Any) -> None:
     if progress is not None:
         progress(event.value, fields)

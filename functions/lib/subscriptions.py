@@ -33,16 +33,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import analytics, clock, db, ids, ledger, problems
 from functions.lib.config import Plan, Settings
 from functions.lib.payments import (
-    DUPLICATE,
-    IGNORED,
+    Action,
     EventProblem,
+    EventType,
     Outcome,
     PaymentRecord,
+    Reason,
     apply_parked,
     check_price,
     stage_record,
@@ -128,13 +130,6 @@ class Period:
 # Reading Stripe's objects (both payload shapes) -------------------------------------------------
 
 SUBSCRIPTION_SOURCE = "subscription:"
-CREATE, CYCLE, UPDATE = "subscription_create", "subscription_cycle", "subscription_update"
-SUB_CREATED = "customer.subscription.created"
-SUB_UPDATED = "customer.subscription.updated"
-SUB_DELETED = "customer.subscription.deleted"
-INVOICE_PAID, INVOICE_FAILED = "invoice.paid", "invoice.payment_failed"
-INVOICE_PAYMENT_PAID = "invoice_payment.paid"
-NOT_OURS = "not_our_subscription"
 # On `subscriptions/{id}` once its user was erased (`lib/user_data.py`): its events change nothing.
 ERASED = "erased"
 
@@ -212,7 +207,9 @@ def _uid_of(metadata: dict[str, Any]) -> str:
     """Our uid in a subscription's metadata; a subscription this app never sold has none."""
     uid = metadata.get("userId")
     if not ids.is_doc_id(uid):
-        raise EventProblem(NOT_OURS, "the subscription carries no userId of ours: nothing was credited")
+        raise EventProblem(
+            Reason.NOT_OUR_SUBSCRIPTION, "the subscription carries no userId of ours: nothing was credited"
+        )
     return str(uid)
 
 
@@ -225,7 +222,7 @@ def _subscription_fields(
     settings: Settings, sub: dict[str, Any], event: dict[str, Any], uid: str
 ) -> dict[str, Any]:
     """`subscriptions/{id}` as a subscription event tells it."""
-    deleted = event.get("type") == SUB_DELETED
+    deleted = event.get("type") == EventType.SUB_DELETED
     created = _event_created(event)
     period = subscription_period(sub)
     price = subscription_price(sub)
@@ -256,9 +253,9 @@ def on_subscription(
     `deleted` also writes off the subscription's live grants at once (`void_{grantId}`)."""
     sub_id = sub.get("id")
     if not ids_ok(sub_id):
-        raise EventProblem("malformed_event", "the event has no usable subscription id")
+        raise EventProblem(Reason.MALFORMED_EVENT, "the event has no usable subscription id")
     uid = _uid_of(_dict(sub.get("metadata")))
-    deleted = event.get("type") == SUB_DELETED
+    deleted = event.get("type") == EventType.SUB_DELETED
     created = _event_created(event)
     fields = _subscription_fields(settings, sub, event, uid)
     sub_ref = client.collection(SUBSCRIPTIONS).document(str(sub_id))
@@ -271,12 +268,12 @@ def on_subscription(
         snap, user = db.get_all(client, [sub_ref, user_ref])
         known = (snap.to_dict() or {}) if snap.exists else {}
         if known.get(ERASED):
-            return db.Plan(Outcome(IGNORED))
+            return db.Plan(Outcome(Action.IGNORED))
         if known.get("userId") not in (None, uid):
-            raise EventProblem("subscription_reused", f"subscription {sub_id} belongs to another user")
+            raise EventProblem(Reason.SUBSCRIPTION_REUSED, f"subscription {sub_id} belongs to another user")
         if created < int(known.get("eventCreated") or 0) or known.get("endedAt"):
             # An older event, or anything after the end (`deleted` is final): what we have is newer.
-            return db.Plan(Outcome(DUPLICATE, uid))
+            return db.Plan(Outcome(Action.DUPLICATE, uid))
         batch = client.batch()
         write = {**fields, "updatedAt": SERVER_TIMESTAMP}
         if snap.exists:
@@ -290,7 +287,7 @@ def on_subscription(
                 credits -= book.void(grant.id, "subscription ended")
             if book.touched:
                 balance = book.close()
-        return db.Plan(Outcome(ENDED if deleted else RECORDED, uid, credits, balance), batch)
+        return db.Plan(Outcome(Action.ENDED if deleted else Action.RECORDED, uid, credits, balance), batch)
 
     return db.commit_optimistically(plan_)
 
@@ -301,11 +298,11 @@ def on_invoice_failed(
     """`invoice.payment_failed`: nothing is granted; the subscription's document notes the failure."""
     sub_id, metadata = invoice_subscription(invoice)
     if sub_id is None or not ids_ok(sub_id):
-        return Outcome(IGNORED)
+        return Outcome(Action.IGNORED)
     uid = _uid_of(metadata)
     if not _note_invoice(client, sub_id, uid, invoice, event, "payment_failed"):
-        return Outcome(IGNORED)
-    return Outcome(RECORDED, uid)
+        return Outcome(Action.IGNORED)
+    return Outcome(Action.RECORDED, uid)
 
 
 def _note_invoice(
@@ -365,14 +362,20 @@ def problems_id(value: Any) -> Any:
 
 # invoice.paid: the period's credits, once per invoice -------------------------------------------
 
-RECORDED, ENDED, GRANTED, LINKED = "recorded", "ended", "granted", "linked"
+
+class BillingReason(StrEnum):
+    """The invoice's `billing_reason`s that grant credits (`Award.kind`, the grant's `billingReason`)."""
+
+    CREATE = "subscription_create"
+    CYCLE = "subscription_cycle"
+    UPDATE = "subscription_update"
 
 
 @dataclass(frozen=True)
 class Award:
     """What a paid subscription invoice grants: `credits` of `plan`, until `expires_at`."""
 
-    kind: str  # CREATE, CYCLE or UPDATE
+    kind: BillingReason
     plan: Plan
     credits: int
     period: Period
@@ -388,7 +391,9 @@ def _plan_of(settings: Settings, price: str | None, metadata: dict[str, Any]) ->
         plan_id = metadata.get("planId")
         plan = settings.plans.get(plan_id) if isinstance(plan_id, str) else None
     if plan is None:
-        raise EventProblem("unknown_plan", f"price {price!r} is not a plan of PLANS: nothing was credited")
+        raise EventProblem(
+            Reason.UNKNOWN_PLAN, f"price {price!r} is not a plan of PLANS: nothing was credited"
+        )
     return plan
 
 
@@ -399,26 +404,28 @@ def award_of(
     thresholds). `known_period` is the subscription's current period as stored (for upgrades)."""
     reason = invoice.get("billing_reason")
     lines = lines_of(invoice)
-    if reason in (CREATE, CYCLE):
+    if reason in (BillingReason.CREATE, BillingReason.CYCLE):
         line = next((li for li in lines if not line_proration(li) and line_period(li)), None)
         period = line_period(line) if line else None
         if line is None or period is None:
-            raise EventProblem("malformed_event", "the invoice has no subscription line with a period")
+            raise EventProblem(Reason.MALFORMED_EVENT, "the invoice has no subscription line with a period")
         plan = _plan_of(settings, line_price(line), metadata)
         paid = invoice.get("amount_paid")
-        trial = reason == CREATE and paid == 0
+        trial = reason == BillingReason.CREATE and paid == 0
         if not trial:
             check_price(
                 plan.amount, plan.currency, line.get("amount"), invoice.get("currency"), f"plan {plan.id}"
             )
         credits = plan.trial_credits if trial else plan.credits
-        return Award(str(reason), plan, credits, period, period.grant_expiry(settings.period_grace_h), trial)
-    if reason == UPDATE:
+        return Award(
+            BillingReason(reason), plan, credits, period, period.grant_expiry(settings.period_grace_h), trial
+        )
+    if reason == BillingReason.UPDATE:
         up = [li for li in lines if line_proration(li) and (li.get("amount") or 0) > 0 and line_period(li)]
         down = [li for li in lines if line_proration(li) and (li.get("amount") or 0) < 0]
         if not up:
             raise EventProblem(
-                "malformed_event", "the upgrade invoice has no proration line for the new price"
+                Reason.MALFORMED_EVENT, "the upgrade invoice has no proration line for the new price"
             )
         new = _plan_of(settings, line_price(up[0]), {})
         old = _plan_of(settings, line_price(down[0]), {}) if down else None
@@ -426,14 +433,14 @@ def award_of(
         assert unused is not None
         if known_period is None or known_period.end != unused.end:
             raise EventProblem(
-                "period_unknown",
+                Reason.PERIOD_UNKNOWN,
                 "the subscription's current period is not known yet; replay after its update arrives",
             )
         whole = (known_period.end - known_period.start).total_seconds()
         left = (unused.end - unused.start).total_seconds()
         diff = new.credits - (old.credits if old else 0)
         credits = max(0, int(diff * left // whole)) if whole > 0 else 0
-        return Award(UPDATE, new, credits, unused, unused.grant_expiry(settings.period_grace_h))
+        return Award(BillingReason.UPDATE, new, credits, unused, unused.grant_expiry(settings.period_grace_h))
     return None
 
 
@@ -444,10 +451,10 @@ def grant_period(
     periods' grants (rollover), and open the payment's record when the payment is known."""
     sub_id, metadata = invoice_subscription(invoice)
     if sub_id is None:
-        return Outcome(IGNORED)  # a one-off invoice: nothing of ours
+        return Outcome(Action.IGNORED)  # a one-off invoice: nothing of ours
     invoice_id = invoice.get("id")
     if not ids_ok(invoice_id) or not ids_ok(sub_id):
-        raise EventProblem("malformed_event", "the event has no usable invoice or subscription id")
+        raise EventProblem(Reason.MALFORMED_EVENT, "the event has no usable invoice or subscription id")
     uid = _uid_of(metadata)
     ident = ledger.entry_id(ledger.PERIOD, str(invoice_id))
     source = source_of(sub_id)
@@ -469,16 +476,16 @@ def grant_period(
 
         user, existing, sub_snap, link = db.get_all(client, [user_ref, entry_ref, sub_ref, link_ref])
         if (sub_snap.to_dict() or {}).get(ERASED):
-            return db.Plan(Granted(Outcome(IGNORED), {}))
+            return db.Plan(Granted(Outcome(Action.IGNORED), {}))
         if existing.exists:
             if existing.get("userId") != uid:
-                raise EventProblem("invoice_reused", f"{ident} was granted to another user")
-            return db.Plan(Granted(Outcome(DUPLICATE, uid, 0, ledger.balance_of(user)), {}))
+                raise EventProblem(Reason.INVOICE_REUSED, f"{ident} was granted to another user")
+            return db.Plan(Granted(Outcome(Action.DUPLICATE, uid, 0, ledger.balance_of(user)), {}))
         known = (sub_snap.to_dict() or {}) if sub_snap.exists else {}
         start, end = known.get("currentPeriodStart"), known.get("currentPeriodEnd")
         award = award_of(settings, invoice, metadata, Period(start, end) if start and end else None)
         if award is None:
-            return db.Plan(Granted(Outcome(IGNORED, uid), {}))
+            return db.Plan(Granted(Outcome(Action.IGNORED, uid), {}))
         linked = (link.to_dict() or {}) if link.exists else {}
         pi = direct_pi if ids_ok(direct_pi) else linked.get("paymentIntentId")
         record_snap = client.collection(PAYMENTS).document(pi).get(**db.rpc()) if pi and paid else None
@@ -512,7 +519,7 @@ def grant_period(
         props = {"invoiceId": invoice_id, "planId": award.plan.id, "credits": award.credits}
         analytics.stage_event(client, batch, analytics.PERIOD_GRANTED, uid, props, event_id=ident)
         return db.Plan(
-            Granted(Outcome(GRANTED, uid, balance - ledger.balance_of(user), balance), parked), batch
+            Granted(Outcome(Action.GRANTED, uid, balance - ledger.balance_of(user), balance), parked), batch
         )
 
     granted = db.commit_optimistically(plan_)
@@ -527,10 +534,10 @@ def _end_periods(book: ledger.Book, ours: list[Grant], award: Award, invoice_id:
     subscription has ended, or a later period was granted first (events out of order)."""
     ident = ledger.entry_id(ledger.PERIOD, invoice_id)
     later = [g for g in ours if g.expires_at is not None and g.expires_at > award.expires_at]
-    if ended or (later and award.kind != UPDATE):
+    if ended or (later and award.kind != BillingReason.UPDATE):
         book.void(ident, "subscription ended" if ended else "a later period was granted")
         return
-    if award.kind == UPDATE:
+    if award.kind == BillingReason.UPDATE:
         return  # an upgrade adds to the current period, whose grant stays
     earlier = [g for g in ours if g.expires_at is None or g.expires_at < award.expires_at]
     held = sum(g.remaining for g in earlier)
@@ -560,7 +567,7 @@ def _open_record(
     record = PaymentRecord.of(snap)
     if record.purchased:
         raise EventProblem(
-            "payment_reused", f"payment intent {snap.reference.id} already paid for {record.purchase_id}"
+            Reason.PAYMENT_REUSED, f"payment intent {snap.reference.id} already paid for {record.purchase_id}"
         )
     opened = replace(record, uid=uid, purchase_id=grant_id, credits=credits, amount=paid)
     stage_record(client, batch, snap.reference, snap, opened)
@@ -590,9 +597,9 @@ def link_payment(
     detail = _dict(payment.get("payment"))
     pi = problems_id(detail.get("payment_intent"))
     if detail.get("type") not in (None, "payment_intent") or not ids_ok(pi):
-        return Outcome(IGNORED)  # paid out of band or by another method: no refund can reach us
+        return Outcome(Action.IGNORED)  # paid out of band or by another method: no refund can reach us
     if not ids_ok(invoice_id):
-        raise EventProblem("malformed_event", "the invoice payment names no usable invoice")
+        raise EventProblem(Reason.MALFORMED_EVENT, "the invoice payment names no usable invoice")
     link_ref = client.collection(INVOICES).document(str(invoice_id))
     record_ref = client.collection(PAYMENTS).document(str(pi))
 
@@ -607,7 +614,7 @@ def link_payment(
         record = PaymentRecord.of(record_snap)
         uid = linked.get("userId")
         if linked.get("paymentIntentId") == pi and (record.purchased or not linked.get("grantId")):
-            return db.Plan(Linked(Outcome(DUPLICATE, uid), {}))
+            return db.Plan(Linked(Outcome(Action.DUPLICATE, uid), {}))
         batch = client.batch()
         _stage_link(client, batch, link, {"paymentIntentId": pi})
         parked: dict[str, str | None] = {}
@@ -615,7 +622,7 @@ def link_payment(
         if grant_id and paid and not record.purchased:
             credits = int(linked.get("credits") or 0)
             parked = _open_record(client, batch, record_snap, str(uid), grant_id, credits, paid)
-        return db.Plan(Linked(Outcome(LINKED, uid), parked), batch)
+        return db.Plan(Linked(Outcome(Action.LINKED, uid), parked), batch)
 
     linked = db.commit_optimistically(plan_)
     for parked_id, payload in linked.parked.items():
