@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,8 @@ class BillingError(Exception):
 @dataclass
 class Subscription:
     obj: dict[str, Any]  # the Subscription object as Stripe holds it now
-    offset: int = 0  # seconds this subscription's clock runs ahead of the real time
+    clock: Callable[[], int]  # the double's time (Unix seconds)
+    offset: int = 0  # seconds this subscription's clock runs ahead of the double's
     open_invoice: dict[str, Any] | None = None  # a renewal invoice whose payment failed
 
     @property
@@ -68,12 +70,15 @@ class Subscription:
         return int(self.item["current_period_start"]), int(self.item["current_period_end"])
 
     def now(self) -> int:
-        return int(time.time()) + self.offset
+        return self.clock() + self.offset
 
 
 class Billing:
-    def __init__(self, prices: dict[str, int]) -> None:
+    def __init__(self, prices: dict[str, int], clock: Callable[[], int] | None = None) -> None:
+        """`clock`: the time subscriptions start at and run on (the real time when None); each
+        subscription's clock then runs ahead of it by what its steps moved it."""
         self.prices = prices  # price id -> unit amount in cents (shared with the double)
+        self.clock = clock or (lambda: int(time.time()))
         self.subscriptions: dict[str, Subscription] = {}
         self._lock = threading.Lock()
 
@@ -92,7 +97,7 @@ class Billing:
         metadata = dict(session.get("subscription_data", {}).get("metadata", {}))
         customer = str(session["customer"])
         sub_id = se.new_id("sub")
-        start = int(time.time())
+        start = self.clock()
         obj = se.subscription(
             sub_id,
             metadata.get("userId"),
@@ -103,7 +108,7 @@ class Billing:
             period_end=start + PERIOD_S,
         )
         obj["metadata"] = metadata
-        sub = Subscription(obj)
+        sub = Subscription(obj, self.clock)
         invoice, pi = self._invoice(sub, "subscription_create", [self._line(price, start, start + PERIOD_S)])
         obj["latest_invoice"] = invoice["id"]
         completed = {

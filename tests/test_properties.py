@@ -10,9 +10,13 @@ charges draw in spend order from unexpired grants, refunds give draws back (noth
 expired or was voided), a reversal takes from its purchase's grant and the rest becomes debt, a new
 grant or a reinstatement repays debt first.
 
-Steps: subscriptions to a plan (Stripe's four events in any order), renewals (in Stripe's order or
-the reverse: the period grant, the earlier period ending with up to the plan's rollover carried),
-renewals whose payment fails (nothing granted) and is then retried,
+Steps: subscriptions to a plan (Stripe's four events in any order), renewals at the period's end on
+the model's clock, which Stripe's periods run on (in Stripe's order or the reverse: the period grant,
+the earlier period ending with up to the plan's rollover carried; late when the clock already passed
+the end, after the grants expired),
+renewals whose payment fails (nothing granted) and is then retried, upgrades from one plan to
+another (their invoice's five events in any order: the prorated difference in plan credits, the
+period's grants kept) and downgrades (nothing until the next renewal bills the cheaper plan),
 immediate cancellations, refunds and disputes of a paid invoice's payment (its period's grant,
 then debt; a won dispute gives back, debt first);
 purchases (duplicated, both session event types, unpaid ones; one pack expires), refunds
@@ -52,7 +56,13 @@ PACKS = {"starter": 100, "creator": 500}
 CREATOR_EXPIRES = timedelta(days=3)  # the model's catalog: creator packs expire, starter packs never
 AMOUNT = 1000  # what each payment cost, in cents
 COST = {"initial": 50, "iteration": 25}
-PLAN = {"credits": 120, "rollover": 30, "amount": 1500, "price": "price_prop_pro"}
+# Two plans: subscribers start on pro and move to max (an upgrade, its prorated difference invoiced
+# at once) and back (a downgrade, billed from the next renewal).
+PLANS = {
+    "pro": {"credits": 120, "rollover": 30, "amount": 1500, "price": "price_prop_pro"},
+    "max": {"credits": 300, "rollover": 60, "amount": 3000, "price": "price_prop_max"},
+}
+PLAN_OF_PRICE = {plan["price"]: plan for plan in PLANS.values()}
 PERIOD_GRACE = timedelta(hours=72)
 
 _env: dict[str, Any] = {}
@@ -129,14 +139,16 @@ class SubPayment:
     grant_id: str
     pi: str
     charge: str
+    credits: int  # what the invoice granted
+    amount: int  # what it charged, in cents
     refunded: int = 0  # cents
     applied: int = 0  # credits taken back so far
     dispute: str | None = None  # open | won | lost
 
     def taken_back(self) -> int:
         if self.dispute in ("open", "lost"):
-            return PLAN["credits"]
-        return PLAN["credits"] * min(self.refunded, PLAN["amount"]) // PLAN["amount"]
+            return self.credits
+        return self.credits * min(self.refunded, self.amount) // self.amount
 
 
 @dataclass
@@ -242,7 +254,10 @@ class Credits(RuleBasedStateMachine):
         self.settings = replace(
             base,
             credit_packs=packs,
-            plans={"pro": Plan("pro", PLAN["price"], PLAN["credits"], PLAN["rollover"])},
+            plans={
+                plan_id: Plan(plan_id, plan["price"], plan["credits"], plan["rollover"])
+                for plan_id, plan in PLANS.items()
+            },
             period_grace_h=int(PERIOD_GRACE.total_seconds() // 3600),
             generate_concurrency=10**6,
             generate_limit=10**6,
@@ -253,8 +268,13 @@ class Credits(RuleBasedStateMachine):
         self.now = datetime.now(UTC).replace(microsecond=0)
         self.clock = contextlib.ExitStack()
         self.clock.enter_context(clock.frozen(self.now))
-        self.billing = Billing({PLAN["price"]: PLAN["amount"]})
+        # Stripe's periods run on the model's clock: a subscription starts now, and renews at its
+        # period's end (the `renew` steps move the clock there first).
+        self.billing = Billing(
+            {plan["price"]: plan["amount"] for plan in PLANS.values()}, lambda: int(self.now.timestamp())
+        )
         self.subscribed: dict[str, str] = {}  # uid -> live subscription id
+        self.plan_of: dict[str, str] = {}  # uid -> the plan its live subscription is billed at
         self.invoices: list[SubPayment] = []
         for uid in USERS:
             terms.accept(self.db, uid, TERMS, TERMS)
@@ -395,30 +415,56 @@ class Credits(RuleBasedStateMachine):
         for i in [*order, *rest]:
             self.deliver(events[i])
 
+    def to_period_end(self, sub_id: str) -> None:
+        """The clock on to the subscription's period end, where Stripe renews it (a subscription whose
+        end the clock already passed renews late: its grants may have expired meanwhile)."""
+        end = datetime.fromtimestamp(self.billing.subscriptions[sub_id].period[1], UTC)
+        self.move_clock(max(self.now, end))
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data(), hours=st.sampled_from([1, 48, 100]))
+    def a_period_ends_before_its_renewal_is_paid(self, data: st.DataObject, hours: int) -> None:
+        """The clock past a subscriber's period end with no renewal paid yet: its grants hold for
+        PERIOD_GRACE (72 h), then expire."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        self.to_period_end(self.subscribed[uid])
+        self.move_clock(self.now + timedelta(hours=hours))
+
     def period_granted(self, uid: str, events: list[dict[str, Any]]) -> None:
         """The model's side of one paid subscription invoice (subscription_create or _cycle): the
         period's grant (it repays debt first), then the subscription's earlier grants that still hold
         credits end, up to the plan's rollover of what they held carried into a rollover grant."""
-        [paid] = [e["data"]["object"] for e in events if e["type"] == "invoice.paid"]
-        [link] = [e["data"]["object"] for e in events if e["type"] == "invoice_payment.paid"]
-        wallet, sub_id = self.wallets[uid], paid["parent"]["subscription_details"]["subscription"]
-        source = f"subscription:{sub_id}"
+        paid, [line] = self.paid_invoice(events)
+        plan = PLAN_OF_PRICE[line["pricing"]["price_details"]["price"]]
+        wallet, source = self.wallets[uid], self.source(paid)
         ours = [
             g
             for g in wallet.grants.values()
             if g.source == source and wallet.alive(g, self.now) and g.remaining > 0
         ]
-        end = datetime.fromtimestamp(paid["lines"]["data"][0]["period"]["end"], UTC) + PERIOD_GRACE
+        end = datetime.fromtimestamp(line["period"]["end"], UTC) + PERIOD_GRACE
         gid = f"period_{paid['id']}"
-        wallet.add(ModelGrant(gid, PLAN["credits"], "paid", 50, end, self.now, source=source))
+        wallet.add(ModelGrant(gid, plan["credits"], "paid", 50, end, self.now, source=source))
         held = sum(g.remaining for g in ours)
         for g in ours:
             g.ended = True
-        if min(held, PLAN["rollover"]):
+        if min(held, plan["rollover"]):
             rid = f"rollover_{paid['id']}"
-            wallet.add(ModelGrant(rid, min(held, PLAN["rollover"]), "paid", 50, end, self.now, source=source))
-        pi = link["payment"]["payment_intent"]
-        self.invoices.append(SubPayment(uid, gid, pi, f"ch_{pi}"))
+            wallet.add(ModelGrant(rid, min(held, plan["rollover"]), "paid", 50, end, self.now, source=source))
+        self.invoice_paid(uid, gid, events, plan["credits"])
+
+    def paid_invoice(self, events: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        [paid] = [e["data"]["object"] for e in events if e["type"] == "invoice.paid"]
+        return paid, paid["lines"]["data"]
+
+    def source(self, invoice: dict[str, Any]) -> str:
+        return f"subscription:{invoice['parent']['subscription_details']['subscription']}"
+
+    def invoice_paid(self, uid: str, gid: str, events: list[dict[str, Any]], credits: int) -> None:
+        """Remember a paid invoice, for its refunds and disputes."""
+        [link] = [e["data"]["object"] for e in events if e["type"] == "invoice_payment.paid"]
+        pi, amount = link["payment"]["payment_intent"], link["amount_paid"]
+        self.invoices.append(SubPayment(uid, gid, pi, f"ch_{pi}", credits, amount))
 
     @rule(uid=st.sampled_from(USERS), order=st.permutations(range(4)))
     def subscribe(self, uid: str, order: list[int]) -> None:
@@ -436,9 +482,10 @@ class Credits(RuleBasedStateMachine):
             "subscription_data": {"metadata": meta},
             "livemode": False,
         }
-        events = self.billing.subscribe(session, PLAN["price"])
+        events = self.billing.subscribe(session, PLANS["pro"]["price"])
         self.deliver_in(events, order)
         self.subscribed[uid] = events[1]["data"]["object"]["id"]
+        self.plan_of[uid] = "pro"
         self.period_granted(uid, events)
 
     @precondition(lambda self: bool(getattr(self, "subscribed", None)))
@@ -446,6 +493,7 @@ class Credits(RuleBasedStateMachine):
     def renew(self, data: st.DataObject, reverse: bool) -> None:
         """A subscriber's next period's invoice paid (Stripe's order, or the reverse)."""
         uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        self.to_period_end(self.subscribed[uid])
         events = self.billing.act(self.subscribed[uid], "renew")
         for event in reversed(events) if reverse else events:
             self.deliver(event)
@@ -458,6 +506,7 @@ class Credits(RuleBasedStateMachine):
         payment's `invoice.paid` then grants that period as a renewal would."""
         uid = data.draw(st.sampled_from(sorted(self.subscribed)))
         sub_id = self.subscribed[uid]
+        self.to_period_end(sub_id)
         for event in self.billing.act(sub_id, "fail_payment"):
             self.deliver(event)
         self.every_grant_debt_and_balance_equals_the_model()  # the store too: the failure granted nothing
@@ -472,12 +521,47 @@ class Credits(RuleBasedStateMachine):
         """`customer.subscription.deleted`: the subscription's grants that hold credits are voided."""
         uid = data.draw(st.sampled_from(sorted(self.subscribed)))
         sub_id = self.subscribed.pop(uid)
+        del self.plan_of[uid]
         for event in self.billing.act(sub_id, "cancel_now"):
             self.deliver(event)
         wallet = self.wallets[uid]
         for g in wallet.grants.values():
             if g.source == f"subscription:{sub_id}" and wallet.alive(g, self.now) and g.remaining > 0:
                 g.ended = True
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data(), order=st.permutations(range(5)))
+    def change_plan(self, data: st.DataObject, order: list[int]) -> None:
+        """From pro, an upgrade to max in the portal (`always_invoice`): the subscription's price
+        changes now, and its `subscription_update` invoice's `invoice.paid` grants the difference in
+        plan credits for the unused part of the period (rounded down), expiring with the period; the
+        period's grants stay. Stripe's five events in any order. From max, a downgrade: one
+        `customer.subscription.updated`, nothing granted; the next renewal grants pro's credits."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        sub_id = self.subscribed[uid]
+        if self.now.timestamp() >= self.billing.subscriptions[sub_id].period[1]:
+            return  # the period is over: Stripe would have renewed it first
+        if self.plan_of[uid] == "max":
+            for event in self.billing.act(sub_id, "downgrade", PLANS["pro"]["price"]):
+                self.deliver(event)
+            self.plan_of[uid] = "pro"
+            return
+        events = self.billing.act(sub_id, "upgrade", PLANS["max"]["price"])
+        self.deliver_in(events, order)
+        self.plan_of[uid] = "max"
+        paid, lines = self.paid_invoice(events)
+        [new] = [li for li in lines if li["amount"] > 0]
+        start, end = new["period"]["start"], new["period"]["end"]
+        period_start, period_end = self.billing.subscriptions[sub_id].period  # Stripe's current period
+        assert period_end == end
+        left, length = end - start, period_end - period_start
+        credits = (PLANS["max"]["credits"] - PLANS["pro"]["credits"]) * left // length
+        gid = f"period_{paid['id']}"
+        expires = datetime.fromtimestamp(end, UTC) + PERIOD_GRACE
+        self.wallets[uid].add(
+            ModelGrant(gid, credits, "paid", 50, expires, self.now, source=self.source(paid))
+        )
+        self.invoice_paid(uid, gid, events, credits)
 
     @rule(data=st.data(), share=st.sampled_from([0.5, 1.0]))
     def refund_an_invoice(self, data: st.DataObject, share: float) -> None:
@@ -486,7 +570,7 @@ class Credits(RuleBasedStateMachine):
         if not self.invoices:
             return
         inv = data.draw(st.sampled_from(self.invoices))
-        room = PLAN["amount"] - inv.refunded
+        room = inv.amount - inv.refunded
         if room <= 0:
             return
         amount = max(1, int(room * share))
@@ -513,10 +597,10 @@ class Credits(RuleBasedStateMachine):
         inv = data.draw(st.sampled_from(self.invoices))
         dispute_id = f"dp_{inv.pi}"
         if step == "created":
-            self.deliver(se.dispute_created(dispute_id, inv.charge, inv.pi, PLAN["amount"]))
+            self.deliver(se.dispute_created(dispute_id, inv.charge, inv.pi, inv.amount))
             inv.dispute = inv.dispute or "open"
         else:
-            self.deliver(se.dispute_closed(dispute_id, inv.charge, inv.pi, step, PLAN["amount"]))
+            self.deliver(se.dispute_closed(dispute_id, inv.charge, inv.pi, step, inv.amount))
             if inv.dispute in (None, "open"):
                 inv.dispute = step
         self.settle_invoice(inv)
