@@ -1,13 +1,16 @@
 """Typed settings from the environment: the one reader of it. The variable names are part of the
-contract (docs/CONFIGURATION.md); every error names the variable."""
+contract; every error names the variable. Each setting is declared once, in SETTINGS (name, attribute,
+default, meaning, how it is read), and docs/CONFIGURATION.md's table is made from those declarations
+(`python -m tools.config_table`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
 
 from functions.lib.deployment import required_secrets
 from functions.lib.errors import ConfigError
@@ -65,8 +68,11 @@ class Plan:
     currency: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
+    """This process's settings, typed: one attribute a declaration in SETTINGS (its variable, default
+    and meaning are there), set by `settings_from`; the last three are not read from the environment."""
+
     project: str
     firestore_emulator_host: str | None
     auth_emulator_host: str | None
@@ -84,48 +90,44 @@ class Settings:
     retention_days: int
     sweep_budget_s: float
     allowed_origins: tuple[str, ...]
-    stripe_mode: str = "test"
-    problem_retention_days: int = 30
-    analytics_retention_days: int = 400
-    # The sweep's fan-out: a pass that finds more expired projects than this enqueues one purge task
-    # per project when a task queue is reachable (deployed, or the Cloud Tasks emulator).
-    sweep_inline_projects: int = 50
-    task_queue: bool = False
-    cloud_tasks_emulator_host: str | None = None
-    # The purgeProject function's URL, where each purge task is sent: Cloud Tasks signs its OIDC token
-    # for this audience, and Cloud Run accepts only its own URLs (deploy.sh sets it; locally the
-    # Functions emulator's). Deployed without it, the sweep does not fan out.
-    purge_task_url: str | None = None
-    region: str = "us-central1"
-    auth_state_cache_s: float = 30.0
-    checkout_limit: int = 10
-    checkout_window_s: int = 3600
-    initial_cost: int = 50
-    iteration_cost: int = 25
-    signup_credits: int = 0
-    signup_credits_expire_days: int = 30
+    stripe_mode: str
+    problem_retention_days: int
+    analytics_retention_days: int
+    sweep_inline_projects: int
+    cloud_tasks_emulator_host: str | None
+    purge_task_url: str | None
+    region: str
+    auth_state_cache_s: float
+    checkout_limit: int
+    checkout_window_s: int
+    signup_credits: int
+    signup_credits_expire_days: int
     # Cost and abuse controls (docs/LIMITS.md): per-user windows, per-user
     # generations in flight, the per-instance model circuit breaker, and what one model call may use.
-    generate_concurrency: int = 3
-    generate_limit: int = 100
-    generate_window_s: int = 3600
-    generate_failure_limit: int = 10
-    generate_failure_window_s: int = 3600
-    breaker_failures: int = 5
-    breaker_window_s: int = 30
-    breaker_cooldown_s: int = 30
-    max_output_tokens: int = 2048
-    thinking_budget: int = 1024
-    export_limit: int = 5
-    export_window_s: int = 3600
-    export_concurrency: int = 4
-    credits_limit: int = 120
-    credits_window_s: int = 60
-    consent_limit: int = 60
-    consent_window_s: int = 60
-    app_check: bool = False
-    plans: Mapping[str, Plan] = field(default_factory=dict)
-    period_grace_h: int = 72
+    generate_concurrency: int
+    generate_limit: int
+    generate_window_s: int
+    generate_failure_limit: int
+    generate_failure_window_s: int
+    breaker_failures: int
+    breaker_window_s: int
+    breaker_cooldown_s: int
+    max_output_tokens: int
+    thinking_budget: int
+    export_limit: int
+    export_window_s: int
+    export_concurrency: int
+    credits_limit: int
+    credits_window_s: int
+    consent_limit: int
+    consent_window_s: int
+    app_check: bool
+    plans: Mapping[str, Plan]
+    period_grace_h: int
+    # Whether the sweep can fan out to purge tasks: deployed, or the Cloud Tasks emulator is set.
+    task_queue: bool
+    initial_cost: int = 50
+    iteration_cost: int = 25
 
     def plan_of_price(self, price: str) -> Plan | None:
         """The plan sold at Stripe price `price` (an invoice line names its price, not our plan id)."""
@@ -148,29 +150,66 @@ class Settings:
         return value
 
 
-def _int(
-    env: Mapping[str, str],
-    name: str,
-    default: int,
-    *,
-    minimum: int = 0,
-    maximum: int | None = None,
-    why: str = "",
-) -> int:
-    raw = env.get(name, "").strip()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable, declared once: its name, the `Settings` attribute it fills, its value
+    when unset, what it means and how it is read. docs/CONFIGURATION.md's table is made from SETTINGS
+    (`python -m tools.config_table`)."""
+
+    name: str
+    attribute: str
+    default: T
+    meaning: str
+    # How `settings_from` reads it; None: by code of its own (a catalog, a rule across variables).
+    read: Callable[[Mapping[str, str], Setting[T]], T] | None = None
+    # A whole number's bounds, and why when the reason is not plain (`_int` says it in its error).
+    minimum: int = 0
+    maximum: int | None = None
+    why: str = ""
+    # The table's default when the value does not say it ("required", whose default it is, ...).
+    shown: str = ""
+
+
+def _int(env: Mapping[str, str], s: Setting[int]) -> int:
+    raw = env.get(s.name, "").strip()
     if not raw:
-        return default
+        return s.default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(name, f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        because = f" ({why})" if why else ""
-        raise ConfigError(name, f"{name} must be at least {minimum}{because}, got {value}")
-    if maximum is not None and value > maximum:
-        because = f" ({why})" if why else ""
-        raise ConfigError(name, f"{name} must be at most {maximum}{because}, got {value}")
+        raise ConfigError(s.name, f"{s.name} must be a whole number, got {raw!r}") from None
+    because = f" ({s.why})" if s.why else ""
+    if value < s.minimum:
+        raise ConfigError(s.name, f"{s.name} must be at least {s.minimum}{because}, got {value}")
+    if s.maximum is not None and value > s.maximum:
+        raise ConfigError(s.name, f"{s.name} must be at most {s.maximum}{because}, got {value}")
     return value
+
+
+def _float(env: Mapping[str, str], s: Setting[float]) -> float:
+    raw = env.get(s.name, "").strip()
+    if not raw:
+        return s.default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(s.name, f"{s.name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(s.name, f"{s.name} must not be negative, got {value}")
+    return value
+
+
+def _text(env: Mapping[str, str], s: Setting[str]) -> str:
+    """The value, stripped; the default when blank."""
+    return env.get(s.name, "").strip() or s.default
+
+
+def _optional(env: Mapping[str, str], s: Setting[str | None]) -> str | None:
+    """The value as it is, or None when unset or empty (a host, a key, a base URL)."""
+    return env.get(s.name) or None
 
 
 def _switch(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -181,27 +220,433 @@ def _switch(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"{name} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(name, f"{name} must not be negative, got {value}")
-    return value
+def _enforced(env: Mapping[str, str], s: Setting[bool]) -> bool:
+    """`off` (the default) or `enforce`."""
+    return _switch(env, s.name, ("off", "enforce")) == "enforce"
 
 
-def _url(env: Mapping[str, str], name: str) -> str | None:
+def _url(env: Mapping[str, str], s: Setting[str | None]) -> str | None:
     """An absolute http(s) URL, or None when unset."""
-    raw = env.get(name, "").strip()
+    raw = env.get(s.name, "").strip()
     if not raw:
         return None
     if not raw.startswith(("https://", "http://")) or len(raw.split("/")) < 4 or not raw.split("/")[2]:
-        raise ConfigError(name, f"{name} must be a URL like https://host/path, got {raw!r}")
+        raise ConfigError(s.name, f"{s.name} must be a URL like https://host/path, got {raw!r}")
     return raw
+
+
+# Every setting, in the order of docs/CONFIGURATION.md's table (made from this). The ones with a
+# `read` are parsed by it; the others by `settings_from` itself (or `deploy_region`).
+SETTINGS: tuple[Setting[Any], ...] = (
+    Setting(
+        "GOOGLE_CLOUD_PROJECT",
+        "project",
+        "",
+        "project id (`demo-...` locally); `GCLOUD_PROJECT` (set by Firebase) is read when it is absent",
+        shown="required",
+    ),
+    Setting(
+        "FUNCTIONS_REGION",
+        "region",
+        "us-central1",
+        "the region every function is declared in (read when the Firebase CLI discovers them; "
+        "`deploy.sh` sets it)",
+    ),
+    Setting(
+        "FIRESTORE_EMULATOR_HOST",
+        "firestore_emulator_host",
+        None,
+        "use the Firestore emulator at host:port; honoured only for a `demo-` project (any other "
+        "refuses to start)",
+        read=_optional,
+    ),
+    Setting(
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "auth_emulator_host",
+        None,
+        "accept Auth emulator tokens (unsigned!); honoured only for a `demo-` project (any other "
+        "refuses to start)",
+        read=_optional,
+    ),
+    Setting(
+        "STRIPE_SECRET_KEY",
+        "stripe_secret_key",
+        None,
+        "Stripe API key (Secret Manager when deployed)",
+        read=_optional,
+        shown="required by `checkout`",
+    ),
+    Setting(
+        "STRIPE_WEBHOOK_SECRET",
+        "stripe_webhook_secret",
+        None,
+        "webhook endpoint secret (Secret Manager when deployed)",
+        read=_optional,
+        shown="required by `stripe_webhook`",
+    ),
+    Setting(
+        "STRIPE_API_BASE",
+        "stripe_api_base",
+        None,
+        "Stripe API base URL (a local double in tests); a deployed process refuses to start with it",
+        read=_optional,
+        shown="Stripe's",
+    ),
+    Setting(
+        "CREDIT_PACKS",
+        "credit_packs",
+        DEFAULT_CREDIT_PACKS,
+        'JSON catalog `{"<packId>": {"credits": 100, "price": "price_...", "expiresInDays": null, '
+        '"amount": 500, "currency": "usd"}}`; a pack with `expiresInDays` grants credits that expire '
+        "that long after the purchase; with `amount` and `currency` (both or neither) a Checkout "
+        "Session credits the pack only when it charged exactly that",
+        shown=", ".join(f"{pack} {spec['credits']}" for pack, spec in DEFAULT_CREDIT_PACKS.items()),
+    ),
+    Setting(
+        "PLANS",
+        "plans",
+        {},
+        'JSON subscription catalog `{"<planId>": {"price": "price_...", "credits": 1000, "rollover": 0, '
+        '"trialCredits": 0, "amount": 1900, "currency": "usd"}}`: credits per period, unspent period '
+        "credits carried into the next period (0: none), what a trial's $0 first invoice grants; one "
+        "price per plan; `amount`/`currency` as for packs",
+    ),
+    Setting(
+        "PERIOD_GRACE_H",
+        "period_grace_h",
+        72,
+        "hours a period's grant outlives its period, so the hour between a renewal and its invoice's "
+        "payment (and a short dunning) never leaves a subscriber without credits (at most 744)",
+        read=_int,
+        maximum=24 * 31,
+    ),
+    Setting(
+        "SIGNUP_CREDITS",
+        "signup_credits",
+        0,
+        "promotional credits a new account gets once, on its first consent, if its email is verified or "
+        "it signed in with a provider other than password or anonymous",
+        read=_int,
+    ),
+    Setting(
+        "SIGNUP_CREDITS_EXPIRE_DAYS",
+        "signup_credits_expire_days",
+        30,
+        "how long sign-up credits last",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATOR",
+        "generator",
+        "gemini",
+        "`gemini` or `offline` (deterministic; a prompt with `#fail` fails)",
+    ),
+    Setting(
+        "GEMINI_API_KEY",
+        "gemini_api_key",
+        None,
+        "Gemini API key (Secret Manager when deployed)",
+        read=_optional,
+        shown="required for gemini",
+    ),
+    Setting(
+        "GEMINI_MODEL",
+        "gemini_model",
+        "gemini-2.5-flash",
+        "model name",
+        read=_text,
+    ),
+    Setting(
+        "GEMINI_BASE_URL",
+        "gemini_base_url",
+        None,
+        "Gemini API base URL (a local double in tests); a deployed process refuses to start with it",
+        read=_optional,
+        shown="Google's",
+    ),
+    Setting(
+        "GENERATION_TIMEOUT_S",
+        "generation_timeout_s",
+        30.0,
+        "model call timeout, well under the function timeout",
+    ),
+    Setting(
+        "STALE_CHARGE_AFTER_S",
+        "stale_charge_after_s",
+        600,
+        "a `charged` generation older than this is refunded by the first of: the user's next `credits`, "
+        "a replay of its key, the settlement job, the sweep; at least `GENERATION_TIMEOUT_S` + 30",
+        why="GENERATION_TIMEOUT_S + 30",
+    ),
+    Setting(
+        "STRIPE_MODE",
+        "stripe_mode",
+        "test",
+        "`test` or `live`: an event whose `livemode` differs credits nothing and is stored as a "
+        "problem; a `STRIPE_SECRET_KEY` of the other mode refuses to start",
+    ),
+    Setting(
+        "PROBLEM_RETENTION_DAYS",
+        "problem_retention_days",
+        30,
+        "stored Stripe events (`stripe_event_problems`) older than this are deleted by the sweep",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "TERMS_VERSION",
+        "terms_version",
+        "2026-01-01",
+        "the terms version consent must match",
+        read=_text,
+    ),
+    Setting(
+        "RETENTION_DAYS",
+        "retention_days",
+        90,
+        "project retention after last activity",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "SWEEP_BUDGET_S",
+        "sweep_budget_s",
+        480.0,
+        "seconds one sweep may work; 0 stops before any deletion",
+        read=_float,
+    ),
+    Setting(
+        "SWEEP_INLINE_PROJECTS",
+        "sweep_inline_projects",
+        50,
+        "a sweep that finds more expired projects fans out: one `purgeProject` task per project (when a "
+        "task queue is reachable)",
+        read=_int,
+    ),
+    Setting(
+        "PURGE_TASK_URL",
+        "purge_task_url",
+        None,
+        "the `purgeProject` function's URL, which every purge task names (`TaskOptions(uri=...)`): "
+        "Cloud Tasks signs the task's OIDC token for it, and Cloud Run accepts only its own URLs. "
+        "`deploy.sh` sets it from the deployed function; the Emulator Suite to the Functions "
+        "emulator's. Deployed without it, the sweep deletes every project itself",
+        read=_url,
+    ),
+    Setting(
+        "CLOUD_TASKS_EMULATOR_HOST",
+        "cloud_tasks_emulator_host",
+        None,
+        "set by the Emulator Suite: enqueue purge tasks on the Cloud Tasks emulator (deployed functions "
+        "use Cloud Tasks); honoured only for a `demo-` project (any other refuses to start)",
+        read=_optional,
+    ),
+    Setting(
+        "ANALYTICS_RETENTION_DAYS",
+        "analytics_retention_days",
+        400,
+        "analytics events older than this are deleted by the sweep",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "ALLOWED_ORIGINS",
+        "allowed_origins",
+        (),
+        "comma-separated origins for CORS and checkout success/cancel URLs",
+    ),
+    Setting(
+        "AUTH_STATE_CACHE_S",
+        "auth_state_cache_s",
+        30.0,
+        "seconds an instance reuses an account's disabled/revoked state; a revocation reaches a warm "
+        "instance at most this late (0: look up every request)",
+        read=_float,
+    ),
+    Setting(
+        "CHECKOUT_LIMIT",
+        "checkout_limit",
+        10,
+        "checkout sessions one user may create per window (then 429 with `Retry-After`)",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "CHECKOUT_WINDOW_S",
+        "checkout_window_s",
+        3600,
+        "the checkout limit's fixed window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATE_LIMIT",
+        "generate_limit",
+        100,
+        "generations one user may start per `GENERATE_WINDOW_S` (then 429): a person reading each "
+        "result does not reach 100 an hour; a script does",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATE_WINDOW_S",
+        "generate_window_s",
+        3600,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATE_FAILURE_LIMIT",
+        "generate_failure_limit",
+        10,
+        "refunded failures that count (see the refund policy) one user may have per "
+        "`GENERATE_FAILURE_WINDOW_S`; past it every generate is 429 until the window ends: failures are "
+        "free to the user and may bill model tokens",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATE_FAILURE_WINDOW_S",
+        "generate_failure_window_s",
+        3600,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GENERATE_CONCURRENCY",
+        "generate_concurrency",
+        3,
+        "generations one user may have in flight (then 429): a second tab or a retry fits, a fan-out "
+        "does not",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "MODEL_BREAKER_FAILURES",
+        "breaker_failures",
+        5,
+        "model answers of 429 or 5xx within `MODEL_BREAKER_WINDOW_S` that open an instance's breaker: "
+        "five is a burst, not bad luck",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "MODEL_BREAKER_WINDOW_S",
+        "breaker_window_s",
+        30,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "MODEL_BREAKER_COOLDOWN_S",
+        "breaker_cooldown_s",
+        30,
+        "seconds the open breaker answers 503 `model_unavailable` (with `Retry-After`) before one trial "
+        "call; Gemini's per-minute quotas refill within a minute",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GEMINI_MAX_OUTPUT_TOKENS",
+        "max_output_tokens",
+        2048,
+        "the output cap of every model request (`maxOutputTokens`): bounds what one call can bill",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "GEMINI_THINKING_BUDGET",
+        "thinking_budget",
+        1024,
+        "thinking tokens per request (`thinkingConfig.thinking_budget`); 0 turns thinking off; -1 "
+        "(dynamic, unbounded) is refused",
+        read=_int,
+        minimum=0,
+        why="-1 (dynamic) is unbounded",
+    ),
+    Setting(
+        "EXPORT_LIMIT",
+        "export_limit",
+        5,
+        "`account` exports one user may start per `EXPORT_WINDOW_S` (then 429): an export re-reads the "
+        "whole history",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "EXPORT_WINDOW_S",
+        "export_window_s",
+        3600,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "EXPORT_CONCURRENCY",
+        "export_concurrency",
+        4,
+        "exports one `account` instance serves at once (one per user; then 429); at most 10, half of "
+        "the instance's 20 requests, so erasures and other users never wait behind them",
+        read=_int,
+        minimum=1,
+        maximum=ACCOUNT_CONCURRENCY // 2,
+        why="half of account's",
+    ),
+    Setting(
+        "CREDITS_LIMIT",
+        "credits_limit",
+        120,
+        "`credits` calls one user may make per `CREDITS_WINDOW_S` (then 429): two a second, twice what "
+        "a client polling every second after checkout needs",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "CREDITS_WINDOW_S",
+        "credits_window_s",
+        60,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "CONSENT_LIMIT",
+        "consent_limit",
+        60,
+        "`consent` calls one user may make per `CONSENT_WINDOW_S` (then 429): one a second",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "CONSENT_WINDOW_S",
+        "consent_window_s",
+        60,
+        "that window, in seconds",
+        read=_int,
+        minimum=1,
+    ),
+    Setting(
+        "APP_CHECK",
+        "app_check",
+        False,
+        "`enforce`: every function that takes an ID token also requires a valid Firebase App Check "
+        'token in `X-Firebase-AppCheck` (401 `app_check_required`, 403 `app_check_invalid`); see "Who '
+        'may spend, and how often"',
+        read=_enforced,
+        shown="`off`",
+    ),
+)
+DECLARED: dict[str, Setting[Any]] = {s.name: s for s in SETTINGS}
+# The declarations read by code of their own below, which takes their defaults from here.
+_GENERATOR: Setting[str] = DECLARED["GENERATOR"]
+_TIMEOUT: Setting[float] = DECLARED["GENERATION_TIMEOUT_S"]
+_STALE: Setting[int] = DECLARED["STALE_CHARGE_AFTER_S"]
+_REGION: Setting[str] = DECLARED["FUNCTIONS_REGION"]
+_STRIPE_MODE: Setting[str] = DECLARED["STRIPE_MODE"]
 
 
 def _packs(env: Mapping[str, str]) -> dict[str, CreditPack]:
@@ -311,14 +756,14 @@ def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
 
 def settings_from(env: Mapping[str, str]) -> Settings:
     """Parse settings; every error names the variable that is wrong."""
-    generator = env.get("GENERATOR", "gemini").strip() or "gemini"
+    generator = _text(env, _GENERATOR)
     if generator not in ("gemini", "offline"):
         raise ConfigError("GENERATOR", f"GENERATOR must be 'gemini' or 'offline', got {generator!r}")
     project = project_of(env)
     if not project:
         raise ConfigError("GOOGLE_CLOUD_PROJECT")
     stripe_mode = stripe_mode_of(env)
-    timeout_s = _float(env, "GENERATION_TIMEOUT_S", 30.0)
+    timeout_s = _float(env, _TIMEOUT)
     # A live request must never look stale: the deployed generate function times out before this.
     stale_minimum = math.ceil(timeout_s) + 30
     # Scheme and host are case-insensitive: origins are kept lowercase and compared so.
@@ -326,64 +771,19 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         o.strip().rstrip("/").lower() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()
     )
     return Settings(
+        # Every declaration with a `read`, in SETTINGS' order; the rest by the code above and here.
+        **{s.attribute: s.read(env, s) for s in SETTINGS if s.read},
         project=project,
-        firestore_emulator_host=env.get("FIRESTORE_EMULATOR_HOST") or None,
-        auth_emulator_host=env.get("FIREBASE_AUTH_EMULATOR_HOST") or None,
-        stripe_secret_key=env.get("STRIPE_SECRET_KEY") or None,
-        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
-        stripe_api_base=env.get("STRIPE_API_BASE") or None,
         credit_packs=_packs(env),
         generator=generator,
-        gemini_api_key=env.get("GEMINI_API_KEY") or None,
-        gemini_model=env.get("GEMINI_MODEL", "").strip() or "gemini-2.5-flash",
-        gemini_base_url=env.get("GEMINI_BASE_URL") or None,
         generation_timeout_s=timeout_s,
-        stale_charge_after_s=_int(
-            env, "STALE_CHARGE_AFTER_S", 600, minimum=stale_minimum, why="GENERATION_TIMEOUT_S + 30"
-        ),
-        terms_version=env.get("TERMS_VERSION", "").strip() or "2026-01-01",
-        retention_days=_int(env, "RETENTION_DAYS", 90, minimum=1),
-        sweep_budget_s=_float(env, "SWEEP_BUDGET_S", 480.0),
-        analytics_retention_days=_int(env, "ANALYTICS_RETENTION_DAYS", 400, minimum=1),
-        auth_state_cache_s=_float(env, "AUTH_STATE_CACHE_S", 30.0),
-        checkout_limit=_int(env, "CHECKOUT_LIMIT", 10, minimum=1),
-        signup_credits=_int(env, "SIGNUP_CREDITS", 0),
-        signup_credits_expire_days=_int(env, "SIGNUP_CREDITS_EXPIRE_DAYS", 30, minimum=1),
-        checkout_window_s=_int(env, "CHECKOUT_WINDOW_S", 3600, minimum=1),
+        stale_charge_after_s=_int(env, replace(_STALE, minimum=stale_minimum)),
         allowed_origins=origins,
         stripe_mode=stripe_mode,
-        problem_retention_days=_int(env, "PROBLEM_RETENTION_DAYS", 30, minimum=1),
-        sweep_inline_projects=_int(env, "SWEEP_INLINE_PROJECTS", 50),
         task_queue=bool(env.get("CLOUD_TASKS_EMULATOR_HOST"))
         or (bool(env.get(DEPLOYED_MARKER)) and env.get("FUNCTIONS_EMULATOR") != "true"),
-        cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
-        purge_task_url=_url(env, "PURGE_TASK_URL"),
         region=deploy_region(env),
-        generate_concurrency=_int(env, "GENERATE_CONCURRENCY", 3, minimum=1),
-        generate_limit=_int(env, "GENERATE_LIMIT", 100, minimum=1),
-        generate_window_s=_int(env, "GENERATE_WINDOW_S", 3600, minimum=1),
-        generate_failure_limit=_int(env, "GENERATE_FAILURE_LIMIT", 10, minimum=1),
-        generate_failure_window_s=_int(env, "GENERATE_FAILURE_WINDOW_S", 3600, minimum=1),
-        breaker_failures=_int(env, "MODEL_BREAKER_FAILURES", 5, minimum=1),
-        breaker_window_s=_int(env, "MODEL_BREAKER_WINDOW_S", 30, minimum=1),
-        breaker_cooldown_s=_int(env, "MODEL_BREAKER_COOLDOWN_S", 30, minimum=1),
-        max_output_tokens=_int(env, "GEMINI_MAX_OUTPUT_TOKENS", 2048, minimum=1),
-        # 0 turns thinking off; the model's "dynamic" (-1) has no bound, so it is refused.
-        thinking_budget=_int(env, "GEMINI_THINKING_BUDGET", 1024, minimum=0, why="-1 (dynamic) is unbounded"),
-        export_limit=_int(env, "EXPORT_LIMIT", 5, minimum=1),
-        export_window_s=_int(env, "EXPORT_WINDOW_S", 3600, minimum=1),
-        # `account` serves 20 requests at once per instance: exports may hold at most half of them, so
-        # an erasure (or another user's export) always finds a free one.
-        export_concurrency=_int(
-            env, "EXPORT_CONCURRENCY", 4, minimum=1, maximum=ACCOUNT_CONCURRENCY // 2, why="half of account's"
-        ),
-        credits_limit=_int(env, "CREDITS_LIMIT", 120, minimum=1),
-        credits_window_s=_int(env, "CREDITS_WINDOW_S", 60, minimum=1),
-        consent_limit=_int(env, "CONSENT_LIMIT", 60, minimum=1),
-        consent_window_s=_int(env, "CONSENT_WINDOW_S", 60, minimum=1),
-        app_check=_switch(env, "APP_CHECK", ("off", "enforce")) == "enforce",
         plans=_plans(env),
-        period_grace_h=_int(env, "PERIOD_GRACE_H", 72, maximum=24 * 31),
     )
 
 
@@ -396,13 +796,13 @@ def get_settings() -> Settings:
 def generate_timeout_s(env: Mapping[str, str] = os.environ) -> int:
     """The deployed generate function's timeout: 120 s, or less when STALE_CHARGE_AFTER_S is set lower,
     so a request still running is never settled as a crashed one (read when the functions are declared)."""
-    stale = _int(env, "STALE_CHARGE_AFTER_S", 600, minimum=1)
+    stale = _int(env, replace(_STALE, minimum=1, why=""))
     return min(GENERATE_TIMEOUT_CAP_S, stale - 1)
 
 
 def deploy_region(env: Mapping[str, str] = os.environ) -> str:
     """FUNCTIONS_REGION: where every function is declared (read when the Firebase CLI discovers them)."""
-    region = env.get("FUNCTIONS_REGION", "").strip() or "us-central1"
+    region = _text(env, _REGION)
     if not all(part.isalnum() for part in region.split("-")) or region.count("-") != 1:
         raise ConfigError(
             "FUNCTIONS_REGION", f"FUNCTIONS_REGION must be a region like us-central1, got {region!r}"
@@ -429,7 +829,7 @@ def project_of(env: Mapping[str, str]) -> str:
 
 def stripe_mode_of(env: Mapping[str, str]) -> str:
     """STRIPE_MODE ('test' by default), refused when STRIPE_SECRET_KEY is a key of the other mode."""
-    mode = env.get("STRIPE_MODE", "").strip() or "test"
+    mode = _text(env, _STRIPE_MODE)
     if mode not in ("test", "live"):
         raise ConfigError("STRIPE_MODE", f"STRIPE_MODE must be 'test' or 'live', got {mode!r}")
     key = env.get("STRIPE_SECRET_KEY", "").strip()
@@ -480,7 +880,7 @@ def refuse_unsafe_environment(env: Mapping[str, str] = os.environ) -> None:
     required = [
         s
         for s in required_secrets(target)
-        if s != "GEMINI_API_KEY" or env.get("GENERATOR", "gemini") == "gemini"
+        if s != "GEMINI_API_KEY" or env.get("GENERATOR", _GENERATOR.default) == "gemini"
     ]
     missing = [name for name in required if not env.get(name)]
     if missing:

@@ -69,8 +69,8 @@ class GeminiProvider:
         timeout_s: float,
         base_url: str | None = None,
         *,
-        max_output_tokens: int = 2048,
-        thinking_budget: int = 1024,
+        max_output_tokens: int,
+        thinking_budget: int,
     ) -> None:
         # Built here, not on first use: the provider itself is built once per process (`get_provider`),
         # so racing first generations share one client instead of each building its own.
