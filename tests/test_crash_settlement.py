@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack.doubles import GeminiDouble
 from devstack.procs import wait_until
 from devstack.serve import ServedFunction
@@ -49,6 +51,7 @@ def serve_generate_with_a_hanging_model(model: GeminiDouble, tmp_path: Path) -> 
     )
 
 
+@pytest.mark.slow  # a served process killed with SIGKILL, 2 s
 def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(
     db: Any, settings: Any, tmp_path: Path
 ) -> None:
@@ -97,6 +100,7 @@ def test_killed_generate_leaves_a_charge_that_the_sweep_refunds_exactly_once(
     assert_ledger_consistent(db)
 
 
+@pytest.mark.slow  # a served process killed with SIGKILL, 2 s
 def test_a_killed_charge_is_refunded_by_the_next_credits_request_or_a_replay_of_its_key(
     app: Any, db: Any, settings: Any, tmp_path: Path
 ) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from functions.lib import deployment
 
-pytestmark = pytest.mark.no_emulator
+# deploy.sh run with fake cloud tools, 13 s in all: `scripts/test --fast` leaves them out.
+pytestmark = [pytest.mark.no_emulator, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
     "ALLOWED_ORIGINS": "https://app.example.com,https://www.example.com",
