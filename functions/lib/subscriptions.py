@@ -444,6 +444,20 @@ def award_of(
     return None
 
 
+@dataclass(frozen=True)
+class Committed:
+    """A commit's outcome, and the payment events it unparked (run after the commit)."""
+
+    outcome: Outcome
+    parked: dict[str, str | None]
+
+    def unpark(self, client: Client, settings: Settings) -> Outcome:
+        """Apply the unparked events (each in its own commit), then answer the outcome."""
+        for parked_id, payload in self.parked.items():
+            apply_parked(client, settings, parked_id, payload)
+        return self.outcome
+
+
 def grant_period(
     client: Client, settings: Settings, invoice: dict[str, Any], event: dict[str, Any], stored: bool
 ) -> Outcome:
@@ -467,25 +481,20 @@ def grant_period(
     sub_ref = client.collection(SUBSCRIPTIONS).document(sub_id)
     link_ref = client.collection(INVOICES).document(str(invoice_id))
 
-    @dataclass(frozen=True)
-    class Granted:
-        outcome: Outcome
-        parked: dict[str, str | None]
-
-    def plan_() -> db.Plan[Granted]:
+    def plan_() -> db.Plan[Committed]:
 
         user, existing, sub_snap, link = db.get_all(client, [user_ref, entry_ref, sub_ref, link_ref])
         if (sub_snap.to_dict() or {}).get(ERASED):
-            return db.Plan(Granted(Outcome(Action.IGNORED), {}))
+            return db.Plan(Committed(Outcome(Action.IGNORED), {}))
         if existing.exists:
             if existing.get("userId") != uid:
                 raise EventProblem(Reason.INVOICE_REUSED, f"{ident} was granted to another user")
-            return db.Plan(Granted(Outcome(Action.DUPLICATE, uid, 0, ledger.balance_of(user)), {}))
+            return db.Plan(Committed(Outcome(Action.DUPLICATE, uid, 0, ledger.balance_of(user)), {}))
         known = (sub_snap.to_dict() or {}) if sub_snap.exists else {}
         start, end = known.get("currentPeriodStart"), known.get("currentPeriodEnd")
         award = award_of(settings, invoice, metadata, Period(start, end) if start and end else None)
         if award is None:
-            return db.Plan(Granted(Outcome(Action.IGNORED, uid), {}))
+            return db.Plan(Committed(Outcome(Action.IGNORED, uid), {}))
         linked = (link.to_dict() or {}) if link.exists else {}
         pi = direct_pi if ids_ok(direct_pi) else linked.get("paymentIntentId")
         record_snap = client.collection(PAYMENTS).document(pi).get(**db.rpc()) if pi and paid else None
@@ -519,13 +528,10 @@ def grant_period(
         props = {"invoiceId": invoice_id, "planId": award.plan.id, "credits": award.credits}
         analytics.stage_event(client, batch, analytics.PERIOD_GRANTED, uid, props, event_id=ident)
         return db.Plan(
-            Granted(Outcome(Action.GRANTED, uid, balance - ledger.balance_of(user), balance), parked), batch
+            Committed(Outcome(Action.GRANTED, uid, balance - ledger.balance_of(user), balance), parked), batch
         )
 
-    granted = db.commit_optimistically(plan_)
-    for parked_id, payload in granted.parked.items():
-        apply_parked(client, settings, parked_id, payload)
-    return granted.outcome
+    return db.commit_optimistically(plan_).unpark(client, settings)
 
 
 def _end_periods(book: ledger.Book, ours: list[Grant], award: Award, invoice_id: str, *, ended: bool) -> None:
@@ -603,18 +609,13 @@ def link_payment(
     link_ref = client.collection(INVOICES).document(str(invoice_id))
     record_ref = client.collection(PAYMENTS).document(str(pi))
 
-    @dataclass(frozen=True)
-    class Linked:
-        outcome: Outcome
-        parked: dict[str, str | None]
-
-    def plan_() -> db.Plan[Linked]:
+    def plan_() -> db.Plan[Committed]:
         link, record_snap = db.get_all(client, [link_ref, record_ref])
         linked = (link.to_dict() or {}) if link.exists else {}
         record = PaymentRecord.of(record_snap)
         uid = linked.get("userId")
         if linked.get("paymentIntentId") == pi and (record.purchased or not linked.get("grantId")):
-            return db.Plan(Linked(Outcome(Action.DUPLICATE, uid), {}))
+            return db.Plan(Committed(Outcome(Action.DUPLICATE, uid), {}))
         batch = client.batch()
         _stage_link(client, batch, link, {"paymentIntentId": pi})
         parked: dict[str, str | None] = {}
@@ -622,9 +623,6 @@ def link_payment(
         if grant_id and paid and not record.purchased:
             credits = int(linked.get("credits") or 0)
             parked = _open_record(client, batch, record_snap, str(uid), grant_id, credits, paid)
-        return db.Plan(Linked(Outcome(Action.LINKED, uid), parked), batch)
+        return db.Plan(Committed(Outcome(Action.LINKED, uid), parked), batch)
 
-    linked = db.commit_optimistically(plan_)
-    for parked_id, payload in linked.parked.items():
-        apply_parked(client, settings, parked_id, payload)
-    return linked.outcome
+    return db.commit_optimistically(plan_).unpark(client, settings)
