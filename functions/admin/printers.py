@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from functions.lib import settlement
 from functions.lib.operations import SETTLEMENT, SWEEP
 from functions.lib.retention import Count, SweepEvent
+from functions.lib.user_data import ErasureEvent
 
 if TYPE_CHECKING:
     from functions.lib.audit import AuditReport
@@ -329,7 +330,7 @@ def erasing(uid: str) -> None:
 
 
 def erasure_progress(event: str, fields: dict[str, Any]) -> None:
-    if event == "done":
+    if event == ErasureEvent.DONE:
         return
     detail = ", ".join(f"{k} {v}" for k, v in fields.items())
     err(f"{event}{': ' + detail if detail else ''}")

@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from functions.lib import db, generations, ledger, projects, schema
@@ -68,8 +69,23 @@ FINAL_STATUSES = ("canceled", "incomplete_expired")
 # cancel(subscriptionId) cancels a subscription in Stripe and answers its status (idempotently).
 Cancel = Callable[[str], str]
 
-# progress(event, fields): events are canceled, begun, refunded, project, deleted, closed, pseudonymised,
-# again (something wrote during the round: another round follows), login, done.
+
+class ErasureEvent(StrEnum):
+    """What `progress(event, fields)` hears from an erasure (`event` is the value), with its fields."""
+
+    CANCELED = "canceled"  # subscriptionId, status: canceled in Stripe
+    BEGUN = "begun"  # the user is marked as being erased
+    REFUNDED = "refunded"  # generationId, amount: a charge left running, refunded
+    PROJECT = "project"  # projectId, versionsDeleted
+    DELETED = "deleted"  # collection, documents
+    CLOSED = "closed"  # forfeited: the balance forfeited
+    PSEUDONYMISED = "pseudonymised"  # entries, payments, subscriptions
+    AGAIN = "again"  # collections: something wrote during the round, another round follows
+    LOGIN = "login"  # deleted
+    DONE = "done"  # the report's body
+
+
+# progress(event, fields): the events are ErasureEvent's values.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -197,9 +213,9 @@ class _Erasure:
         self.report = ErasureReport()
         self.user_ref = client.collection(schema.USERS).document(uid)
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: ErasureEvent, **fields: Any) -> None:
         if self.progress is not None:
-            self.progress(event, fields)
+            self.progress(event.value, fields)
 
     def commit(self, batch: WriteBatch) -> object:
         """Every bulk commit of the erasure goes through here, to be counted."""
@@ -221,7 +237,7 @@ class _Erasure:
                 continue
             status = self._cancel(snap.id)
             self.report.subscriptions_canceled += 1
-            self.emit("canceled", subscriptionId=snap.id, status=status)
+            self.emit(ErasureEvent.CANCELED, subscriptionId=snap.id, status=status)
         for snap in snaps:
             self.mark_erased(snap.reference)
 
@@ -274,7 +290,7 @@ class _Erasure:
             return db.Plan(pseudonym, batch)
 
         pseudonym = db.commit_optimistically(plan)
-        self.emit("begun")
+        self.emit(ErasureEvent.BEGUN)
         return pseudonym
 
     def settle(self) -> None:
@@ -293,7 +309,7 @@ class _Erasure:
                     continue
                 if refund.applied:
                     self.report.charges_refunded += 1
-                    self.emit("refunded", generationId=snap.id, amount=refund.amount)
+                    self.emit(ErasureEvent.REFUNDED, generationId=snap.id, amount=refund.amount)
 
     def delete_projects(self) -> None:
         """Step 3a: each project's versions in commits of <= 500 writes, the project document in the last."""
@@ -311,7 +327,7 @@ class _Erasure:
         deletion = projects.delete_project(self.client, project_ref, commit=self.commit)
         self.report.projects_deleted += int(deletion.project_deleted)
         self.report.versions_deleted += deletion.versions_deleted
-        self.emit("project", projectId=project_ref.id, versionsDeleted=deletion.versions_deleted)
+        self.emit(ErasureEvent.PROJECT, projectId=project_ref.id, versionsDeleted=deletion.versions_deleted)
 
     def delete(self, refs: list[DocumentReference]) -> int:
         batch = self.client.batch()
@@ -327,7 +343,7 @@ class _Erasure:
         if counter is not None:
             setattr(self.report, counter, getattr(self.report, counter) + n)
         if n:
-            self.emit("deleted", collection=collection, documents=n)
+            self.emit(ErasureEvent.DELETED, collection=collection, documents=n)
 
     def checkout_limit(self) -> DocumentReference | None:
         """The user's checkout rate-limit window (`checkout_limits/{uid}`), if there is one."""
@@ -339,14 +355,14 @@ class _Erasure:
         ref = self.checkout_limit()
         if ref is not None:
             self.delete([ref])
-            self.emit("deleted", collection=schema.CHECKOUT_LIMITS, documents=1)
+            self.emit(ErasureEvent.DELETED, collection=schema.CHECKOUT_LIMITS, documents=1)
 
     def close_ledger(self, pseudonym: str) -> None:
         """Step 4: the closing `forfeit` entry, then the uid renamed to the pseudonym."""
         closed = ledger.close_account(self.client, self.uid, pseudonym, ERASED_REASON)
         if closed is not None:
             self.report.credits_forfeited -= closed.amount
-            self.emit("closed", forfeited=-closed.amount)
+            self.emit(ErasureEvent.CLOSED, forfeited=-closed.amount)
         renamed = ledger.pseudonymise(self.client, self.uid, pseudonym, commit=self.commit)
         query = (
             self.client.collection(schema.PAYMENTS)
@@ -371,7 +387,7 @@ class _Erasure:
         self.report.payments_pseudonymised += records
         self.report.subscriptions_pseudonymised += links
         if renamed or records or links:
-            self.emit("pseudonymised", entries=renamed, payments=records, subscriptions=links)
+            self.emit(ErasureEvent.PSEUDONYMISED, entries=renamed, payments=records, subscriptions=links)
 
     def finish(self) -> bool:
         """Step 5: delete the user document if nothing moved it since steps 2-4 (else False: go round
@@ -386,7 +402,7 @@ class _Erasure:
             return False
         left = self.still_named()
         if left:
-            self.emit("again", collections=left)
+            self.emit(ErasureEvent.AGAIN, collections=left)
             return False
         batch = self.client.batch()
         batch.delete(self.user_ref, option=db.precondition(self.client, user))
@@ -438,8 +454,8 @@ class _Erasure:
         else:
             raise Contention("The account kept changing during its erasure; run it again.")
         self.report.login_deleted = delete_login(self.uid)
-        self.emit("login", deleted=self.report.login_deleted)
-        self.emit("done", **self.report.body())
+        self.emit(ErasureEvent.LOGIN, deleted=self.report.login_deleted)
+        self.emit(ErasureEvent.DONE, **self.report.body())
         return self.report
 
 
