@@ -11,9 +11,9 @@ table, `functions/lib/deployment.py`, which deploy.sh reads too. CORS stays in `
 (no `cors=` option here), so preflights and error answers carry the same headers everywhere.
 
 Timeouts: generate's 120 s (`generate_timeout_s`: less when STALE_CHARGE_AFTER_S is set below 121 s)
-stays below STALE_CHARGE_AFTER_S (600 s by default; settings refuse less than GENERATION_TIMEOUT_S +
-30), so a live generation is never settled as a crashed one, and above GENERATION_TIMEOUT_S (30 s)
-plus the Firestore work and refund.
+stays below STALE_CHARGE_AFTER_S (settings refuse less than GENERATION_TIMEOUT_S + 30), so a live
+generation is never settled as a crashed one, and above GENERATION_TIMEOUT_S plus the Firestore work
+and refund (defaults: docs/CONFIGURATION.md).
 """
 
 from __future__ import annotations

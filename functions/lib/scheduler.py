@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DEFAULT_JOB_ID = "retention-sweep"
 DEFAULT_SCHEDULE = "0 3 * * *"
 DEFAULT_TIME_ZONE = "UTC"
-# The function's timeout (deploy.sh: 540 s); the sweep stops itself before SWEEP_BUDGET_S (480 s).
+# The function's timeout (main.py: 540 s); the sweep stops itself at SWEEP_BUDGET_S, set below it.
 DEFAULT_ATTEMPT_DEADLINE_S = 540
 DEFAULT_RETRIES = 2
 # What an update rewrites: everything this module sets, nothing Cloud Scheduler owns (state, times).
