@@ -1,41 +1,15 @@
 """Stripe payments in the ledger: credit a paid Checkout Session exactly once; take credits back on
-refunds and disputes, and give them back when a refund fails or a dispute is won.
+refunds and disputes, and give them back when a refund fails or a dispute is won. The rules, the
+event table and why any order or repetition of events moves credits exactly once are in
+docs/ARCHITECTURE.md, "Stripe events".
 
-The whole event table is in docs/ARCHITECTURE.md, "Stripe events". In short:
-
-- A purchase is `credit_transactions/purchase_{checkoutSessionId}`, created (`create` fails if it
-  exists) in the commit that raises the balance and opens the payment's record,
-  `payments/{paymentIntentId}`. Redeliveries, concurrent deliveries and the two event types that
-  can carry one session all map to that one id.
-- Everything after the purchase is decided by the payment's record, never by the order in which
-  events arrive. The record holds what Stripe has told us: each refund by id with its amount and
-  whether it failed, the highest cumulative `amount_refunded` a `charge.refunded` reported, each
-  dispute with its status, and `reversedCredits`, the credits taken back so far (net). From that,
-  `PaymentRecord.target()` says how many credits the purchase must have given back now: the
-  refunded share of the payment, pro rata and rounded down, or all of it while a dispute is open or
-  lost. An event changes the record; the difference between the new target and `reversedCredits`
-  is one ledger entry in the same commit: `reversal_{id}` when it takes back, `reinstatement_{id}`
-  when it gives back, where id is the refund's or dispute's (`{chargeId}_{amountRefunded}` for the
-  cumulative figure of `charge.refunded`). Each such state change happens once, so each id is
-  written at most once; a redelivery changes nothing and writes nothing.
-- The record is written under a precondition on the version read, so all events of one payment
-  serialize, and the target never exceeds the purchase's credits: all reversals of a purchase
-  together never take back more than it gave.
-- A reversal takes back its share even when the balance is lower: the balance goes below zero,
-  `generate` answers 402 until purchases cover it, and credits held by a running generation cannot
-  escape a refund.
-- A refund or dispute that arrives before its purchase is parked: the event (without personal data)
-  goes on the payment's record and to `stripe_event_problems`, in one commit, and the webhook
-  answers 200. The purchase's commit reads the same record, so one of the two commits sees the
-  other: the purchase applies what was parked, or the late event applies directly. The record's
-  copy outlives the stored problem (which the sweep deletes after PROBLEM_RETENTION_DAYS), so a
-  purchase credited later still applies it. An event for a payment this app never sold stays
-  parked: 200, nothing changes.
-
-Permanent problems (no uid, a pack not in the catalog, the wrong `livemode`) are stored the same way
-and answered 200. Transient ones (Firestore unreachable, contention) raise `Unavailable`, so the
-webhook answers 503 and Stripe retries. The webhook decides from the events' own payloads and calls
-no Stripe API.
+In code: `credit_checkout_session` writes `purchase_{sessionId}` and opens the payment's record
+(`payments/{paymentIntentId}`); `on_refund`, `on_charge_refunded` and `on_dispute` turn an event into
+a change of the record (`refund_seen`, `charge_refunded`, `dispute_seen`), and `settle_payment`
+commits the record with the one ledger entry that takes it to its `PaymentRecord.target()`, or parks
+the event until the purchase exists. `handle_event` dispatches by `EventType` (`handler_of`);
+permanent problems are stored (`lib/problems.py`) and answered 200, transient ones raise
+`Unavailable` (503, Stripe retries). No Stripe API call here.
 """
 
 from __future__ import annotations

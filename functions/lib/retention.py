@@ -1,40 +1,14 @@
-"""Retention: the nightly sweep that settles stale charges and deletes expired data
-(docs/ARCHITECTURE.md, "Retention" and "Fan-out").
-
-Policy: a generation still `charged` STALE_CHARGE_AFTER_S after its `createdAt` was left by a
-killed process and is refunded through `generations.refund` (exactly once, `refund_{id}`); a
-project whose `updatedAt` is older than RETENTION_DAYS is deleted with all its versions;
-`analytics_events` older than ANALYTICS_RETENTION_DAYS are deleted. Refunds go first: money owed
-to users must not wait behind a backlog of deletions.
-
-How a project is deleted, safely against live use and against a second sweep running at once:
-1. Mark: one optimistic commit re-reads the project and sets `deletingAt` only while it is still
-   expired and unmarked, under a precondition on its update time. `generate` touches `updatedAt`
-   under the same kind of precondition when it charges an iteration and refuses marked projects,
-   so a racing iteration either lands first (the project is fresh again and kept) or gets 404.
-   Once a project is marked, nothing adds a version to it.
-2. Delete it with `projects.delete_project`, the routine erasure uses too: versions listed by name
-   page by page and deleted in commits of at most 500 writes, the project document in the final
-   commit, every delete under an `exists` precondition, so a commit racing another sweep fails
-   instead of deleting a document "twice" and each run counts exactly what it deleted.
-3. The project document goes last, so a run that stops part-way leaves a marked project, which
-   the next run resumes before it looks for newly expired ones.
-
-Fan-out: when a pass finds more expired projects than SWEEP_INLINE_PROJECTS and a task queue is
-reachable (`enqueue` is given), it only marks each project and enqueues one task for it; the task
-(`purge_project`, served by the `purgeProject` task queue function) deletes that one project by the
-same steps 2-3, with the same `deletingAt` check, so the work spreads over as many instances as
-the queue dispatches at once and a failed task is retried by Cloud Tasks. Without a queue the pass
-deletes inline. A repeat enqueue of the same project on the same night is harmless: the task name
-derives from the project and the night, and the queue refuses a second task of that name. A
-project the queue does not take (`Unavailable`) stays marked and is deferred like a contended one:
-the pass goes on (`complete` false) and the next one enqueues it again.
+"""Retention: the nightly sweep that settles stale charges and deletes expired projects with their
+versions, old analytics events, stored Stripe events and ended limit windows. The policy, the
+mark-then-delete protocol and the fan-out to purge tasks: docs/ARCHITECTURE.md, "Retention" and
+"Fan-out"; deleting one project is `lib/projects.py`.
 
 The parts of a pass: `Budget` (SWEEP_BUDGET_S, checked before every step against the longest step
 seen so far, so a run stops cleanly before it), `Tallies` (the report, counted into by the worker
 threads), one piece per kind of work (`settle_charges`, `ProjectSweep`, `delete_old`), and
 `Pass.run`, which takes the steps in order until the budget runs out; `complete` is false when it
-stopped, or left work, for the next run.
+stopped, or left work, for the next run. Refunds go first: money owed to users must not wait
+behind a backlog of deletions. `purge_project` is one purge task's work.
 """
 
 from __future__ import annotations

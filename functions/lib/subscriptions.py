@@ -1,31 +1,15 @@
 """Subscriptions on Stripe Billing: what Stripe last told us about each one (`subscriptions/{id}`),
-and the period credits of its paid invoices (docs/ARCHITECTURE.md, "Subscriptions").
+and the period credits of its paid invoices. The event table, rollover, upgrades, and why any order
+or repetition of events grants each invoice once: docs/ARCHITECTURE.md, "Subscriptions".
 
-Credits come only from paid invoices. `invoice.paid` of a subscription invoice grants
-`period_{invoiceId}` once (`create` on the entry id, in the commit that raises the balance), whatever
-the order or repetition of the events around it:
-
-- `subscription_create` / `subscription_cycle`: the plan's credits (its `trialCredits` for a $0
-  trial invoice), paid, expiring at the line's period end plus PERIOD_GRACE_H, so the hour between a
-  renewal and its invoice's payment never leaves the subscriber without credits. The grant ends the
-  subscription's earlier period grants in the same commit: up to the plan's `rollover` of what they
-  still hold carries into `rollover_{invoiceId}` (expiring with the new grant), the rest is written
-  off (`expiry_{grantId}_period_{invoiceId}`).
-- `subscription_update` (an upgrade invoiced at once, `always_invoice`): the difference in plan
-  credits for the unused part of the period, rounded down, never below 0. Downgrades wait for the
-  next cycle; `customer.subscription.updated` grants nothing.
-
-`customer.subscription.created/updated/deleted` and `invoice.payment_failed` keep the subscription's
-document current (the newest event by `created` wins; an older one changes nothing). `deleted` also
-writes the subscription's live period and rollover grants off at once (`void_{grantId}`, which
-keeps them ended for a later refund). A refund or dispute of an invoice's payment reverses that
-period's grant through the payment's record (`payments.PaymentRecord`, with the period grant as its
-purchase); the link from payment to invoice comes from the events themselves, `invoice.payment_intent`
-before API 2025-03-31.basil and `invoice_payment.paid` from basil on. No Stripe API call here.
-
-A subscription whose user was erased (`erased` on its document, set by the erasure after canceling
-it in Stripe) is over for good: its later events are answered `ignored` and write nothing, so they
-neither grant credits nor recreate the user.
+In code: `on_subscription` and `on_invoice_failed` keep the subscription's document current (the
+newest event by `created` wins); `award_of` reads what a paid invoice grants (`Award`: the period,
+a trial, an upgrade's prorated difference), `grant_period` commits it with the earlier periods'
+ending and rollover, and `link_payment` links the invoice's payment so refunds and disputes reverse
+the period's grant through the payment's record (`lib/payments.py`). Both payload shapes are read:
+API 2025-03-31.basil and later, and the earlier one. No Stripe API call here. A subscription whose
+user was erased (`erased` on its document) is over for good: its later events are answered
+`ignored` and write nothing.
 """
 
 from __future__ import annotations

@@ -1,43 +1,12 @@
-"""A user's data: everything kept about a user as one JSON document, and erasure of the user
-(docs/ARCHITECTURE.md, "A user's data").
+"""A user's data: everything kept about a user as one JSON document (`export`), and erasure of
+the user (`erase`). The steps, why a run killed anywhere is finished by running it again, and why
+the pseudonym is random: docs/ARCHITECTURE.md, "A user's data".
 
 Export streams the document page by page (`db.pages`, 300 documents a round trip): memory holds
-one page, whatever the number of projects and versions.
-
-Erasure, step by step; every step finds its work with a query on the uid and takes what it did out
-of that query, so a run killed at any point is finished by running it again, and nothing is written
-twice:
-0. Cancel: every subscription of the user not known to be over is canceled in Stripe (idempotent:
-   one already canceled counts as done), outside any commit plan, before anything is deleted; a
-   Stripe failure stops the run here (UpstreamFailed, 502) and a rerun tries again. Once all are
-   canceled, each of the user's `subscriptions/{id}` is marked `erased` (status canceled), so later
-   events of it change nothing (`lib/subscriptions.py` ignores them: no grant, no user document).
-1. Begin: one commit on `users/{uid}` removes the consent (so `generate` answers 403 from now on:
-   no new charge can start) and records `erasure.pseudonym`, a random id. A later run reads the
-   pseudonym back from there.
-2. Settle: every generation still `charged` (running or stale) is refunded through
-   `generations.refund`, which is exactly-once; a completion racing it loses its precondition.
-3. Delete the projects (`projects.delete_project`, the sweep's routine: versions in commits of at
-   most 500 writes, the project document last, so an interrupted project is found again), the
-   generations, the analytics events, the stored Stripe problem events that name the user
-   (`stripe_event_problems.userId`), and the user's rate-limit windows (`checkout_limits/{uid}`,
-   `rate_limits` by `userId`).
-4. Close the ledger: a `forfeit` entry takes the balance (either sign) to zero
-   (`ledger.close_account`); then every ledger entry, payment record, subscription and invoice link
-   of the uid is renamed to the pseudonym. The ledger is the financial record: amounts, types and
-   Stripe references stay.
-5. Delete `users/{uid}` under a precondition on the state just read (balance zero, no consent,
-   and no document anywhere still naming the uid): a webhook or a consent that wrote meanwhile
-   (a reversal with its analytics event, a stored problem event) makes the run loop through
-   steps 2-5 again.
-   Then delete the Firebase Auth account, last, so that until the data is gone the user can still
-   sign in and send DELETE again to finish an interrupted erasure.
-
-Why a random pseudonym kept on the user document, not an HMAC of the uid: an HMAC key kept for
-resumption would link every uid to its ledger forever (anyone with the key and a uid finds the
-entries). The random id is stored only in `users/{uid}.erasure` while the erasure runs, and that
-document is deleted in the last step, so afterwards nothing links the uid to the pseudonym. A
-run after completion starts with a new pseudonym and finds nothing left under the uid.
+one page, whatever the number of projects and versions. Erasure cancels the user's subscriptions in
+Stripe first (step 0, outside any commit plan), then runs steps 1-5, each finding its work by a
+query on the uid (`db.drain`), until `users/{uid}` is deleted under a precondition; the Firebase Auth
+account goes last. Its progress events are `ErasureEvent`; what a run did is `ErasureReport`.
 """
 
 from __future__ import annotations
