@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devstack import stripe_events as se
-from tests.helpers import BASE_ENV, assert_ledger_consistent, balance, entries, reset_caches
+from tests.helpers import BASE_ENV, assert_ledger_consistent, balance, entries, make_user, reset_caches
 
 SECRET = BASE_ENV["STRIPE_WEBHOOK_SECRET"]
 PLANS = {
@@ -189,6 +189,66 @@ def test_a_period_paid_after_a_later_one_is_written_off_at_once(app: Any, db: An
 
     assert grants(db, "ord") == {"period_in_b": 1000}
     assert types(db, "ord")["void_period_in_a"] == -1000
+    assert_ledger_consistent(db)
+
+
+def spend_a_lite_period(app: Any, db: Any, settings: Any, uid: str, sub: str, now: int) -> str:
+    """A `lite` subscriber (100 credits a period) who spends the whole period on two generations;
+    the second one's id, still `charged` (its refund comes later)."""
+    from functions.lib import generations
+
+    make_user(db, uid)
+    outcome(app, paid_invoice(f"in_{uid}1", sub, uid, start=now, plan="lite", reason="subscription_create"))
+    generations.charge(db, settings, generations.GenerationRequest(uid, "first"))
+    running = generations.charge(db, settings, generations.GenerationRequest(uid, "second"))
+    assert isinstance(running, generations.Charge) and grants(db, uid) == {} and balance(db, uid) == 0
+    return running.generation_id
+
+
+@pytest.mark.parametrize("end", ["renewal", "deletion"])
+def test_a_spent_period_grant_ends_with_its_period_so_a_later_refund_into_it_is_written_off(
+    app: Any, db: Any, settings: Any, end: str
+) -> None:
+    """The period grant was spent, so it is not in the wallet when the period ends; it still ends
+    (an entry of 0), and credits a generation refund brings back to it later are written off, as
+    for a grant that still held credits."""
+    from functions.lib import generations
+
+    now = int(time.time())
+    gid = spend_a_lite_period(app, db, settings, "spe", "sub_sp", now)
+    if end == "renewal":
+        renewal = paid_invoice("in_spe2", "sub_sp", "spe", start=now + 30 * DAY, plan="lite")
+        assert outcome(app, renewal) == "granted"
+        ended, live = "expiry_period_in_spe1", {"period_in_spe2": 100}
+    else:
+        deleted = sub_event(
+            "customer.subscription.deleted", "sub_sp", "spe", start=now, plan="lite", status="canceled"
+        )
+        assert outcome(app, deleted) == "ended"
+        ended, live = "void_period_in_spe1", {}
+    assert types(db, "spe")[ended] == 0
+
+    generations.refund(db, gid, "spe", "model_error")
+
+    assert grants(db, "spe") == live
+    assert types(db, "spe")[f"expiry_period_in_spe1_refund_{gid}"] == -50
+    assert balance(db, "spe") == sum(live.values())
+    assert_ledger_consistent(db)
+
+
+def test_a_spent_grant_of_the_current_period_stays_live_for_its_refunds(
+    app: Any, db: Any, settings: Any
+) -> None:
+    """Until its period ends, a refund gives a spent period grant its credits back."""
+    from functions.lib import generations
+
+    gid = spend_a_lite_period(app, db, settings, "cur", "sub_cur", int(time.time()))
+
+    generations.refund(db, gid, "cur", "model_error")
+
+    assert grants(db, "cur") == {"period_in_cur1": 50}
+    sub = db.collection("subscriptions").document("sub_cur").get().to_dict()
+    assert sub["periodGrants"] == ["period_in_cur1"]
     assert_ledger_consistent(db)
 
 

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # checkout for a plan. `incomplete` is left out: its first payment never went through, and Stripe
 # expires it after 23 hours.
 LIVE_STATUSES = ("active", "trialing", "past_due")
+# `subscriptions/{id}.periodGrants`: the grants of the subscription's current period (its period
+# grant, the rollover, upgrades), so the next period or the end finds the spent ones too.
+PERIOD_GRANTS = "periodGrants"
 
 
 def live_subscription(client: Client, uid: str) -> dict[str, Any] | None:
@@ -259,21 +262,35 @@ def on_subscription(
             # An older event, or anything after the end (`deleted` is final): what we have is newer.
             return db.Plan(Outcome(Action.DUPLICATE, uid))
         batch = client.batch()
-        write = {**fields, "updatedAt": SERVER_TIMESTAMP}
+        write = {**fields, "updatedAt": SERVER_TIMESTAMP} | ({PERIOD_GRANTS: []} if deleted else {})
         if snap.exists:
             batch.update(sub_ref, write, option=db.precondition(client, snap))
         else:
             batch.create(sub_ref, {**write, "createdAt": SERVER_TIMESTAMP})
         credits, balance = 0, ledger.balance_of(user)
         if deleted and user.exists:
+            spent = _spent_grants(client, uid, known, user)
             book = ledger.Book(client, batch, user, clock.now())
-            for grant in [g for g in book.wallet.grants if g.source == source and g.remaining > 0]:
+            for grant in [g for g in book.wallet.grants if g.source == source and g.remaining > 0] + spent:
                 credits -= book.void(grant.id, "subscription ended")
             if book.touched:
                 balance = book.close()
         return db.Plan(Outcome(Action.ENDED if deleted else Action.RECORDED, uid, credits, balance), batch)
 
     return db.commit_optimistically(plan_)
+
+
+def _spent_grants(client: Client, uid: str, known: dict[str, Any], user: DocumentSnapshot) -> list[Grant]:
+    """The subscription's current-period grants that are out of the user's wallet as read (spent)
+    and not yet ended: ending them (an entry of 0) makes a refund that brings credits back to one
+    later write those off, as for the grants that still held credits (`ledger.ended_grants`)."""
+    wallet = ledger.wallet_of(user)
+    listed = known.get(PERIOD_GRANTS)
+    listed = listed if isinstance(listed, list) else []
+    out = [g for g in listed if isinstance(g, str) and wallet.find(g) is None]
+    if not out:
+        return []
+    return [grant for grant, ended in ledger.ended_grants(client, uid, out, wallet).values() if not ended]
 
 
 def on_invoice_failed(
@@ -315,15 +332,16 @@ def _stage_invoice_note(
     invoice: dict[str, Any],
     event: dict[str, Any],
     status: str,
+    also: dict[str, Any] | None = None,
 ) -> None:
-    """Stage the subscription document's latest invoice (when this event is the newest), always
-    under a precondition on the version read: a grant's commit then fails, and decides again, when
-    a `deleted` committed in between."""
+    """Stage the subscription document's latest invoice (when this event is the newest) and the
+    fields in `also`, always under a precondition on the version read: a grant's commit then fails,
+    and decides again, when a `deleted` committed in between."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     known = (snap.to_dict() or {}) if snap.exists else {}
     created = _event_created(event)
-    fields: dict[str, Any] = {"updatedAt": SERVER_TIMESTAMP}
+    fields: dict[str, Any] = {"updatedAt": SERVER_TIMESTAMP, **(also or {})}
     if known.get("userId") in (None, uid) and created >= int(known.get("invoiceEventCreated") or 0):
         fields |= {
             "latestInvoiceId": invoice.get("id"),
@@ -482,12 +500,13 @@ def grant_period(
         linked = (link.to_dict() or {}) if link.exists else {}
         pi = direct_pi if ids_ok(direct_pi) else linked.get("paymentIntentId")
         record_snap = client.collection(PAYMENTS).document(pi).get(**db.rpc()) if pi and paid else None
+        spent = _spent_grants(client, uid, known, user)
         batch = client.batch()
         book = ledger.Book(client, batch, user, clock.now())
         grant = Grant(
             ident, award.credits, award.credits, PAID, DEFAULT_PRIORITY, source, book.now, award.expires_at
         )
-        ours = [g for g in book.wallet.grants if g.source == source and g.remaining > 0]
+        ours = [g for g in book.wallet.grants if g.source == source and g.remaining > 0] + spent
         meta = {
             "stripeInvoiceId": invoice_id,
             "stripeSubscriptionId": sub_id,
@@ -499,13 +518,14 @@ def grant_period(
             "periodEnd": award.period.end.isoformat(),
         }
         book.add_grant(ledger.PERIOD, str(invoice_id), grant, meta)
-        _end_periods(book, ours, award, str(invoice_id), ended=bool(known.get("endedAt")))
+        current = _end_periods(book, ours, award, str(invoice_id), ended=bool(known.get("endedAt")))
         balance = book.close({"stripeCustomerId": customer} if ids_ok(customer) else None)
         link_fields = {"userId": uid, "grantId": ident, "credits": award.credits, "amountPaid": paid}
         if pi:
             link_fields["paymentIntentId"] = pi
         _stage_link(client, batch, link, link_fields)
-        _stage_invoice_note(client, batch, sub_snap, uid, invoice, event, "paid")
+        also = {} if current is None else {PERIOD_GRANTS: sorted(current)}
+        _stage_invoice_note(client, batch, sub_snap, uid, invoice, event, "paid", also)
         parked = (
             _open_record(client, batch, record_snap, uid, ident, award.credits, paid) if record_snap else {}
         )
@@ -518,17 +538,21 @@ def grant_period(
     return db.commit_optimistically(plan_).unpark(client, settings)
 
 
-def _end_periods(book: ledger.Book, ours: list[Grant], award: Award, invoice_id: str, *, ended: bool) -> None:
-    """After a period grant lands: the subscription's earlier grants end (up to the plan's rollover
-    of what they hold carried into `rollover_{invoiceId}`), unless this grant is itself over: the
-    subscription has ended, or a later period was granted first (events out of order)."""
+def _end_periods(
+    book: ledger.Book, ours: list[Grant], award: Award, invoice_id: str, *, ended: bool
+) -> set[str] | None:
+    """After a period grant lands: the subscription's earlier grants end, spent ones included (up to
+    the plan's rollover of what they hold carried into `rollover_{invoiceId}`), unless this grant is
+    itself over: the subscription has ended, or a later period was granted first (events out of
+    order). The grants of the subscription's current period now; None when this grant changed none.
+    """
     ident = ledger.entry_id(ledger.PERIOD, invoice_id)
     later = [g for g in ours if g.expires_at is not None and g.expires_at > award.expires_at]
     if ended or (later and award.kind != BillingReason.UPDATE):
         book.void(ident, "subscription ended" if ended else "a later period was granted")
-        return
+        return None
     if award.kind == BillingReason.UPDATE:
-        return  # an upgrade adds to the current period, whose grant stays
+        return {ident, *(g.id for g in ours)}  # an upgrade adds to the current period, whose grants stay
     earlier = [g for g in ours if g.expires_at is None or g.expires_at < award.expires_at]
     held = sum(g.remaining for g in earlier)
     for old in earlier:
@@ -536,11 +560,12 @@ def _end_periods(book: ledger.Book, ours: list[Grant], award: Award, invoice_id:
     carried = min(held, award.plan.rollover)
     if carried:
         rid = ledger.entry_id(ledger.ROLLOVER, invoice_id)
-        roll = Grant(
-            rid, carried, carried, PAID, DEFAULT_PRIORITY, ours[0].source, book.now, award.expires_at
-        )
+        source = earlier[0].source
+        roll = Grant(rid, carried, carried, PAID, DEFAULT_PRIORITY, source, book.now, award.expires_at)
         meta = {"stripeInvoiceId": invoice_id, "fromGrants": [g.id for g in earlier], "planId": award.plan.id}
         book.add_grant(ledger.ROLLOVER, invoice_id, roll, meta)
+        return {ident, rid}
+    return {ident}
 
 
 def _open_record(
