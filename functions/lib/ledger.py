@@ -28,7 +28,6 @@ from functions.lib.wallet import (
     PROMOTIONAL,
     Grant,
     Short,
-    Taken,
     Wallet,
 )
 
@@ -170,12 +169,11 @@ class Book:
         for gid, back in returned.items():
             self._write_off(gid, back.written_off, entry_id(REFUND, ref))
 
-    def reverse(self, ref: str, grant_id: str, credits: int, metadata: dict[str, Any]) -> Taken:
+    def reverse(self, ref: str, grant_id: str, credits: int, metadata: dict[str, Any]) -> None:
         """Take a reversal's share from its own grant; what the grant no longer holds becomes debt."""
         taken = self.wallet.take(grant_id, credits)
         meta = {**metadata, "fromGrant": taken.from_grant, "toDebt": taken.to_debt}
         self._entry(REVERSAL, ref, -credits, grant_id=grant_id, metadata=meta)
-        return taken
 
     def reinstate(self, ref: str, grant: Grant, ended: bool, credits: int, metadata: dict[str, Any]) -> None:
         """Give a reversal back: debt first, the rest to its grant (written off at once if it ended)."""
