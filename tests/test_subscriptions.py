@@ -205,6 +205,28 @@ def spend_a_lite_period(app: Any, db: Any, settings: Any, uid: str, sub: str, no
     return running.generation_id
 
 
+def test_a_period_paid_after_a_later_one_that_was_already_spent_is_written_off_at_once(
+    app: Any, db: Any, settings: Any
+) -> None:
+    """Out of order with the later period already spent: that grant is out of the wallet, but its
+    place in `periodGrants` still tells the earlier invoice that it comes too late."""
+    from functions.lib import generations
+
+    now = int(time.time())
+    make_user(db, "late")
+    outcome(app, paid_invoice("in_lb", "sub_l", "late", start=now + 30 * DAY, plan="lite"))
+    for prompt in ("first", "second"):
+        generations.charge(db, settings, generations.GenerationRequest("late", prompt))
+    assert grants(db, "late") == {}
+
+    late = paid_invoice("in_la", "sub_l", "late", start=now, plan="lite", reason="subscription_create")
+    assert outcome(app, late) == "granted"
+
+    assert types(db, "late")["void_period_in_la"] == -100 and balance(db, "late") == 0
+    assert "expiry_period_in_lb" not in types(db, "late")
+    assert_ledger_consistent(db)
+
+
 @pytest.mark.parametrize("end", ["renewal", "deletion"])
 def test_a_spent_period_grant_ends_with_its_period_so_a_later_refund_into_it_is_written_off(
     app: Any, db: Any, settings: Any, end: str
