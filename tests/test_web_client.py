@@ -100,8 +100,9 @@ def test_every_error_code_gets_a_sentence_and_a_next_step() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The local stack of `scripts/run-local --serve`, web client included; os.environ restored after."""
+def stack(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local stack of `scripts/run-local --serve`, web client included; os.environ restored after.
+    After `emulator`, whose session settings the restore must keep (every test here starts it anyway)."""
     saved = dict(os.environ)
     for key in [
         k
