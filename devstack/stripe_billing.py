@@ -121,12 +121,14 @@ class Billing:
         }
         with self._lock:
             self.subscriptions[sub_id] = sub
-        return [
+        paid = se.invoice_payment(invoice["id"], pi, invoice["amount_paid"])
+        events = [
             se.event("checkout.session.completed", completed),
             se.event("customer.subscription.created", copy.deepcopy(obj)),
             se.event("invoice.paid", invoice),
-            se.event("invoice_payment.paid", se.invoice_payment(invoice["id"], pi, invoice["amount_paid"])),
+            se.event("invoice_payment.paid", paid),
         ]
+        return _at(sub, events)
 
     def act(self, sub_id: str, action: str, price: str | None = None) -> list[dict[str, Any]]:
         """One lifecycle step of a subscription: the events Stripe sends for it, in its order."""
@@ -141,7 +143,7 @@ class Billing:
             if action in ("upgrade", "downgrade") and not price:
                 raise BillingError(400, f"{action} needs a price")
             events: list[dict[str, Any]] = getattr(self, "_" + action)(sub, *([price] if price else []))
-            return events
+            return _at(sub, events)
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -282,3 +284,11 @@ class Billing:
         invoice["parent"]["subscription_details"]["metadata"] = dict(metadata)
         invoice["created"] = sub.now()
         return invoice, se.new_id("pi")
+
+
+def _at(sub: Subscription, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of one step, created at the subscription's time (as Stripe's would be when the
+    step happens), so "the newest event wins" orders them as Stripe's own `created` would."""
+    for event in events:
+        event["created"] = sub.now()
+    return events

@@ -432,25 +432,30 @@ class Credits(RuleBasedStateMachine):
         self.to_period_end(self.subscribed[uid])
         self.move_clock(self.now + timedelta(hours=hours))
 
-    def period_granted(self, uid: str, events: list[dict[str, Any]]) -> None:
+    def period_granted(self, uid: str, events: list[dict[str, Any]], *, late: bool = False) -> None:
         """The model's side of one paid subscription invoice (subscription_create or _cycle): the
         period's grant (it repays debt first), then every earlier grant of the subscription ends (a
         spent one too: credits a refund brings back to it later are written off), up to the plan's
-        rollover of what they held carried into a rollover grant."""
+        rollover of what they held carried into a rollover grant. An invoice paid `late`, after a
+        later period's, ends at once instead (what it repaid of the debt stays repaid)."""
         paid, [line] = self.paid_invoice(events)
         plan = PLAN_OF_PRICE[line["pricing"]["price_details"]["price"]]
         wallet, source = self.wallets[uid], self.source(paid)
         ours = [g for g in wallet.grants.values() if g.source == source and wallet.alive(g, self.now)]
         end = datetime.fromtimestamp(line["period"]["end"], UTC) + PERIOD_GRACE
         gid = f"period_{paid['id']}"
-        wallet.add(ModelGrant(gid, plan["credits"], "paid", 50, end, self.now, source=source))
+        grant = ModelGrant(gid, plan["credits"], "paid", 50, end, self.now, source=source)
+        wallet.add(grant)
+        self.invoice_paid(uid, gid, events, plan["credits"])
+        if late:
+            grant.ended = True
+            return
         held = sum(g.remaining for g in ours)
         for g in ours:
             g.ended = True
         if min(held, plan["rollover"]):
             rid = f"rollover_{paid['id']}"
             wallet.add(ModelGrant(rid, min(held, plan["rollover"]), "paid", 50, end, self.now, source=source))
-        self.invoice_paid(uid, gid, events, plan["credits"])
 
     def paid_invoice(self, events: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         [paid] = [e["data"]["object"] for e in events if e["type"] == "invoice.paid"]
@@ -499,6 +504,25 @@ class Credits(RuleBasedStateMachine):
         for event in reversed(events) if reverse else events:
             self.deliver(event)
         self.period_granted(uid, events)
+
+    @precondition(lambda self: bool(getattr(self, "subscribed", None)))
+    @rule(data=st.data())
+    def two_renewals_arrive_out_of_order(self, data: st.DataObject) -> None:
+        """Two periods renew, the clock at each one's end, and the later one's events are delivered
+        first: the later period ends the earlier grants (rollover as usual), and the earlier
+        invoice, paid after it, is granted and written off in one commit."""
+        uid = data.draw(st.sampled_from(sorted(self.subscribed)))
+        sub_id = self.subscribed[uid]
+        self.to_period_end(sub_id)
+        first = self.billing.act(sub_id, "renew")
+        self.to_period_end(sub_id)
+        second = self.billing.act(sub_id, "renew")
+        for event in second:
+            self.deliver(event)
+        self.period_granted(uid, second)
+        for event in first:
+            self.deliver(event)
+        self.period_granted(uid, first, late=True)
 
     @precondition(lambda self: bool(getattr(self, "subscribed", None)))
     @rule(data=st.data(), reverse=st.booleans())
