@@ -274,6 +274,55 @@ def test_a_spent_grant_of_the_current_period_stays_live_for_its_refunds(
     assert_ledger_consistent(db)
 
 
+def test_an_upgrade_paid_before_its_periods_invoice_stays_listed_and_ends_with_the_period(
+    app: Any, db: Any, settings: Any
+) -> None:
+    """Stripe moves the subscription to its next period about an hour before that period's invoice
+    is paid; an upgrade in that hour is invoiced and paid at once. Its grant ends with the same
+    period, so the period's invoice keeps it in `periodGrants`: spent and refunded after the
+    subscription ended, its credits are written off."""
+    from functions.lib import generations
+
+    now = int(time.time())
+    p2, p3 = now + 30 * DAY, now + 60 * DAY
+    make_user(db, "upc")
+    outcome(
+        app, paid_invoice("in_upc1", "sub_upc", "upc", start=now, plan="lite", reason="subscription_create")
+    )
+    moved = sub_event(
+        "customer.subscription.updated", "sub_upc", "upc", start=p2, plan="lite", created=now + 1
+    )
+    outcome(app, moved)
+    change = p3 - 40 * 3600  # (1000 - 100) credits x 40 h of 30 d = 50 credits
+    lines = [
+        se.invoice_line("price_lite", -10, change, p3, proration=True),
+        se.invoice_line("price_pro", 100, change, p3, proration=True),
+    ]
+    up = se.invoice("in_upc_up", "sub_upc", "upc", "lite", lines, billing_reason="subscription_update")
+    assert outcome(app, se.event("invoice.paid", up)) == "granted"
+    assert outcome(app, paid_invoice("in_upc2", "sub_upc", "upc", start=p2, plan="lite")) == "granted"
+
+    listed = db.collection("subscriptions").document("sub_upc").get().to_dict()["periodGrants"]
+    assert listed == ["period_in_upc2", "period_in_upc_up"]
+    running = generations.charge(db, settings, generations.GenerationRequest("upc", "spends the upgrade"))
+    assert isinstance(running, generations.Charge) and grants(db, "upc") == {"period_in_upc2": 100}
+    deleted = sub_event(
+        "customer.subscription.deleted",
+        "sub_upc",
+        "upc",
+        start=p2,
+        plan="lite",
+        status="canceled",
+        created=now + 2,
+    )
+    assert outcome(app, deleted) == "ended"
+    generations.refund(db, running.generation_id, "upc", "model_error")
+
+    assert grants(db, "upc") == {} and balance(db, "upc") == 0
+    assert types(db, "upc")["void_period_in_upc_up"] == 0
+    assert_ledger_consistent(db)
+
+
 # --- upgrade ---------------------------------------------------------------------------------
 
 

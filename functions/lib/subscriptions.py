@@ -284,6 +284,8 @@ def _spent_grants(client: Client, uid: str, known: dict[str, Any], user: Documen
     """The subscription's current-period grants that are out of the user's wallet as read (spent)
     and not yet ended: ending them (an entry of 0) makes a refund that brings credits back to one
     later write those off, as for the grants that still held credits (`ledger.ended_grants`)."""
+    if known.get("userId") not in (None, uid):
+        return []  # another user's subscription: its grants are not this user's to end
     wallet = ledger.wallet_of(user)
     listed = known.get(PERIOD_GRANTS)
     listed = listed if isinstance(listed, list) else []
@@ -524,7 +526,8 @@ def grant_period(
         if pi:
             link_fields["paymentIntentId"] = pi
         _stage_link(client, batch, link, link_fields)
-        also = {} if current is None else {PERIOD_GRANTS: sorted(current)}
+        ours_doc = known.get("userId") in (None, uid)
+        also = {PERIOD_GRANTS: sorted(current)} if current is not None and ours_doc else {}
         _stage_invoice_note(client, batch, sub_snap, uid, invoice, event, "paid", also)
         parked = (
             _open_record(client, batch, record_snap, uid, ident, award.credits, paid) if record_snap else {}
@@ -554,6 +557,8 @@ def _end_periods(
     if award.kind == BillingReason.UPDATE:
         return {ident, *(g.id for g in ours)}  # an upgrade adds to the current period, whose grants stay
     earlier = [g for g in ours if g.expires_at is None or g.expires_at < award.expires_at]
+    # Grants ending with this one stay: an upgrade paid in the hour before this period's invoice.
+    current = {ident, *(g.id for g in ours if g not in earlier)}
     held = sum(g.remaining for g in earlier)
     for old in earlier:
         book.end_grant(old.id, f"period ended: {ident}")
@@ -564,8 +569,8 @@ def _end_periods(
         roll = Grant(rid, carried, carried, PAID, DEFAULT_PRIORITY, source, book.now, award.expires_at)
         meta = {"stripeInvoiceId": invoice_id, "fromGrants": [g.id for g in earlier], "planId": award.plan.id}
         book.add_grant(ledger.ROLLOVER, invoice_id, roll, meta)
-        return {ident, rid}
-    return {ident}
+        current.add(rid)
+    return current
 
 
 def _open_record(
