@@ -2,8 +2,9 @@
 against the Firestore emulator, with Stripe's own object shapes in both payload versions (API
 2025-03-31.basil and later, and before): create in either event order, renewal with rollover and
 write-off, a $0 trial invoice, an upgrade invoiced at once, cancel now, a failed payment and its
-recovery, refunds of a renewal (full, partial, after its credits were spent), duplicates and
-concurrent deliveries, events of a subscription this app never sold."""
+recovery, refunds of a renewal (full, partial, after its credits were spent), spent period grants
+ending with their period, duplicates and concurrent deliveries, events of a subscription this app
+never sold."""
 
 from __future__ import annotations
 

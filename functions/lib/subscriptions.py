@@ -230,6 +230,7 @@ def _subscription_fields(
     }
     if deleted:
         fields["endedAt"] = at(sub.get("ended_at")) or at(created)
+        fields[PERIOD_GRANTS] = []
     return fields
 
 
@@ -256,22 +257,21 @@ def on_subscription(
         known = (snap.to_dict() or {}) if snap.exists else {}
         if known.get(ERASED):
             return db.Plan(Outcome(Action.IGNORED))
-        if known.get("userId") not in (None, uid):
+        if not _owned(known, uid):
             raise EventProblem(Reason.SUBSCRIPTION_REUSED, f"subscription {sub_id} belongs to another user")
         if created < int(known.get("eventCreated") or 0) or known.get("endedAt"):
             # An older event, or anything after the end (`deleted` is final): what we have is newer.
             return db.Plan(Outcome(Action.DUPLICATE, uid))
         batch = client.batch()
-        write = {**fields, "updatedAt": SERVER_TIMESTAMP} | ({PERIOD_GRANTS: []} if deleted else {})
+        write = {**fields, "updatedAt": SERVER_TIMESTAMP}
         if snap.exists:
             batch.update(sub_ref, write, option=db.precondition(client, snap))
         else:
             batch.create(sub_ref, {**write, "createdAt": SERVER_TIMESTAMP})
         credits, balance = 0, ledger.balance_of(user)
         if deleted and user.exists:
-            spent = _spent_grants(client, uid, known, user)
             book = ledger.Book(client, batch, user, clock.now())
-            for grant in [g for g in book.wallet.grants if g.source == source and g.remaining > 0] + spent:
+            for grant in _subscription_grants(client, book, known, source):
                 credits -= book.void(grant.id, "subscription ended")
             if book.touched:
                 balance = book.close()
@@ -280,19 +280,28 @@ def on_subscription(
     return db.commit_optimistically(plan_)
 
 
-def _spent_grants(client: Client, uid: str, known: dict[str, Any], user: DocumentSnapshot) -> list[Grant]:
-    """The subscription's current-period grants that are out of the user's wallet as read (spent)
-    and not yet ended: ending them (an entry of 0) makes a refund that brings credits back to one
+def _owned(known: dict[str, Any], uid: str) -> bool:
+    """Whether the stored subscription is (or may become) this user's."""
+    return known.get("userId") in (None, uid)
+
+
+def _subscription_grants(
+    client: Client, book: ledger.Book, known: dict[str, Any], source: str
+) -> list[Grant]:
+    """The subscription's grants a new period or its end must end: the live ones that hold credits,
+    then those of its current period (`periodGrants`) that are out of the wallet as read (spent) and
+    not yet ended. Ending a spent one (an entry of 0) makes a refund that brings credits back to it
     later write those off, as for the grants that still held credits (`ledger.ended_grants`)."""
-    if known.get("userId") not in (None, uid):
-        return []  # another user's subscription: its grants are not this user's to end
-    wallet = ledger.wallet_of(user)
-    listed = known.get(PERIOD_GRANTS)
-    listed = listed if isinstance(listed, list) else []
-    out = [g for g in listed if isinstance(g, str) and wallet.find(g) is None]
+    live = [g for g in book.wallet.grants if g.source == source and g.remaining > 0]
+    listed = known.get(PERIOD_GRANTS) if _owned(known, book.uid) else None
+    read = ledger.wallet_of(book.user)
+    out = (
+        [g for g in listed if isinstance(g, str) and read.find(g) is None] if isinstance(listed, list) else []
+    )
     if not out:
-        return []
-    return [grant for grant, ended in ledger.ended_grants(client, uid, out, wallet).values() if not ended]
+        return live
+    found = ledger.ended_grants(client, book.uid, out, read).values()
+    return live + [grant for grant, ended in found if not ended]
 
 
 def on_invoice_failed(
@@ -337,14 +346,15 @@ def _stage_invoice_note(
     also: dict[str, Any] | None = None,
 ) -> None:
     """Stage the subscription document's latest invoice (when this event is the newest) and the
-    fields in `also`, always under a precondition on the version read: a grant's commit then fails,
-    and decides again, when a `deleted` committed in between."""
+    fields in `also` (on this user's subscription only), always under a precondition on the version
+    read: a grant's commit then fails, and decides again, when a `deleted` committed in between."""
     from google.cloud.firestore import SERVER_TIMESTAMP
 
     known = (snap.to_dict() or {}) if snap.exists else {}
     created = _event_created(event)
-    fields: dict[str, Any] = {"updatedAt": SERVER_TIMESTAMP, **(also or {})}
-    if known.get("userId") in (None, uid) and created >= int(known.get("invoiceEventCreated") or 0):
+    owned = _owned(known, uid)
+    fields: dict[str, Any] = {"updatedAt": SERVER_TIMESTAMP, **((also or {}) if owned else {})}
+    if owned and created >= int(known.get("invoiceEventCreated") or 0):
         fields |= {
             "latestInvoiceId": invoice.get("id"),
             "latestInvoiceStatus": status,
@@ -502,13 +512,12 @@ def grant_period(
         linked = (link.to_dict() or {}) if link.exists else {}
         pi = direct_pi if ids_ok(direct_pi) else linked.get("paymentIntentId")
         record_snap = client.collection(PAYMENTS).document(pi).get(**db.rpc()) if pi and paid else None
-        spent = _spent_grants(client, uid, known, user)
         batch = client.batch()
         book = ledger.Book(client, batch, user, clock.now())
         grant = Grant(
             ident, award.credits, award.credits, PAID, DEFAULT_PRIORITY, source, book.now, award.expires_at
         )
-        ours = [g for g in book.wallet.grants if g.source == source and g.remaining > 0] + spent
+        ours = _subscription_grants(client, book, known, source)
         meta = {
             "stripeInvoiceId": invoice_id,
             "stripeSubscriptionId": sub_id,
@@ -526,8 +535,7 @@ def grant_period(
         if pi:
             link_fields["paymentIntentId"] = pi
         _stage_link(client, batch, link, link_fields)
-        ours_doc = known.get("userId") in (None, uid)
-        also = {PERIOD_GRANTS: sorted(current)} if current is not None and ours_doc else {}
+        also = {PERIOD_GRANTS: sorted(current)} if current is not None else None
         _stage_invoice_note(client, batch, sub_snap, uid, invoice, event, "paid", also)
         parked = (
             _open_record(client, batch, record_snap, uid, ident, award.credits, paid) if record_snap else {}
